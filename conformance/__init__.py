@@ -1,0 +1,1 @@
+"""ddspec.conformance: checks any torch DDPM/DDIM sampler against ddspec.reference."""

@@ -1,0 +1,1 @@
+"""Adapters: one file per foreign library, all behind ddspec.conformance.protocol.Sampler."""

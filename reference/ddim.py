@@ -1,0 +1,110 @@
+r"""The DDIM family of inference distributions :math:`q_\sigma` and its σ(η) (Song et al. 2021).
+
+Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", eq. 7:
+
+.. math::
+
+    q_\sigma(x_{t-1} \mid x_t, x_0) = \mathcal{N}\Big(\sqrt{\bar\alpha_{t-1}}\,x_0
+      + \sqrt{1-\bar\alpha_{t-1}-\sigma_t^2}\cdot\frac{x_t - \sqrt{\bar\alpha_t}\,x_0}{\sqrt{1-\bar\alpha_t}},\ \sigma_t^2 I\Big)
+
+and eq. 16:
+
+.. math::
+
+    \sigma_t(\eta) = \eta\,\sqrt{\frac{1-\bar\alpha_{t-1}}{1-\bar\alpha_t}}\,\sqrt{1-\frac{\bar\alpha_t}{\bar\alpha_{t-1}}} .
+
+Notation: the DDIM paper writes :math:`\alpha_t` for what DDPM (and this package) calls
+:math:`\bar\alpha_t`; we use ᾱ throughout. On a subsequence τ the "previous" state is the previous
+element of τ (eq. 12 with t − 1 replaced by τ_{i−1}); functions take ``t`` and ``t_prev`` as 0-based
+indices, ``t_prev = -1`` being the data (ᾱ = 1). ``t_prev == t`` is accepted for the last step of
+diffusers' ``set_alpha_to_one=False`` variant (it "steps" to ᾱ at index 0 from index 0).
+
+Admissible σ: the mean's square root needs :math:`\sigma_t^2 \le 1 - \bar\alpha_{t-1}`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .alphas import alpha_bar_at, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
+from ._validate import as_array, as_betas, as_int, as_scalar, as_timestep, check_same_shape, fail
+from .gaussian import Gaussian
+
+__all__ = ["ddim_sigma", "ddim_sigma_max", "q_sigma", "ddim_mean_coefficients"]
+
+_U = 2.0**-53
+
+
+def _indices(betas: ArrayLike, t: int, t_prev: int) -> tuple[NDArray[np.float64], int, int]:
+    b = as_betas(betas)
+    tt = as_timestep(t, b.size, "t")
+    tp = as_int(t_prev, "t_prev", low=-1, high=tt)
+    return b, tt, tp
+
+
+def ddim_sigma(betas: ArrayLike, t: int, t_prev: int, eta: float) -> float:
+    r"""σ_t(η) of DDIM eq. 16, from index ``t`` to index ``t_prev`` (``-1`` = the data).
+
+    .. math:: \sigma = \eta\,\sqrt{\frac{(1-\bar\alpha_{s})\,(1-\bar\alpha_t/\bar\alpha_{s})}{1-\bar\alpha_t}},\quad s = t_\mathrm{prev}
+
+    η = 0 gives the deterministic DDIM; η = 1 gives the DDPM posterior standard deviation
+    :math:`\sqrt{\tilde\beta}` of the (respaced) schedule. η > 1 is accepted only while σ stays
+    admissible (σ² ≤ 1 − ᾱ_s); otherwise a ValueError names ``eta``.
+
+    Accuracy: :math:`1-\bar\alpha_t/\bar\alpha_s` is computed without cancellation
+    (:func:`~ddspec.reference.alphas.one_minus_alpha_bar_ratio`; the textbook form loses ~β⁻¹ ULP),
+    and the two square roots are merged into one, so σ is within a few ULP of exact.
+    """
+    b, tt, tp = _indices(betas, t, t_prev)
+    e = as_scalar(eta, "eta", low=0.0)
+    c_s = float(one_minus_alpha_bar_at(b, tp))
+    c_t = float(one_minus_alpha_bar_at(b, tt))
+    ratio_c = float(one_minus_alpha_bar_ratio(b, tt, tp))
+    sigma = e * np.sqrt(c_s * ratio_c / c_t)
+    if sigma * sigma > c_s * (1.0 + 8 * _U):
+        fail("eta", eta, f"gives sigma^2 = {sigma * sigma!r} > 1 - alpha_bar_prev = {c_s!r} (not admissible)")
+    return float(sigma)
+
+
+def ddim_sigma_max(betas: ArrayLike, t: int, t_prev: int) -> float:
+    r"""The largest admissible σ for the step t → t_prev: :math:`\sqrt{1-\bar\alpha_{t_\mathrm{prev}}}` (DDIM eq. 7)."""
+    b, _, tp = _indices(betas, t, t_prev)
+    return float(np.sqrt(one_minus_alpha_bar_at(b, tp)))
+
+
+def ddim_mean_coefficients(betas: ArrayLike, t: int, t_prev: int, sigma: float) -> tuple[float, float]:
+    r"""Coefficients :math:`(\sqrt{\bar\alpha_{s}},\ \sqrt{1-\bar\alpha_{s}-\sigma^2})` of x̂₀ and ε̂ in DDIM eq. 12.
+
+    Validates that σ is admissible: σ ≥ 0 and σ² ≤ 1 − ᾱ_s (up to 8 units of roundoff, which are
+    clamped to 0 so that η = 1 at the first step does not fail on rounding).
+    """
+    b, _, tp = _indices(betas, t, t_prev)
+    sg = as_scalar(sigma, "sigma", low=0.0)
+    c_s = float(one_minus_alpha_bar_at(b, tp))
+    rest = c_s - sg * sg
+    if rest < -8 * _U * max(c_s, sg * sg):
+        fail("sigma", sigma, f"sigma^2 exceeds 1 - alpha_bar_prev = {c_s!r} (DDIM eq. 7 needs sigma^2 <= 1 - alpha_bar_prev)")
+    return float(np.sqrt(alpha_bar_at(b, tp))), float(np.sqrt(max(rest, 0.0)))
+
+
+def q_sigma(x0: ArrayLike, x_t: ArrayLike, t: int, t_prev: int, sigma: float, betas: ArrayLike) -> Gaussian:
+    r"""The DDIM inference distribution :math:`q_\sigma(x_{t_\mathrm{prev}} \mid x_t, x_0)` (DDIM eq. 7).
+
+    .. math::
+
+        \mathcal{N}\Big(\sqrt{\bar\alpha_{s}}\,x_0 + \sqrt{1-\bar\alpha_{s}-\sigma^2}\,
+        \frac{x_t-\sqrt{\bar\alpha_t}\,x_0}{\sqrt{1-\bar\alpha_t}},\ \sigma^2 I\Big),\quad s = t_\mathrm{prev}
+
+    For every admissible σ its marginal is :math:`q(x_s \mid x_0) = \mathcal N(\sqrt{\bar\alpha_s}x_0, (1-\bar\alpha_s)I)`
+    (DDIM Lemma 1), which the property suite proves.
+    """
+    xx0 = as_array(x0, "x0")
+    xt = as_array(x_t, "x_t")
+    check_same_shape(x_t=xt, x0=xx0)
+    b, tt, tp = _indices(betas, t, t_prev)
+    c_x0, c_eps = ddim_mean_coefficients(b, tt, tp, sigma)
+    sa_t = float(np.sqrt(alpha_bar_at(b, tt)))
+    s1_t = float(np.sqrt(one_minus_alpha_bar_at(b, tt)))
+    eps = (xt - sa_t * xx0) / s1_t
+    return Gaussian(c_x0 * xx0 + c_eps * eps, np.float64(float(sigma) ** 2))
