@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .alphas import alpha_bar, one_minus_alpha_bar, sqrt_alpha_bar, sqrt_one_minus_alpha_bar
+from .alphas import sqrt_alpha_bar, sqrt_one_minus_alpha_bar
 from ._validate import SingularError, as_array, as_betas, as_timestep, check_same_shape, fail
 
 __all__ = [

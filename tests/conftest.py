@@ -1,0 +1,66 @@
+"""Test-run configuration: Hypothesis profiles, opt-in slow tests, CUDA skips, the statistical ledger.
+
+Hypothesis profiles (select with HYPOTHESIS_PROFILE, default ``dev``; CI=true selects ``ci``):
+
+* ``dev``: the default, 50 examples a property, random.
+* ``ci``: derandomized (the same examples every run), no deadline, 50 examples.
+* ``thorough``: 2000 examples a property, opt-in.
+
+Every profile prints a ``@reproduce_failure`` blob with a shrunk counterexample, so that a failure can
+be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=50, print_blob=True, deadline=None)
+settings.register_profile(
+    "ci",
+    max_examples=50,
+    derandomize=True,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough", max_examples=2000, deadline=None, print_blob=True, suppress_health_check=[HealthCheck.too_slow]
+)
+_default_profile = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev"
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_profile))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow (opt-in)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    run_slow = config.getoption("--run-slow")
+    try:
+        import torch
+
+        has_cuda = bool(torch.cuda.is_available())
+    except Exception:  # torch missing or broken: no CUDA either
+        has_cuda = False
+    skip_slow = pytest.mark.skip(reason="slow profile: opt in with --run-slow")
+    skip_cuda = pytest.mark.skip(reason="no CUDA device: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "cuda" in item.keywords and not has_cuda:
+            item.add_marker(skip_cuda)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Print the false-failure ledger of the statistical tests that ran."""
+    try:
+        from ddspec.conformance.stats import LEDGER
+    except Exception:
+        return
+    if not getattr(LEDGER, "entries", None):
+        return
+    terminalreporter.write_sep("=", "statistical false-failure ledger")
+    terminalreporter.write_line(LEDGER.format())
