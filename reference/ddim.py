@@ -27,11 +27,13 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from .alphas import alpha_bar_at, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
+from . import _dd
+from .alphas import _dd_tables, alpha_bar_at, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
+from .timesteps import check_subsequence
 from ._validate import as_array, as_betas, as_int, as_scalar, as_timestep, check_same_shape, fail
 from .gaussian import Gaussian
 
-__all__ = ["ddim_sigma", "ddim_sigma_max", "q_sigma", "ddim_mean_coefficients"]
+__all__ = ["ddim_sigma", "ddim_sigmas", "ddim_sigma_max", "q_sigma", "ddim_mean_coefficients"]
 
 _U = 2.0**-53
 
@@ -78,12 +80,25 @@ def ddim_mean_coefficients(betas: ArrayLike, t: int, t_prev: int, sigma: float) 
 
     Validates that σ is admissible: σ ≥ 0 and σ² ≤ 1 − ᾱ_s (up to 8 units of roundoff, which are
     clamped to 0 so that η = 1 at the first step does not fail on rounding).
+
+    Accuracy: :math:`1-\bar\alpha_s-\sigma^2` cancels where σ² is close to 1 − ᾱ_s (η = 1 at a step
+    that ends near ᾱ = 0, e.g. the cosine schedule's last step, where the float64 difference was off by
+    ~5·10⁴ ULP). It is formed from the double-double 1 − ᾱ_s and the exact σ² (TwoProduct), so the
+    coefficient is within about 1 ULP of the exact value for the given σ. (The result is still as
+    sensitive to σ as the equation is: a σ rounded from σ(η) moves it by up to (1 − ᾱ_s)/(1 − ᾱ_s − σ²) ULP.)
     """
     b, _, tp = _indices(betas, t, t_prev)
     sg = as_scalar(sigma, "sigma", low=0.0)
-    c_s = float(one_minus_alpha_bar_at(b, tp))
-    rest = c_s - sg * sg
-    if rest < -8 * _U * max(c_s, sg * sg):
+    if tp < 0:
+        c_hi, c_lo = 0.0, 0.0
+    else:
+        _, _, c_hi_table, c_lo_table = _dd_tables(b)
+        c_hi, c_lo = float(c_hi_table[tp]), float(c_lo_table[tp])
+    c_s = c_hi + c_lo
+    sq_hi, sq_lo = _dd.two_prod(sg, sg)  # σ² exactly
+    r_hi, r_lo = _dd.dd_add(c_hi, c_lo, -sq_hi, -sq_lo)
+    rest = float(r_hi + r_lo)
+    if rest < -8 * _U * max(c_s, sq_hi):
         fail("sigma", sigma, f"sigma^2 exceeds 1 - alpha_bar_prev = {c_s!r} (DDIM eq. 7 needs sigma^2 <= 1 - alpha_bar_prev)")
     return float(np.sqrt(alpha_bar_at(b, tp))), float(np.sqrt(max(rest, 0.0)))
 
@@ -108,3 +123,24 @@ def q_sigma(x0: ArrayLike, x_t: ArrayLike, t: int, t_prev: int, sigma: float, be
     s1_t = float(np.sqrt(one_minus_alpha_bar_at(b, tt)))
     eps = (xt - sa_t * xx0) / s1_t
     return Gaussian(c_x0 * xx0 + c_eps * eps, np.float64(float(sigma) ** 2))
+
+
+def ddim_sigmas(betas: ArrayLike, timesteps: ArrayLike, eta: float) -> NDArray[np.float64]:
+    r"""σ(η) (DDIM eq. 16) for every step of a sampling subsequence, vectorised.
+
+    ``timesteps`` is strictly decreasing (sampling order); step k goes from ``timesteps[k]`` to
+    ``timesteps[k+1]`` and the last step to the data (index −1). Entry k equals
+    ``ddim_sigma(betas, timesteps[k], timesteps[k+1], eta)``; see :func:`ddim_sigma` for the formula
+    and its accuracy. Raises naming ``eta`` if any σ would be inadmissible.
+    """
+    b = as_betas(betas)
+    ts = check_subsequence(timesteps, b.size)
+    e = as_scalar(eta, "eta", low=0.0)
+    prev = np.concatenate([ts[1:], [-1]])
+    c_s = one_minus_alpha_bar_at(b, prev)
+    c_t = one_minus_alpha_bar_at(b, ts)
+    ratio_c = one_minus_alpha_bar_ratio(b, ts, prev)
+    sigma = e * np.sqrt(c_s * ratio_c / c_t)
+    if np.any(sigma * sigma > c_s * (1.0 + 8 * _U)):
+        fail("eta", eta, "gives sigma^2 > 1 - alpha_bar_prev at some step (not admissible)")
+    return sigma

@@ -149,12 +149,17 @@ def posterior_log_variance_clipped(betas: ArrayLike) -> Array:
     instead (``docs/conventions.md``; the harness treats that as a known variant). Index convention:
     entry 0 equals entry 1. Raises :class:`SingularError` when T = 1 (there is no second step).
     """
-    bt = beta_tilde(betas)
-    if bt.size < 2:
+    b = as_betas(betas)
+    if b.size < 2:
         raise SingularError("posterior_log_variance_clipped: T = 1, so log beta_tilde at the first step "
                             "(= log 0) has no second-step value to clip to")
-    out = np.log(np.concatenate([[bt[1]], bt[1:]]))
-    return out
+    # log β̃_t = log β_t + log(1 − ᾱ_{t−1}) − log(1 − ᾱ_t), each log of a double-double (log h + ℓ/h).
+    # Taking the log of the rounded β̃ instead would lose ~1/|log β̃| ULP where β̃ ≈ 1 (the cosine
+    # schedule's capped last step, β̃ ≈ 0.999: ~300 ULP).
+    _, _, c_hi, c_lo = _dd_tables(b)
+    log_c = np.log(c_hi) + c_lo / c_hi
+    out = np.log(b[1:]) + log_c[:-1] - log_c[1:]
+    return np.concatenate([[out[0]], out])
 
 
 def posterior_mean(x0: ArrayLike, x_t: ArrayLike, t: int, betas: ArrayLike, t_prev: int | None = None) -> Array:

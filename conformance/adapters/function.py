@@ -1,0 +1,138 @@
+r"""Adapter for hand-written samplers given as a step function plus declared conventions.
+
+:class:`FunctionSampler` turns ``step_fn`` + ``betas`` + :class:`~ddspec.conformance.protocol.Conventions`
+into a :class:`~ddspec.conformance.protocol.Sampler`. The step function has the protocol's signature
+without ``self``::
+
+    def step_fn(model_output, t, x_t, *, num_steps, eta, noise, generator, predicted_variance) -> x_prev
+
+The timesteps default to the declared ``timestep_spacing`` rule
+(:func:`~ddspec.conformance.protocol.declared_timesteps`); a sampler with its own rule passes
+``timesteps_fn`` (required for ``timestep_spacing="custom"``). ᾱ defaults to the exact product of the
+given β (:func:`ddspec.reference.alphas.alpha_bar`); a sampler that stores a lower-precision table
+should pass it as ``alphas_cumprod`` so that the harness sees what the sampler really uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import ArrayLike, NDArray
+
+from ddspec.reference._validate import as_array, as_betas, as_int, fail
+from ddspec.reference.alphas import alpha_bar
+
+from ..protocol import Conventions, declared_timesteps
+
+__all__ = ["FunctionSampler", "StepFn"]
+
+StepFn = Callable[..., torch.Tensor]
+"""``step_fn(model_output, t, x_t, *, num_steps, eta, noise, generator, predicted_variance) -> x_prev``."""
+
+
+class FunctionSampler:
+    r"""A :class:`~ddspec.conformance.protocol.Sampler` built from a step function.
+
+    Parameters
+    ----------
+    step_fn:
+        The reverse step (see the module docstring); called with every protocol keyword.
+    betas:
+        The sampler's β table (length ``conventions.num_train_timesteps``, ``betas[i]`` is β_{i+1}).
+    conventions:
+        What the sampler declares.
+    timesteps_fn:
+        ``timesteps_fn(num_steps) -> int array`` in sampling order (noisiest first). Default: the
+        declared spacing rule.
+    alphas_cumprod:
+        The sampler's own ᾱ table, if it stores one; default :func:`ddspec.reference.alphas.alpha_bar`.
+    name:
+        Label for reports.
+    """
+
+    def __init__(
+        self,
+        step_fn: StepFn,
+        betas: ArrayLike,
+        conventions: Conventions,
+        *,
+        timesteps_fn: Callable[[int], ArrayLike] | None = None,
+        alphas_cumprod: ArrayLike | None = None,
+        name: str = "function",
+    ) -> None:
+        if not callable(step_fn):
+            fail("step_fn", step_fn, "must be callable")
+        if not isinstance(conventions, Conventions):
+            fail("conventions", conventions, "expected a Conventions instance")
+        b = as_betas(betas)
+        if b.size != conventions.num_train_timesteps:
+            fail("betas", betas, f"has length {b.size}, conventions.num_train_timesteps={conventions.num_train_timesteps}")
+        if timesteps_fn is None:
+            if conventions.timestep_spacing not in ("leading", "trailing", "linspace"):
+                fail("timesteps_fn", None,
+                     f"is required for timestep_spacing={conventions.timestep_spacing!r} (no built-in rule)")
+        elif not callable(timesteps_fn):
+            fail("timesteps_fn", timesteps_fn, "must be callable or None")
+        if alphas_cumprod is None:
+            ab = alpha_bar(b)
+        else:
+            ab = as_array(alphas_cumprod, "alphas_cumprod")
+            if ab.shape != b.shape:
+                fail("alphas_cumprod", alphas_cumprod, f"shape {ab.shape} does not match betas' shape {b.shape}")
+        self._step_fn = step_fn
+        self._betas = b
+        self._alphas_cumprod = ab
+        self._timesteps_fn = timesteps_fn
+        self.conventions = conventions
+        self.name = str(name)
+
+    def betas(self) -> NDArray[np.float64]:
+        """float64 copy of the β table given at construction."""
+        return self._betas.copy()
+
+    def alphas_cumprod(self) -> NDArray[np.float64]:
+        r"""float64 copy of the ᾱ table (given, or the exact product of the β)."""
+        return self._alphas_cumprod.copy()
+
+    def timesteps(self, num_steps: int) -> NDArray[np.int64]:
+        """``timesteps_fn(num_steps)`` as int64, or the declared spacing rule."""
+        n = as_int(num_steps, "num_steps", low=1, high=self.conventions.num_train_timesteps)
+        if self._timesteps_fn is None:
+            return declared_timesteps(self.conventions, n)
+        ts = np.asarray(self._timesteps_fn(n))
+        if ts.ndim != 1 or ts.dtype.kind not in "iu":
+            fail("timesteps_fn", self._timesteps_fn, f"returned {ts!r}; expected a 1-D integer array")
+        return ts.astype(np.int64)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        x_t: torch.Tensor,
+        *,
+        num_steps: int,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        predicted_variance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Call ``step_fn`` with every protocol argument; check that it returns a tensor of x_t's shape."""
+        out: Any = self._step_fn(
+            model_output,
+            t,
+            x_t,
+            num_steps=num_steps,
+            eta=eta,
+            noise=noise,
+            generator=generator,
+            predicted_variance=predicted_variance,
+        )
+        if not isinstance(out, torch.Tensor) or out.shape != x_t.shape:
+            raise TypeError(
+                f"{self.name}: step_fn returned {type(out).__name__} of shape {getattr(out, 'shape', None)}; "
+                f"expected a torch.Tensor of x_t's shape {tuple(x_t.shape)}"
+            )
+        return out

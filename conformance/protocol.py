@@ -1,0 +1,327 @@
+r"""The sampler protocol: what the conformance harness needs from a DDPM/DDIM sampler under test.
+
+The harness checks a *target* (a diffusers scheduler, a hand-written sampler, the bundled
+:class:`~ddspec.conformance.torch_port.ReferencePort`) against the float64 reference
+:mod:`ddspec.reference`. It talks to every target through one small interface, :class:`Sampler`:
+
+``name``
+    A short label used in reports.
+``conventions``
+    A frozen :class:`Conventions`: every choice the target makes that changes the numbers (schedule,
+    parameterisation, variance, timestep spacing, clipping, final ᾱ). The harness builds the reference
+    computation from these declarations and reports, never guesses, what a target cannot express:
+    ``conventions.unsupported`` lists config fields or values the adapter could not interpret.
+``betas()`` / ``alphas_cumprod()``
+    float64 *copies* of the target's own β and ᾱ tables as it holds them (a float32 table is cast up,
+    not recomputed), so that the harness can separate table error from step error.
+``timesteps(num_steps)``
+    The int64 timestep indices of an N-step sampling run, noisiest first (0-based, ``docs/conventions.md``).
+    Step k goes from ``timesteps[k]`` to ``timesteps[k+1]``; the last step goes to index −1, the data
+    (or to ᾱ at index 0 where ``conventions.final_alpha_bar_is_one`` is False). A target whose own step
+    uses another "previous" timestep (diffusers' DDIM uses t − T//N for every spacing) is reported as it
+    is: adapters return the target's own timesteps and results, and the harness finds the mismatch.
+``step(model_output, t, x_t, *, num_steps, eta=0.0, noise=None, generator=None, predicted_variance=None)``
+    One reverse step from :math:`x_t` at timestep ``t`` of the N-step schedule to :math:`x_{t_\mathrm{prev}}`.
+    ``noise`` is the standard Gaussian :math:`z` of a stochastic step (DDPM Algorithm 2 line 4, DDIM eq. 12's
+    :math:`\sigma_t\epsilon_t`); when it is given the target must use exactly this tensor, so that the harness
+    can compare a stochastic step with the reference deterministically. ``predicted_variance`` is the model's
+    variance output (same shape as ``x_t``) for ``variance_type`` "learned"/"learned_range", and must be
+    ``None`` otherwise. ``eta`` is DDIM's η (eq. 16); DDPM targets ignore it. A step must not modify its
+    input tensors.
+
+Example: a hand-written deterministic DDIM sampler (η = 0, ε-prediction, DDIM eq. 12) that satisfies
+the protocol. Index −1 is the data, with ᾱ = 1.
+
+.. code-block:: python
+
+    import numpy as np
+    from ddspec.conformance.protocol import Conventions, declared_timesteps
+
+    class MyDDIM:
+        name = "my-ddim"
+        conventions = Conventions(family="ddim", num_train_timesteps=1000)
+
+        def betas(self):
+            return np.linspace(1e-4, 0.02, 1000)
+
+        def alphas_cumprod(self):
+            return np.cumprod(1.0 - self.betas())
+
+        def timesteps(self, num_steps):
+            return declared_timesteps(self.conventions, num_steps)
+
+        def step(self, model_output, t, x_t, *, num_steps, eta=0.0, noise=None,
+                 generator=None, predicted_variance=None):
+            ts = self.timesteps(num_steps).tolist()
+            k = ts.index(t)
+            ab = self.alphas_cumprod()
+            ab_t = float(ab[t])
+            ab_prev = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
+            x0 = (x_t - (1 - ab_t) ** 0.5 * model_output) / ab_t ** 0.5
+            return ab_prev ** 0.5 * x0 + (1 - ab_prev) ** 0.5 * model_output
+
+:func:`ddspec.conformance.adapters.adapt` accepts such an object as it is, wraps diffusers
+``DDPMScheduler``/``DDIMScheduler`` instances, and calls a zero-argument factory once. For a plain
+function, :class:`ddspec.conformance.adapters.function.FunctionSampler` supplies the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ddspec.reference._validate import as_betas, as_int, fail
+from ddspec.reference.timesteps import get_timesteps
+
+if TYPE_CHECKING:  # torch is needed only by the targets themselves
+    import torch
+
+__all__ = [
+    "FAMILIES",
+    "BETA_SCHEDULES",
+    "PREDICTION_TYPES",
+    "DDPM_VARIANCE_TYPES",
+    "TIMESTEP_SPACINGS",
+    "Conventions",
+    "Sampler",
+    "declared_timesteps",
+]
+
+FAMILIES: tuple[str, ...] = ("ddpm", "ddim")
+BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "sigmoid", "custom")
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+DDPM_VARIANCE_TYPES: tuple[str, ...] = (
+    "fixed_small",
+    "fixed_small_log",
+    "fixed_large",
+    "fixed_large_log",
+    "learned",
+    "learned_range",
+)
+TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "custom")
+
+
+def _declared_unsupported(unsupported: tuple[str, ...], field: str) -> bool:
+    return any(entry.startswith(field + "=") for entry in unsupported)
+
+
+@dataclass(frozen=True)
+class Conventions:
+    r"""Every numerical convention a sampler declares (immutable).
+
+    Index convention: ``docs/conventions.md`` (0-based timestep index, index −1 is the data, ᾱ = 1).
+    LaTeX below uses the papers' 1-based t.
+
+    **Unsupported values are never defaulted.** An enumerated field (``family`` excepted) may hold a
+    value outside its list only if ``unsupported`` has an entry ``"<field>=<value>: <why>"`` for it;
+    the adapter keeps the target's raw value and the harness reports the entry. Config fields the
+    adapter does not know at all are listed the same way.
+
+    Attributes
+    ----------
+    family:
+        ``"ddpm"`` (ancestral step: posterior mean, Ho et al. 2020 eq. 7 and Algorithm 2) or ``"ddim"``
+        (Song et al. 2021 eq. 12 with σ(η) of eq. 16).
+    num_train_timesteps:
+        T, the length of the β table.
+    beta_schedule:
+        The ddspec name of the β schedule: ``"linear"``, ``"scaled_linear"``, ``"cosine"`` (diffusers'
+        ``squaredcos_cap_v2``; Nichol & Dhariwal 2021 eq. 17), ``"sigmoid"`` or ``"custom"`` (then
+        ``trained_betas`` holds the table). Sets every ᾱ in every equation.
+    beta_start, beta_end:
+        The schedule's end points (linear, scaled_linear, sigmoid); exact float64 inputs.
+    trained_betas:
+        An explicit β table (tuple of T floats) for ``beta_schedule="custom"``, else ``None``.
+    rescale_betas_zero_snr:
+        Whether the schedule is rescaled to zero terminal SNR (Lin et al. 2023, Algorithm 1), so
+        :math:`\bar\alpha_T = 0`; ε-prediction is then singular at the first sampling step.
+    prediction_type:
+        What the model predicts: ``"epsilon"`` (:math:`\hat x_0 = (x_t - \sqrt{1-\bar\alpha_t}\,\epsilon)/\sqrt{\bar\alpha_t}`,
+        Ho et al. eq. 15), ``"sample"`` (:math:`\hat x_0` itself) or ``"v_prediction"``
+        (:math:`\hat x_0 = \sqrt{\bar\alpha_t} x_t - \sqrt{1-\bar\alpha_t} v`, Salimans & Ho 2022 §4).
+    variance_type:
+        DDPM only (``None`` for DDIM): the reverse-step variance. ``"fixed_small"`` is
+        :math:`\tilde\beta_t = \beta_t (1-\bar\alpha_{t-1})/(1-\bar\alpha_t)` (Ho et al. eq. 7),
+        ``"fixed_large"`` is :math:`\beta_t` (Ho et al. §3.2); the ``_log`` variants are diffusers'
+        names for the same quantities handled as logs; ``"learned"`` takes ``predicted_variance`` as
+        the variance (diffusers' meaning), ``"learned_range"`` as
+        :math:`\exp(f \log\beta_t + (1-f)\log\tilde\beta_t)`, :math:`f = (v+1)/2` (Nichol & Dhariwal
+        2021 eq. 15). With strided steps β and β̃ are those of the respaced schedule.
+    timestep_spacing:
+        How the N sampling timesteps are chosen from T (``"leading"``, ``"trailing"``,
+        ``"linspace"``; Lin et al. 2023, Table 2) or ``"custom"`` (the target's own rule).
+    steps_offset:
+        Added to every ``leading`` timestep (Stable Diffusion uses 1); ignored by the other spacings.
+    final_alpha_bar_is_one:
+        Whether the last step goes to :math:`\bar\alpha = 1` (the data; the reference convention).
+        ``False`` is diffusers DDIM's ``set_alpha_to_one=False``: the last step goes to
+        :math:`\bar\alpha_1` (index 0) and leaves noise of std :math:`\sqrt{1-\bar\alpha_1}`.
+    clip_sample, clip_sample_range:
+        Whether :math:`\hat x_0` is clamped to ``±clip_sample_range`` before it enters the posterior
+        mean (Ho et al. eq. 7) or DDIM eq. 12.
+    thresholding, dynamic_thresholding_ratio, sample_max_value:
+        Dynamic thresholding of :math:`\hat x_0` (Saharia et al. 2022, §2.3): s = the
+        ``dynamic_thresholding_ratio`` quantile of :math:`|\hat x_0|` per sample, clamped to
+        ``[1, sample_max_value]``; :math:`\hat x_0 \leftarrow \mathrm{clamp}(\hat x_0, -s, s)/s`.
+        Takes precedence over ``clip_sample`` when both are set (as in diffusers).
+    use_clipped_model_output:
+        DDIM only: whether the ε in eq. 12's direction term is re-derived from the clipped
+        :math:`\hat x_0` (:math:`\hat\epsilon = (x_t - \sqrt{\bar\alpha_t}\hat x_0)/\sqrt{1-\bar\alpha_t}`)
+        instead of the raw model output. Must be ``False`` for DDPM.
+    supports_noise_injection:
+        Whether ``step(..., noise=z)`` makes the target use exactly z. If ``False``, stochastic steps
+        can only be checked statistically.
+    unsupported:
+        ``"<field>=<value>: <reason>"`` entries for config fields or values the adapter cannot
+        interpret. Empty when the declaration is complete.
+    """
+
+    family: str
+    num_train_timesteps: int
+    beta_schedule: str = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    trained_betas: tuple[float, ...] | None = None
+    rescale_betas_zero_snr: bool = False
+    prediction_type: str = "epsilon"
+    variance_type: str | None = None
+    timestep_spacing: str = "leading"
+    steps_offset: int = 0
+    final_alpha_bar_is_one: bool = True
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    use_clipped_model_output: bool = False
+    supports_noise_injection: bool = True
+    unsupported: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.unsupported, tuple) or not all(isinstance(u, str) for u in self.unsupported):
+            fail("unsupported", self.unsupported, "must be a tuple of str")
+        if self.family not in FAMILIES:
+            fail("family", self.family, f"must be one of {FAMILIES}")
+        as_int(self.num_train_timesteps, "num_train_timesteps", low=1)
+        as_int(self.steps_offset, "steps_offset", low=0)
+        for field, allowed in (
+            ("beta_schedule", BETA_SCHEDULES),
+            ("prediction_type", PREDICTION_TYPES),
+            ("timestep_spacing", TIMESTEP_SPACINGS),
+        ):
+            value = getattr(self, field)
+            if value not in allowed and not _declared_unsupported(self.unsupported, field):
+                fail(field, value, f"must be one of {allowed}, or be listed in `unsupported`")
+        if self.family == "ddim":
+            if self.variance_type is not None:
+                fail("variance_type", self.variance_type, "must be None for family='ddim' (σ comes from eta)")
+        else:
+            if self.variance_type not in DDPM_VARIANCE_TYPES and not _declared_unsupported(
+                self.unsupported, "variance_type"
+            ):
+                fail("variance_type", self.variance_type, f"must be one of {DDPM_VARIANCE_TYPES} for family='ddpm'")
+            if self.use_clipped_model_output:
+                fail("use_clipped_model_output", True, "applies to family='ddim' only")
+        if self.trained_betas is not None:
+            if not isinstance(self.trained_betas, tuple):
+                fail("trained_betas", self.trained_betas, "must be a tuple of floats or None")
+            as_betas(self.trained_betas, "trained_betas")
+            if len(self.trained_betas) != self.num_train_timesteps:
+                fail(
+                    "trained_betas",
+                    self.trained_betas,
+                    f"has length {len(self.trained_betas)}, expected num_train_timesteps={self.num_train_timesteps}",
+                )
+        if (self.beta_schedule == "custom") != (self.trained_betas is not None):
+            fail("beta_schedule", self.beta_schedule, "'custom' is used exactly when trained_betas is given")
+        for name in ("beta_start", "beta_end", "clip_sample_range", "dynamic_thresholding_ratio", "sample_max_value"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(name, value, "must be a finite real number")
+        for name in (
+            "rescale_betas_zero_snr",
+            "final_alpha_bar_is_one",
+            "clip_sample",
+            "thresholding",
+            "use_clipped_model_output",
+            "supports_noise_injection",
+        ):
+            if not isinstance(getattr(self, name), bool):
+                fail(name, getattr(self, name), "must be a bool")
+
+    @property
+    def fully_supported(self) -> bool:
+        """True when the adapter could interpret every config field and value (``unsupported`` is empty)."""
+        return not self.unsupported
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    r"""A DDPM/DDIM sampler under test (see the module docstring for the contract of each member)."""
+
+    name: str
+    conventions: Conventions
+
+    def betas(self) -> NDArray[np.float64]:
+        r"""float64 copy of the target's own β table (length T, ``betas[i]`` is :math:`\beta_{i+1}`)."""
+        ...
+
+    def alphas_cumprod(self) -> NDArray[np.float64]:
+        r"""float64 copy of the target's own :math:`\bar\alpha` table as stored (not recomputed)."""
+        ...
+
+    def timesteps(self, num_steps: int) -> NDArray[np.int64]:
+        r"""int64 indices of the ``num_steps``-step run, noisiest first; the step after the last goes to −1."""
+        ...
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        x_t: torch.Tensor,
+        *,
+        num_steps: int,
+        eta: float = 0.0,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        predicted_variance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        r"""One reverse step :math:`x_t \to x_{t_\mathrm{prev}}` at timestep ``t`` of the N-step schedule.
+
+        ``noise`` (if given) is the exact standard-normal z of the stochastic term; ``predicted_variance``
+        only for learned variance types. Returns a new tensor; inputs are left unchanged.
+        """
+        ...
+
+
+def declared_timesteps(conventions: Conventions, num_steps: int) -> NDArray[np.int64]:
+    r"""The N sampling timesteps that ``conventions.timestep_spacing`` implies, noisiest first (int64).
+
+    With S = ``num_steps`` and T = ``num_train_timesteps`` (diffusers' definitions; Lin et al. 2023,
+    Table 2):
+
+    .. math::
+
+        \text{leading: } \tau_k = k \lfloor T/S \rfloor + \text{offset},\quad
+        \text{trailing: } \tau_k = \mathrm{round}(T - k\,T/S) - 1,\quad
+        \text{linspace: } \tau_k = \mathrm{round}\big(k (T-1)/(S-1)\big)
+
+    (leading and linspace listed in reverse). Evaluated exactly by
+    :func:`ddspec.reference.timesteps.get_timesteps`; ``steps_offset`` is passed for ``"leading"``
+    only, since diffusers ignores it for the other spacings. Raises ``ValueError`` for ``"custom"``
+    or an unsupported spacing (the target must supply its own rule), and, naming ``steps_offset``,
+    when a leading offset runs past T − 1.
+    """
+    if not isinstance(conventions, Conventions):
+        fail("conventions", conventions, "expected a Conventions instance")
+    T = conventions.num_train_timesteps
+    N = as_int(num_steps, "num_steps", low=1, high=T)
+    spacing = conventions.timestep_spacing
+    if spacing not in ("leading", "trailing", "linspace"):
+        fail("timestep_spacing", spacing, "has no built-in rule; the sampler must supply its own timesteps")
+    offset = conventions.steps_offset if spacing == "leading" else 0
+    return np.asarray(get_timesteps(spacing, T, N, offset), dtype=np.int64)

@@ -1,0 +1,279 @@
+r"""The error model: tolerances derived from the target's dtype, the step's conditioning and its tables.
+
+Every tolerance the harness applies comes from here; ``docs/tolerances.md`` gives the derivation.
+A step of any DDPM/DDIM sampler is, given its two table entries :math:`a = \bar\alpha_t` and
+:math:`p = \bar\alpha_{t_\mathrm{prev}}`, a short expression in the model output m, the state x and
+the noise z. Its float error has two sources:
+
+1. **Rounding in the step itself.** Evaluating an expression of k operations in a dtype with unit
+   roundoff u gives (Higham 2002, §3.1, the bound :math:`\gamma_k = ku/(1-ku)`) an absolute error at
+   most :math:`\gamma_k \cdot M`, where M is the same expression evaluated with the absolute value of
+   every operand and coefficient (no cancellation). :func:`step_bound` evaluates M along the exact
+   path the step takes (prediction type, clipping, re-derived ε, variance).
+2. **Error in the target's tables.** A target usually stores ᾱ in its own dtype (diffusers: float32
+   even for float64 runs) and computes it by a running product. With relative error
+   :math:`\delta_a, \delta_p` in a and p, the step output moves by at most
+   :math:`|\partial x_\mathrm{prev}/\partial \ln a|\,\delta_a + |\partial x_\mathrm{prev}/\partial \ln p|\,\delta_p`
+   (first order). The derivatives are this step's conditioning with respect to its coefficients;
+   they are taken by central differences of the coefficient-form step in float64. The table error
+   :math:`\delta` comes from :func:`alpha_bar_relative_bound`: the γ bound of a running product of
+   t factors in the table's dtype plus the propagated error of β itself.
+
+The tolerance is ``SAFETY × (γ_K(u) M + table term)`` per element, with ``K = 12`` operations and
+``SAFETY = 4``. Both are stated constants, not tuned to make a target pass: the self-tests show that
+every correct configuration passes and every planted bug fails with them.
+
+The coefficient-form step below duplicates the equations only to *measure conditioning*; expected
+values always come from :mod:`ddspec.reference`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "K_OPS",
+    "SAFETY",
+    "UNIT_ROUNDOFF",
+    "unit_roundoff",
+    "table_roundoff",
+    "gamma",
+    "beta_relative_bound",
+    "alpha_bar_relative_bound",
+    "StepSpec",
+    "StepBound",
+    "step_bound",
+]
+
+Array = NDArray[np.float64]
+
+K_OPS = 12
+SAFETY = 4.0
+UNIT_ROUNDOFF: dict[str, float] = {
+    "float64": 2.0**-53,
+    "float32": 2.0**-24,
+    "float16": 2.0**-11,
+    "bfloat16": 2.0**-8,
+}
+
+
+def unit_roundoff(dtype: object) -> float:
+    """Unit roundoff u of a dtype given as a name, a numpy dtype or a torch dtype."""
+    name = str(dtype).replace("torch.", "")
+    if name not in UNIT_ROUNDOFF:
+        raise ValueError(f"dtype={dtype!r}: unknown floating dtype; expected one of {sorted(UNIT_ROUNDOFF)}")
+    return UNIT_ROUNDOFF[name]
+
+
+def gamma(k: float | Array, u: float) -> Array:
+    r""":math:`\gamma_k = k u / (1 - k u)` (Higham 2002, Lemma 3.1); ``inf`` where ku ≥ 1."""
+    ku = np.asarray(k, dtype=np.float64) * u
+    with np.errstate(divide="ignore"):
+        return np.where(ku < 1.0, ku / (1.0 - np.minimum(ku, 0.999999)), np.inf)
+
+
+def _bf16_exact(x: Array) -> bool:
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32)
+    return bool(np.all(np.asarray(x, dtype=np.float32) == x) and np.all(bits & 0xFFFF == 0))
+
+
+def table_roundoff(table: Array) -> float:
+    """Unit roundoff of the narrowest dtype in which every entry of ``table`` is exactly representable.
+
+    A target's table as it holds it (cast up to float64 by the adapter) reveals its storage dtype:
+    float32 values are exactly float32-representable, and so on.
+    """
+    t = np.asarray(table, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        if np.all(t.astype(np.float16).astype(np.float64) == t):
+            return UNIT_ROUNDOFF["float16"]
+        if _bf16_exact(t):
+            return UNIT_ROUNDOFF["bfloat16"]
+        if np.all(t.astype(np.float32).astype(np.float64) == t):
+            return UNIT_ROUNDOFF["float32"]
+    return UNIT_ROUNDOFF["float64"]
+
+
+def beta_relative_bound(betas: Array, schedule: str, u_table: float) -> Array:
+    r"""Relative error bound of a target's β table built in a dtype of unit roundoff ``u_table``.
+
+    * linear / scaled_linear / sigmoid / custom: a linspace (and a square, or a sigmoid) of a few
+      roundings: :math:`\gamma_4(u)`.
+    * cosine: the anchors evaluate the textbook :math:`1 - \bar\alpha(t+1)/\bar\alpha(t)` in float64, which
+      cancels: relative error :math:`\approx 4u_{64}(1-\beta)/\beta`, then round to the table's dtype.
+    """
+    b = np.asarray(betas, dtype=np.float64)
+    base = np.full(b.shape, float(gamma(4, u_table)))
+    if schedule == "cosine":
+        base = base + 4.0 * UNIT_ROUNDOFF["float64"] * (1.0 - b) / b
+    return base
+
+
+def alpha_bar_relative_bound(betas: Array, schedule: str, u_table: float) -> Array:
+    r"""Relative error bound of a target's ᾱ table (running product in a dtype of roundoff ``u_table``).
+
+    .. math::
+
+        \delta_{\bar\alpha_t} \le \gamma_{2(t+1)}(u) + \sum_{i \le t} \frac{\beta_i}{1-\beta_i}\,\delta_{\beta_i}
+
+    The first term bounds forming each 1 − β_i and each partial product (Higham 2002, Lemma 3.1
+    applied to a product of 2(t+1) rounded factors); the second propagates the error of β itself
+    (:func:`beta_relative_bound`), since :math:`\partial\ln\bar\alpha_t/\partial\ln\beta_i = -\beta_i/(1-\beta_i)`.
+    A β of exactly 1 (ᾱ = 0 afterwards) contributes nothing: 1 − 1 is exact.
+    """
+    b = np.asarray(betas, dtype=np.float64)
+    db = beta_relative_bound(b, schedule, u_table)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sens = np.where(b < 1.0, b / (1.0 - b), 0.0)
+    n = np.arange(1, b.size + 1)
+    return gamma(2 * n, u_table) + np.cumsum(sens * db)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """The conventions that shape one step's expression (a subset of the sampler's declarations)."""
+
+    family: str
+    prediction_type: str = "epsilon"
+    variance_type: str | None = None
+    eta: float = 0.0
+    clip_sample: bool = False
+    clip_sample_range: float = 1.0
+    thresholding: bool = False
+    use_clipped_model_output: bool = False
+
+
+@dataclass(frozen=True)
+class StepBound:
+    """Per-element tolerance of one step, with its two parts for reporting."""
+
+    bound: Array
+    rounding: Array
+    table: Array
+
+
+def _x0_eps(spec: StepSpec, a: float, m: Array, x: Array) -> tuple[Array, Array]:
+    sa, s1 = np.sqrt(a), np.sqrt(max(1.0 - a, 0.0))
+    if spec.prediction_type == "epsilon":
+        x0 = (x - s1 * m) / sa if sa > 0 else np.zeros_like(x)
+        return x0, m
+    if spec.prediction_type == "sample":
+        return m, (x - sa * m) / s1 if s1 > 0 else np.zeros_like(x)
+    return sa * x - s1 * m, s1 * x + sa * m
+
+
+def _coef_step(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None) -> Array:
+    """The step as a function of its two table entries (float64), for conditioning only."""
+    x0, eps = _x0_eps(spec, a, m, x)
+    if spec.clip_sample or spec.thresholding:
+        r = spec.clip_sample_range if spec.clip_sample else 1.0
+        x0c = np.clip(x0, -r, r)
+        if spec.use_clipped_model_output or spec.family == "ddpm":
+            eps = (x - np.sqrt(a) * x0c) / np.sqrt(max(1.0 - a, 1e-300))
+        x0 = x0c
+    if spec.family == "ddim":
+        c_t, c_p = 1.0 - a, 1.0 - p
+        var = spec.eta**2 * c_p / c_t * (1.0 - a / p) if c_t > 0 else 0.0
+        out = np.sqrt(p) * x0 + np.sqrt(max(c_p - var, 0.0)) * eps
+        return out + (np.sqrt(max(var, 0.0)) * z if z is not None else 0.0)
+    bp = 1.0 - a / p
+    c_t, c_p = 1.0 - a, 1.0 - p
+    mean = np.sqrt(p) * bp / c_t * x0 + np.sqrt(max(1.0 - bp, 0.0)) * c_p / c_t * x
+    if z is None:
+        return mean
+    vt = spec.variance_type or "fixed_small"
+    small = c_p / c_t * bp
+    if vt.startswith("fixed_small"):
+        var = small
+    elif vt.startswith("fixed_large"):
+        var = bp
+    elif vt == "learned_range" and pv is not None:
+        f = (pv + 1.0) / 2.0
+        var = np.exp(f * np.log(bp) + (1.0 - f) * np.log(max(small, 1e-20)))
+    elif vt == "learned" and pv is not None:
+        var = pv
+    else:
+        var = small
+    return mean + np.sqrt(np.maximum(var, 0.0)) * z
+
+
+def _magnitude(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None) -> Array:
+    """M: the step evaluated with absolute values everywhere (no cancellation) — the γ_k bound's scale."""
+    sa, s1 = np.sqrt(a), np.sqrt(max(1.0 - a, 0.0))
+    am, ax = np.abs(m), np.abs(x)
+    if spec.prediction_type == "epsilon":
+        x0 = (ax + s1 * am) / sa if sa > 0 else np.zeros_like(ax)
+        eps = am
+    elif spec.prediction_type == "sample":
+        x0 = am
+        eps = (ax + sa * am) / s1 if s1 > 0 else np.zeros_like(ax)
+    else:
+        x0 = sa * ax + s1 * am
+        eps = s1 * ax + sa * am
+    if spec.clip_sample or spec.thresholding:
+        eps = eps + (ax + sa * x0) / max(s1, 1e-150)
+    az = np.abs(z) if z is not None else 0.0
+    if spec.family == "ddim":
+        var = spec.eta**2 * (1.0 - p) / max(1.0 - a, 1e-300) * abs(1.0 - a / p)
+        return np.sqrt(p) * x0 + np.sqrt(max(1.0 - p, 0.0)) * eps + np.sqrt(var) * az + np.abs(
+            _coef_step(spec, a, p, m, x, z, pv)
+        )
+    bp = abs(1.0 - a / p)
+    c_t = max(1.0 - a, 1e-300)
+    mean = np.sqrt(p) * bp / c_t * x0 + np.sqrt(abs(1.0 - bp)) * (1.0 - p) / c_t * ax
+    var_mag = max(bp, (1.0 - p) / c_t * bp)
+    if spec.variance_type == "learned" and pv is not None:
+        var_mag = np.abs(pv)
+    return mean + np.sqrt(var_mag) * az + np.abs(_coef_step(spec, a, p, m, x, z, pv))
+
+
+def step_bound(
+    spec: StepSpec,
+    *,
+    alpha_bar_t: float,
+    alpha_bar_prev: float,
+    delta_t: float,
+    delta_prev: float,
+    model_output: Array,
+    x_t: Array,
+    noise: Array | None,
+    predicted_variance: Array | None = None,
+    u_compute: float,
+    safety: float = SAFETY,
+    k_ops: int = K_OPS,
+) -> StepBound:
+    r"""Per-element tolerance for one step (see the module docstring).
+
+    ``delta_t``/``delta_prev`` are the relative error bounds of the target's ᾱ_t and ᾱ_prev
+    (:func:`alpha_bar_relative_bound`; 0 for an exact 1 at the final step). ``u_compute`` is the unit
+    roundoff of the dtype the step runs in; tables used in a narrower dtype than they are stored in
+    are covered because the caller passes ``max(u_table, u_compute)`` into the δ's.
+    """
+    m = np.asarray(model_output, dtype=np.float64)
+    x = np.asarray(x_t, dtype=np.float64)
+    z = None if noise is None else np.asarray(noise, dtype=np.float64)
+    pv = None if predicted_variance is None else np.asarray(predicted_variance, dtype=np.float64)
+    a, p = float(alpha_bar_t), float(alpha_bar_prev)
+    rounding = gamma(k_ops, u_compute) * _magnitude(spec, a, p, m, x, z, pv)
+    table = np.zeros_like(x)
+    h = 1e-7
+    for which, delta in (("t", delta_t), ("p", delta_prev)):
+        if delta <= 0.0:
+            continue
+        if which == "t":
+            lo_a, hi_a = a * (1 - h), min(a * (1 + h), np.nextafter(1.0, 0.0))
+            if hi_a <= lo_a or a <= 0.0:
+                continue
+            d = (_coef_step(spec, hi_a, p, m, x, z, pv) - _coef_step(spec, lo_a, p, m, x, z, pv)) / np.log(hi_a / lo_a)
+        else:
+            lo_p, hi_p = p * (1 - h), min(p * (1 + h), 1.0)
+            lo_p = max(lo_p, a) if spec.family == "ddpm" else lo_p
+            if hi_p <= lo_p or p <= 0.0:
+                continue
+            d = (_coef_step(spec, a, hi_p, m, x, z, pv) - _coef_step(spec, a, lo_p, m, x, z, pv)) / np.log(hi_p / lo_p)
+        table = table + np.abs(d) * delta
+    bound = safety * (rounding + table)
+    return StepBound(bound=bound, rounding=rounding, table=table)
