@@ -176,8 +176,9 @@ def audit_case(schedule: str, T: int, *, dps: int = twin.DEFAULT_DPS, progress: 
 
 
 def run_audit(cases: Sequence[tuple[str, int]] = STANDARD_CASES, *, dps: int = twin.DEFAULT_DPS,
-              progress: bool = True, stream=sys.stderr) -> list[AuditRow]:
-    """Audit every case; shows progress on ``stream`` while it works."""
+              progress: bool = True, stream=None) -> list[AuditRow]:
+    """Audit every case; shows progress on ``stream`` (default stderr) while it works."""
+    stream = sys.stderr if stream is None else stream
     rows: list[AuditRow] = []
     t0 = time.perf_counter()
     for k, (schedule, T) in enumerate(cases, start=1):
