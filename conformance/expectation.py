@@ -1,0 +1,159 @@
+r"""From a sampler's declared :class:`~ddspec.conformance.protocol.Conventions` to the reference's answer.
+
+Every check builds its expected values here, from :mod:`ddspec.reference` only: the β table the
+declared config means, the timesteps the declared spacing gives, the (t, t_prev) pairs of a run, one
+reference step, and the :class:`~ddspec.conformance.tolerances.StepSpec` that shapes its tolerance.
+
+Declared variants the reference knows are mapped, never guessed:
+
+* diffusers' ``fixed_small_log`` / ``fixed_large_log`` are the same variances as ``fixed_small`` /
+  ``fixed_large`` handled as logs; diffusers' ``learned`` takes a *variance* and the reference's
+  ``learned`` a *log-variance*, so the model output is passed through ``log``.
+* ``final_alpha_bar_is_one=False`` (diffusers DDIM ``set_alpha_to_one=False``): the last step goes to
+  index 0 instead of the data; it leaves noise of std ``sqrt(1 - ᾱ_0)`` — an *acceptable* variant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ddspec.reference import alphas, sampling, schedules, timesteps
+
+from .protocol import Conventions
+from .tolerances import StepSpec
+
+__all__ = [
+    "UnsupportedConvention",
+    "reference_betas",
+    "reference_timesteps",
+    "step_pairs",
+    "reference_step",
+    "step_spec",
+    "final_step_consequence",
+]
+
+Array = NDArray[np.float64]
+
+
+class UnsupportedConvention(ValueError):
+    """The declared conventions ask for something the reference cannot state (reported as unsupported)."""
+
+
+def reference_betas(conv: Conventions) -> Array:
+    """The β table the declared schedule means, from :mod:`ddspec.reference.schedules` (float64)."""
+    T = conv.num_train_timesteps
+    name = conv.beta_schedule
+    if name == "custom":
+        if conv.trained_betas is None:
+            raise UnsupportedConvention("beta_schedule='custom' without trained_betas")
+        betas = schedules.custom_betas(np.asarray(conv.trained_betas, dtype=np.float64))
+    elif name == "linear":
+        betas = schedules.linear_betas(T, conv.beta_start, conv.beta_end)
+    elif name == "scaled_linear":
+        betas = schedules.scaled_linear_betas(T, conv.beta_start, conv.beta_end)
+    elif name == "cosine":
+        betas = schedules.cosine_betas(T)
+    elif name == "sigmoid":
+        betas = schedules.sigmoid_betas(T, conv.beta_start, conv.beta_end)
+    else:
+        raise UnsupportedConvention(f"beta_schedule={name!r} is not a schedule the reference knows")
+    if conv.rescale_betas_zero_snr:
+        betas = schedules.rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def reference_timesteps(conv: Conventions, num_steps: int) -> NDArray[np.int64]:
+    """The timesteps of an N-step run under the declared spacing (sampling order)."""
+    if conv.timestep_spacing not in ("leading", "trailing", "linspace"):
+        raise UnsupportedConvention(f"timestep_spacing={conv.timestep_spacing!r} has no reference rule")
+    offset = conv.steps_offset if conv.timestep_spacing == "leading" else 0
+    return timesteps.get_timesteps(conv.timestep_spacing, conv.num_train_timesteps, num_steps, offset)
+
+
+def step_pairs(conv: Conventions, ts: NDArray[np.int64]) -> list[tuple[int, int]]:
+    """(t, t_prev) for every step of a run over ``ts``; the last goes to −1, or to 0 for the ᾱ_0 variant."""
+    seq = [int(t) for t in ts]
+    pairs = [(seq[k], seq[k + 1]) for k in range(len(seq) - 1)]
+    last = -1 if conv.final_alpha_bar_is_one else 0
+    pairs.append((seq[-1], min(last, seq[-1])))
+    return pairs
+
+
+def _reference_variance_type(conv: Conventions) -> str:
+    vt = conv.variance_type or "fixed_small"
+    mapping = {
+        "fixed_small": "fixed_small",
+        "fixed_small_log": "fixed_small",
+        "fixed_large": "fixed_large",
+        "fixed_large_log": "fixed_large",
+        "learned": "learned",
+        "learned_range": "learned_range",
+    }
+    if vt not in mapping:
+        raise UnsupportedConvention(f"variance_type={vt!r} has no reference equation")
+    return mapping[vt]
+
+
+def reference_step(
+    conv: Conventions,
+    betas: Array,
+    *,
+    model_output: Array,
+    t: int,
+    t_prev: int,
+    x_t: Array,
+    noise: Array | None,
+    eta: float = 0.0,
+    predicted_variance: Array | None = None,
+) -> sampling.StepResult:
+    """The reference's step for the declared conventions, in float64 (raises SingularError where singular)."""
+    if conv.family == "ddim":
+        return sampling.ddim_step(
+            model_output, t, t_prev, x_t, betas,
+            eta=eta, noise=noise, prediction_type=conv.prediction_type,
+            clip_sample=conv.clip_sample, clip_sample_range=conv.clip_sample_range,
+            thresholding=conv.thresholding, dynamic_thresholding_ratio=conv.dynamic_thresholding_ratio,
+            sample_max_value=conv.sample_max_value, use_clipped_model_output=conv.use_clipped_model_output,
+        )
+    vt = _reference_variance_type(conv)
+    var_out = None
+    if vt in ("learned", "learned_range"):
+        if predicted_variance is None:
+            raise UnsupportedConvention(f"variance_type={vt!r} needs a predicted variance")
+        var_out = np.log(predicted_variance) if vt == "learned" else predicted_variance
+    return sampling.ddpm_step(
+        model_output, t, x_t, betas,
+        noise=noise if t_prev >= 0 else None, t_prev=t_prev, prediction_type=conv.prediction_type,
+        variance_type=vt, model_var_output=var_out,
+        clip_sample=conv.clip_sample, clip_sample_range=conv.clip_sample_range,
+        thresholding=conv.thresholding, dynamic_thresholding_ratio=conv.dynamic_thresholding_ratio,
+        sample_max_value=conv.sample_max_value,
+    )
+
+
+def step_spec(conv: Conventions, eta: float = 0.0) -> StepSpec:
+    """The :class:`StepSpec` (expression shape) of one step under the declared conventions."""
+    return StepSpec(
+        family=conv.family,
+        prediction_type=conv.prediction_type,
+        variance_type=conv.variance_type,
+        eta=float(eta) if conv.family == "ddim" else 0.0,
+        clip_sample=conv.clip_sample,
+        clip_sample_range=conv.clip_sample_range,
+        thresholding=conv.thresholding,
+        use_clipped_model_output=conv.use_clipped_model_output,
+    )
+
+
+def final_step_consequence(conv: Conventions, betas: Array) -> str | None:
+    """The consequence of a declared final-step variant, or None for the reference convention."""
+    if conv.final_alpha_bar_is_one:
+        return None
+    c0 = float(alphas.one_minus_alpha_bar(betas)[0])
+    return (f"the last step goes to alpha_bar at index 0 instead of 1 (set_alpha_to_one=False): the output "
+            f"keeps noise of std sqrt(1 - alpha_bar_0) = {np.sqrt(c0):.4g} and signal scale "
+            f"sqrt(alpha_bar_0) = {np.sqrt(1.0 - c0):.6g}")
+

@@ -1,0 +1,631 @@
+r"""What a conformance run produces: verdicts, findings, check results and the report.
+
+A *check* compares one aspect of a target sampler (its schedule, its timestep subsequence, one step,
+the distribution of its samples, ...) with the float64 reference and returns one or more
+:class:`CheckResult`. A :class:`Report` gathers the results of every check run against one target,
+with the environment it ran in, and decides the exit code.
+
+Verdicts
+--------
+``pass``
+    The target agrees with the reference within the tolerance.
+``acceptable``
+    The target follows a convention *variant* the reference knows (for example diffusers' DDIM with
+    ``set_alpha_to_one=False``). It is not an error, but it changes what the sampler computes, and the
+    result says how in :attr:`CheckResult.consequence`.
+``fail``
+    The target disagrees with the reference beyond the tolerance, crashed, hung or broke a contract.
+``unsupported``
+    A feature or configuration the harness cannot check (say, a schedule it has no reference for). It
+    is reported and never silently replaced by a default.
+``skipped``
+    The check does not apply to this target (the message says why).
+
+Exit codes (:meth:`Report.exit_code`)
+-------------------------------------
+======================  ===========  ==========
+any result is ...       default      ``strict``
+======================  ===========  ==========
+``fail`` (not allowed)  1            1
+``unsupported``         0            1
+``acceptable``          0            1
+unused allowance        0            1
+only pass / skipped     0            0
+======================  ===========  ==========
+
+Without ``strict``, ``unsupported`` counts like ``acceptable``: the report shows it, the run does not
+fail. With ``strict``, anything other than ``pass`` and ``skipped`` fails the run.
+
+Allowances
+----------
+A *known deviation* can be allowed: :attr:`Report.allowances` maps a check-name pattern
+(:func:`fnmatch.fnmatchcase`, so an exact name or a glob such as ``"distribution.*"``) to the reason it
+is allowed. A ``fail`` whose name matches is reported as an *allowed deviation* and does not fail the
+run. The verdicts themselves are never rewritten: the report keeps what the harness observed, and the
+allowance is a policy laid on top. An allowance that matches no failing result is *unused* (the bug
+was fixed, or the pattern has a typo): reported always, and a failure under ``strict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import fnmatch
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Mapping
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "FAMILIES",
+    "MAX_FINDINGS",
+    "Verdict",
+    "Finding",
+    "CheckResult",
+    "Report",
+    "json_safe",
+    "parse_allowance",
+    "validate_allowances",
+]
+
+#: Version tag of the JSON report (see :mod:`ddspec.conformance.report`).
+SCHEMA_VERSION = "ddspec.report/1"
+
+#: Check families. ``harness`` is used only for a check function that crashed and whose family could
+#: not be read from its module name.
+FAMILIES = (
+    "schedule",
+    "timesteps",
+    "oracle",
+    "single_step",
+    "distribution",
+    "invariants",
+    "load",
+    "harness",
+)
+
+#: A result keeps at most this many findings (the worst ones; the check orders them worst first).
+MAX_FINDINGS = 5
+
+
+def _bad(name: str, value: Any, why: str) -> ValueError:
+    """A ValueError in the project's format ``"<argument>=<value>: <reason>"``."""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ValueError(f"{name}={shown}: {why}")
+
+
+def _opt_float(value: Any, name: str) -> float | None:
+    """``None`` or a Python float (numpy and torch scalars are converted; NaN and inf are kept)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise _bad(name, value, "must be a real number or None, not a bool")
+    if hasattr(value, "item") and not isinstance(value, numbers.Number):
+        try:
+            value = value.item()  # 0-d numpy array or torch tensor
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise _bad(name, value, "must be a real number or None") from exc
+    if not isinstance(value, numbers.Real):
+        raise _bad(name, value, "must be a real number or None")
+    return float(value)
+
+
+def _opt_int(value: Any, name: str) -> int | None:
+    """``None`` or a Python int (numpy and torch integer scalars are converted)."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, numbers.Number):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _bad(name, value, "must be an integer or None")
+    return int(value)
+
+
+def json_safe(value: Any) -> Any:
+    r"""Convert ``value`` to plain JSON data (dict, list, str, int, float, bool, None).
+
+    Tuples become lists, numpy/torch scalars become Python numbers, numpy arrays and tensors become
+    nested lists, enums become their value, and non-finite floats become the strings ``"NaN"``,
+    ``"Infinity"`` and ``"-Infinity"`` (strict JSON has no NaN). Dict keys must be strings.
+
+    Raises:
+        ValueError: for anything else (a value that has no faithful JSON form).
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, Enum):
+        return json_safe(value.value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        x = float(value)
+        if math.isnan(x):
+            return "NaN"
+        if math.isinf(x):
+            return "Infinity" if x > 0 else "-Infinity"
+        return x
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _bad("details key", key, "JSON object keys must be strings")
+            out[key] = json_safe(item)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if hasattr(value, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_safe(value.tolist())
+    raise _bad("value", value, f"{type(value).__name__} has no JSON form")
+
+
+def _from_json_float(value: Any) -> float | None:
+    """Inverse of :func:`json_safe` for one float field."""
+    if isinstance(value, str):
+        return {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}[value]
+    return None if value is None else float(value)
+
+
+class Verdict(str, Enum):
+    r"""The outcome of one check (see the module docstring for their meaning and the exit codes)."""
+
+    PASS = "pass"
+    ACCEPTABLE = "acceptable"
+    FAIL = "fail"
+    UNSUPPORTED = "unsupported"
+    SKIPPED = "skipped"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Finding:
+    r"""One place where the target and the reference were compared, usually one of the worst.
+
+    Attributes:
+        step: position in the sampling loop (0 = the first step taken), or None.
+        timestep: the 0-based timestep index ``t`` (docs/conventions.md), or None.
+        element: the index of the tensor element, or None.
+        expected: the reference value.
+        got: the target's value (NaN and inf are kept as they are).
+        tolerance: the bound applied to ``|got - expected|`` here.
+        message: free text (what was compared, or what went wrong when there is no number).
+    """
+
+    step: int | None = None
+    timestep: int | None = None
+    element: tuple[int, ...] | None = None
+    expected: float | None = None
+    got: float | None = None
+    tolerance: float | None = None
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "step", _opt_int(self.step, "step"))
+        object.__setattr__(self, "timestep", _opt_int(self.timestep, "timestep"))
+        if self.element is not None:
+            try:
+                element = tuple(_opt_int(i, "element") for i in self.element)
+            except TypeError as exc:
+                raise _bad("element", self.element, "must be a tuple of ints or None") from exc
+            object.__setattr__(self, "element", element)
+        for name in ("expected", "got", "tolerance"):
+            object.__setattr__(self, name, _opt_float(getattr(self, name), name))
+        if not isinstance(self.message, str):
+            raise _bad("message", self.message, "must be a str")
+
+    @property
+    def error(self) -> float | None:
+        r"""The absolute error :math:`|got - expected|` (None when either is missing)."""
+        if self.expected is None or self.got is None:
+            return None
+        return abs(self.got - self.expected)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The finding as JSON data (see the schema in :mod:`ddspec.conformance.report`)."""
+        return json_safe(
+            {
+                "step": self.step,
+                "timestep": self.timestep,
+                "element": self.element,
+                "expected": self.expected,
+                "got": self.got,
+                "error": self.error,
+                "tolerance": self.tolerance,
+                "message": self.message,
+            }
+        )
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> Finding:
+        """Rebuild a finding from :meth:`to_json_dict` output."""
+        element = data.get("element")
+        return cls(
+            step=data.get("step"),
+            timestep=data.get("timestep"),
+            element=None if element is None else tuple(element),
+            expected=_from_json_float(data.get("expected")),
+            got=_from_json_float(data.get("got")),
+            tolerance=_from_json_float(data.get("tolerance")),
+            message=data.get("message", ""),
+        )
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    r"""The result of one named check against one target.
+
+    Attributes:
+        name: dotted name, family first, e.g. ``"schedule.alphas_cumprod"``.
+        family: one of :data:`FAMILIES`.
+        verdict: a :class:`Verdict` (a plain string such as ``"pass"`` is converted).
+        observed: the worst observed error (in the unit the check states), or None.
+        tolerance: the bound applied to ``observed``, or None.
+        message: one or two sentences: what was checked and what was seen; for ``skipped`` and
+            ``unsupported``, why.
+        findings: the worst places, worst first; at most :data:`MAX_FINDINGS` are kept.
+        consequence: for ``acceptable`` (and useful for ``fail``): what the deviation does to the
+            samples, in words.
+        reproduce: a short Python snippet that reproduces the comparison.
+        details: extra JSON-safe data (numpy/torch values are converted on construction).
+        duration_s: wall time the check took, in seconds.
+    """
+
+    name: str
+    family: str
+    verdict: Verdict
+    observed: float | None = None
+    tolerance: float | None = None
+    message: str = ""
+    findings: tuple[Finding, ...] = ()
+    consequence: str | None = None
+    reproduce: str | None = None
+    details: dict[str, Any] = field(default_factory=dict, hash=False)
+    duration_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise _bad("name", self.name, "must be a non-empty str")
+        if self.family not in FAMILIES:
+            raise _bad("family", self.family, f"must be one of {', '.join(FAMILIES)}")
+        try:
+            verdict = Verdict(self.verdict)
+        except ValueError as exc:
+            raise _bad("verdict", self.verdict, "must be a Verdict") from exc
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "observed", _opt_float(self.observed, "observed"))
+        object.__setattr__(self, "tolerance", _opt_float(self.tolerance, "tolerance"))
+        if not isinstance(self.message, str):
+            raise _bad("message", self.message, "must be a str")
+        for name in ("consequence", "reproduce"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise _bad(name, value, "must be a str or None")
+        findings = tuple(self.findings)
+        for item in findings:
+            if not isinstance(item, Finding):
+                raise _bad("findings", item, "every finding must be a Finding")
+        object.__setattr__(self, "findings", findings[:MAX_FINDINGS])
+        if not isinstance(self.details, Mapping):
+            raise _bad("details", self.details, "must be a dict")
+        try:
+            details = json_safe(dict(self.details))
+        except ValueError as exc:
+            raise _bad("details", self.details, f"must be JSON-safe ({exc})") from exc
+        object.__setattr__(self, "details", details)
+        duration = _opt_float(self.duration_s, "duration_s")
+        if duration is None or not duration >= 0.0:
+            raise _bad("duration_s", self.duration_s, "must be a number >= 0")
+        object.__setattr__(self, "duration_s", duration)
+
+    @classmethod
+    def skipped(cls, name: str, family: str, reason: str) -> CheckResult:
+        """A ``skipped`` result: the check does not apply (``reason`` says why)."""
+        return cls(name=name, family=family, verdict=Verdict.SKIPPED, message=reason)
+
+    @classmethod
+    def unsupported(cls, name: str, family: str, reason: str) -> CheckResult:
+        """An ``unsupported`` result: the harness cannot check this feature (``reason`` says why)."""
+        return cls(name=name, family=family, verdict=Verdict.UNSUPPORTED, message=reason)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The result as JSON data (see the schema in :mod:`ddspec.conformance.report`)."""
+        return json_safe(
+            {
+                "name": self.name,
+                "family": self.family,
+                "verdict": self.verdict.value,
+                "observed": self.observed,
+                "tolerance": self.tolerance,
+                "message": self.message,
+                "findings": [f.to_json_dict() for f in self.findings],
+                "consequence": self.consequence,
+                "reproduce": self.reproduce,
+                "details": self.details,
+                "duration_s": self.duration_s,
+            }
+        )
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+        """Rebuild a result from :meth:`to_json_dict` output."""
+        return cls(
+            name=data["name"],
+            family=data["family"],
+            verdict=Verdict(data["verdict"]),
+            observed=_from_json_float(data.get("observed")),
+            tolerance=_from_json_float(data.get("tolerance")),
+            message=data.get("message", ""),
+            findings=tuple(Finding.from_json_dict(f) for f in data.get("findings", ())),
+            consequence=data.get("consequence"),
+            reproduce=data.get("reproduce"),
+            details=dict(data.get("details") or {}),
+            duration_s=float(data.get("duration_s", 0.0)),
+        )
+
+
+def parse_allowance(text: str) -> tuple[str, str]:
+    r"""Parse one ``NAME=REASON`` allowance (as given to ``--allow`` / ``--ddspec-allow``).
+
+    ``NAME`` is a check name or an :func:`fnmatch.fnmatchcase` pattern; ``REASON`` must not be empty:
+    a known deviation is allowed only with a stated reason.
+
+    Raises:
+        ValueError: no ``=``, empty name, or empty reason.
+    """
+    if not isinstance(text, str) or "=" not in text:
+        raise _bad("allowance", text, "expected NAME=REASON, e.g. 'distribution.*=upstream bug #123'")
+    name, reason = text.split("=", 1)
+    name, reason = name.strip(), reason.strip()
+    if not name:
+        raise _bad("allowance", text, "the check name before '=' is empty")
+    if not reason:
+        raise _bad("allowance", text, "an allowed deviation needs a reason after '='")
+    return name, reason
+
+
+def validate_allowances(allow: Mapping[str, str] | None) -> dict[str, str]:
+    r"""Check an allowance mapping ``{pattern: reason}``; return it as a plain dict.
+
+    Raises:
+        ValueError: a pattern or a reason that is not a non-empty string.
+    """
+    if allow is None:
+        return {}
+    if not isinstance(allow, Mapping):
+        raise _bad("allow", allow, "must be a mapping {check name or pattern: reason}")
+    out: dict[str, str] = {}
+    for pattern, reason in allow.items():
+        if not isinstance(pattern, str) or not pattern.strip():
+            raise _bad("allow", pattern, "a check name or pattern must be a non-empty str")
+        if not isinstance(reason, str) or not reason.strip():
+            raise _bad(f"allow[{pattern!r}]", reason, "an allowed deviation needs a non-empty reason")
+        out[pattern.strip()] = reason.strip()
+    return out
+
+
+def _ddspec_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("ddspec")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _dist_version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _torch_version() -> str | None:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.__version__)
+    return _dist_version("torch")
+
+
+def _diffusers_version() -> str | None:
+    return _dist_version("diffusers")
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Report:
+    r"""Every check result for one target, with the environment it ran in.
+
+    Attributes:
+        target: what was checked (the ``module:attr`` spec, or the sampler's name).
+        device: the torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
+        dtype: the dtype the target ran in, e.g. ``"float32"``.
+        profile: ``"quick"``, ``"default"`` or ``"thorough"``.
+        seed: the base seed of every random input.
+        checks: the results, in the order they ran.
+        conventions: the conventions the target declared (JSON data), or None.
+        allowances: known deviations ``{name pattern: reason}`` (see the module docstring).
+        schema_version: :data:`SCHEMA_VERSION`.
+        ddspec_version, torch_version, diffusers_version: installed versions (None when absent).
+        started_at: ISO 8601 time (UTC) the run started.
+    """
+
+    target: str
+    device: str
+    dtype: str
+    profile: str
+    seed: int
+    checks: tuple[CheckResult, ...] = ()
+    conventions: dict[str, Any] | None = field(default=None, hash=False)
+    allowances: dict[str, str] = field(default_factory=dict, hash=False)
+    schema_version: str = SCHEMA_VERSION
+    ddspec_version: str = field(default_factory=_ddspec_version)
+    torch_version: str | None = field(default_factory=_torch_version)
+    diffusers_version: str | None = field(default_factory=_diffusers_version)
+    started_at: str = field(default_factory=_now_iso)
+
+    def __post_init__(self) -> None:
+        checks = tuple(self.checks)
+        for item in checks:
+            if not isinstance(item, CheckResult):
+                raise _bad("checks", item, "every entry must be a CheckResult")
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "allowances", validate_allowances(self.allowances))
+        if self.conventions is not None:
+            object.__setattr__(self, "conventions", json_safe(dict(self.conventions)))
+        seed = _opt_int(self.seed, "seed")
+        if seed is None:
+            raise _bad("seed", self.seed, "must be an int")
+        object.__setattr__(self, "seed", seed)
+
+    # -- allowances -------------------------------------------------------------------------------
+
+    def allowed_reason(self, result: CheckResult) -> str | None:
+        """The reason a *failing* result is allowed, or None (not failing, or no pattern matches)."""
+        if result.verdict is not Verdict.FAIL:
+            return None
+        for pattern, reason in self.allowances.items():
+            if fnmatch.fnmatchcase(result.name, pattern):
+                return reason
+        return None
+
+    def failures(self) -> tuple[CheckResult, ...]:
+        """The failing results that no allowance covers."""
+        return tuple(
+            r for r in self.checks if r.verdict is Verdict.FAIL and self.allowed_reason(r) is None
+        )
+
+    def allowed_deviations(self) -> tuple[tuple[CheckResult, str], ...]:
+        """The failing results an allowance covers, each with the allowance's reason."""
+        out = []
+        for r in self.checks:
+            reason = self.allowed_reason(r)
+            if reason is not None:
+                out.append((r, reason))
+        return tuple(out)
+
+    def unused_allowances(self) -> tuple[str, ...]:
+        """Allowance patterns that match no failing result."""
+        failing = [r.name for r in self.checks if r.verdict is Verdict.FAIL]
+        return tuple(
+            p for p in self.allowances if not any(fnmatch.fnmatchcase(n, p) for n in failing)
+        )
+
+    def with_allowances(self, allow: Mapping[str, str] | None) -> Report:
+        """A copy whose allowances are this report's plus ``allow`` (``allow`` wins on a clash)."""
+        merged = dict(self.allowances)
+        merged.update(validate_allowances(allow))
+        return dataclasses.replace(self, allowances=merged)
+
+    # -- verdicts ---------------------------------------------------------------------------------
+
+    def by_verdict(self, verdict: Verdict | str) -> tuple[CheckResult, ...]:
+        """The results with this verdict (raw: allowed failures are included under ``fail``)."""
+        verdict = Verdict(verdict)
+        return tuple(r for r in self.checks if r.verdict is verdict)
+
+    def counts(self) -> dict[str, int]:
+        r"""Number of results per outcome.
+
+        Keys: ``"pass"``, ``"fail"`` (failures *not* allowed), ``"allowed"`` (failures an allowance
+        covers), ``"acceptable"``, ``"unsupported"``, ``"skipped"``. They sum to ``len(checks)``.
+        """
+        counts = {v.value: 0 for v in Verdict}
+        counts["allowed"] = 0
+        for r in self.checks:
+            if r.verdict is Verdict.FAIL and self.allowed_reason(r) is not None:
+                counts["allowed"] += 1
+            else:
+                counts[r.verdict.value] += 1
+        order = ("pass", "fail", "allowed", "acceptable", "unsupported", "skipped")
+        return {key: counts[key] for key in order}
+
+    def exit_code(self, strict: bool = False) -> int:
+        r"""0 if the target conforms, 1 if it does not (table in the module docstring).
+
+        Default: 1 if any result fails and no allowance covers it; ``acceptable`` and
+        ``unsupported`` are reported but do not fail the run. ``strict``: also 1 if any result is
+        ``acceptable`` or ``unsupported``, or an allowance is unused; only ``pass``, ``skipped`` and
+        allowed failures give 0.
+        """
+        if not isinstance(strict, bool):
+            raise _bad("strict", strict, "must be a bool")
+        if self.failures():
+            return 1
+        if strict:
+            if any(r.verdict in (Verdict.ACCEPTABLE, Verdict.UNSUPPORTED) for r in self.checks):
+                return 1
+            if self.unused_allowances():
+                return 1
+        return 0
+
+    # -- serialisation ----------------------------------------------------------------------------
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The report as JSON data, schema :data:`SCHEMA_VERSION` (documented in ``report.py``)."""
+        return json_safe(
+            {
+                "schema_version": self.schema_version,
+                "target": self.target,
+                "ddspec_version": self.ddspec_version,
+                "torch_version": self.torch_version,
+                "diffusers_version": self.diffusers_version,
+                "device": self.device,
+                "dtype": self.dtype,
+                "profile": self.profile,
+                "seed": self.seed,
+                "started_at": self.started_at,
+                "conventions": self.conventions,
+                "allowances": self.allowances,
+                "summary": {
+                    "counts": self.counts(),
+                    "exit_code": self.exit_code(False),
+                    "exit_code_strict": self.exit_code(True),
+                    "unused_allowances": list(self.unused_allowances()),
+                },
+                "checks": [
+                    dict(r.to_json_dict(), allowed=self.allowed_reason(r)) for r in self.checks
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> Report:
+        """Rebuild a report from :meth:`to_json_dict` output.
+
+        Raises:
+            ValueError: ``schema_version`` is not :data:`SCHEMA_VERSION`.
+        """
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise _bad("schema_version", data.get("schema_version"), f"expected {SCHEMA_VERSION!r}")
+        return cls(
+            target=data["target"],
+            device=data["device"],
+            dtype=data["dtype"],
+            profile=data["profile"],
+            seed=data["seed"],
+            checks=tuple(CheckResult.from_json_dict(c) for c in data.get("checks", ())),
+            conventions=data.get("conventions"),
+            allowances=dict(data.get("allowances") or {}),
+            ddspec_version=data.get("ddspec_version", "unknown"),
+            torch_version=data.get("torch_version"),
+            diffusers_version=data.get("diffusers_version"),
+            started_at=data.get("started_at", ""),
+        )
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """:meth:`to_json_dict` as strict JSON text (no NaN literals)."""
+        return json.dumps(self.to_json_dict(), indent=indent, allow_nan=False)
+

@@ -1,0 +1,274 @@
+"""Tests of conformance/results.py (verdicts, results, Report) and conformance/report.py (renderers)."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from ddspec.conformance.report import (
+    BUNDLE_SCHEMA_VERSION,
+    format_finding,
+    format_text,
+    reports_to_json,
+    summary_line,
+    to_json,
+    write_json,
+    write_junit,
+)
+from ddspec.conformance.results import (
+    MAX_FINDINGS,
+    SCHEMA_VERSION,
+    CheckResult,
+    Finding,
+    Report,
+    Verdict,
+    json_safe,
+    parse_allowance,
+    validate_allowances,
+)
+
+
+def result(name: str, verdict: str, **kwargs) -> CheckResult:
+    family = name.split(".", 1)[0]
+    return CheckResult(name=name, family=family, verdict=Verdict(verdict), **kwargs)
+
+
+def report_of(*results: CheckResult, **kwargs) -> Report:
+    return Report(target="pkg:make", device="cpu", dtype="float32", profile="quick", seed=7,
+                  checks=results, **kwargs)
+
+
+# -- Finding / CheckResult ------------------------------------------------------------------------------
+
+
+def test_verdict_values_are_the_documented_strings():
+    assert [v.value for v in Verdict] == ["pass", "acceptable", "fail", "unsupported", "skipped"]
+    assert Verdict("fail") is Verdict.FAIL
+    assert str(Verdict.PASS) == "pass"
+
+
+def test_finding_converts_numpy_scalars_and_computes_the_error():
+    f = Finding(step=np.int64(3), timestep=np.int32(999), element=[np.int64(0), 1],
+                expected=np.float32(0.5), got=np.float64(0.75), tolerance=1e-3)
+    assert f.step == 3 and type(f.step) is int
+    assert f.element == (0, 1)
+    assert type(f.expected) is float
+    assert f.error == 0.25  # |0.75 - 0.5|, exact in binary
+    assert Finding(message="no numbers").error is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, arg",
+    [({"step": 1.5}, "step"), ({"expected": "x"}, "expected"), ({"element": 3}, "element"),
+     ({"got": True}, "got"), ({"message": None}, "message")],
+)
+def test_finding_rejects_bad_fields(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        Finding(**kwargs)
+
+
+def test_check_result_validates_and_normalises():
+    r = CheckResult(name="schedule.alphas_cumprod", family="schedule", verdict="pass",
+                    observed=np.float64(1e-7), details={"arr": np.arange(3), "x": np.float32(0.5)})
+    assert r.verdict is Verdict.PASS
+    assert r.details == {"arr": [0, 1, 2], "x": 0.5}
+    with pytest.raises(ValueError, match="family"):
+        CheckResult(name="x", family="nonsense", verdict=Verdict.PASS)
+    with pytest.raises(ValueError, match="verdict"):
+        CheckResult(name="x", family="schedule", verdict="maybe")
+    with pytest.raises(ValueError, match="name"):
+        CheckResult(name="", family="schedule", verdict="pass")
+    with pytest.raises(ValueError, match="observed"):  # message passed positionally by mistake
+        CheckResult("x", "schedule", Verdict.PASS, "a message")
+    with pytest.raises(ValueError, match="duration_s"):
+        CheckResult(name="x", family="schedule", verdict="pass", duration_s=-1.0)
+    with pytest.raises(ValueError, match="details"):
+        CheckResult(name="x", family="schedule", verdict="pass", details={"f": object()})
+
+
+def test_check_result_keeps_at_most_max_findings_worst_first():
+    findings = [Finding(step=i) for i in range(MAX_FINDINGS + 3)]
+    r = CheckResult(name="x.y", family="oracle", verdict="fail", findings=findings)
+    assert [f.step for f in r.findings] == list(range(MAX_FINDINGS))
+
+
+def test_json_safe_encodes_non_finite_floats_as_strings():
+    assert json_safe({"a": (math.nan, math.inf, -math.inf, 1.5)}) == {"a": ["NaN", "Infinity", "-Infinity", 1.5]}
+    with pytest.raises(ValueError, match="key"):
+        json_safe({1: 2})
+
+
+# -- exit codes and allowances --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "verdicts, expected_default, expected_strict",
+    [
+        ((), 0, 0),
+        (("pass",), 0, 0),
+        (("pass", "skipped"), 0, 0),
+        (("pass", "acceptable"), 0, 1),
+        (("pass", "unsupported"), 0, 1),
+        (("pass", "fail"), 1, 1),
+        (("acceptable", "unsupported", "fail"), 1, 1),
+        (("skipped", "skipped"), 0, 0),
+    ],
+)
+def test_exit_code_matrix(verdicts, expected_default, expected_strict):
+    rep = report_of(*(result(f"oracle.c{i}", v) for i, v in enumerate(verdicts)))
+    assert rep.exit_code(strict=False) == expected_default
+    assert rep.exit_code(strict=True) == expected_strict
+
+
+def test_allowance_excuses_a_failure_and_unused_allowance_fails_strict():
+    rep = report_of(result("distribution.mean", "fail"), result("oracle.step", "pass"))
+    assert rep.exit_code() == 1
+    allowed = rep.with_allowances({"distribution.*": "upstream bug #1"})
+    assert allowed.exit_code() == 0 and allowed.exit_code(strict=True) == 0
+    assert allowed.failures() == ()
+    assert [(r.name, why) for r, why in allowed.allowed_deviations()] == [("distribution.mean", "upstream bug #1")]
+    assert allowed.counts() == {"pass": 1, "fail": 0, "allowed": 1, "acceptable": 0, "unsupported": 0, "skipped": 0}
+    # The verdict itself is not rewritten.
+    assert allowed.checks[0].verdict is Verdict.FAIL
+
+    unused = allowed.with_allowances({"oracle.step": "was broken once"})
+    assert unused.unused_allowances() == ("oracle.step",)
+    assert unused.exit_code(strict=False) == 0
+    assert unused.exit_code(strict=True) == 1
+
+
+def test_allowance_parsing_requires_a_reason():
+    assert parse_allowance("schedule.x = bug #3 ") == ("schedule.x", "bug #3")
+    assert parse_allowance("a=b=c") == ("a", "b=c")
+    for bad in ("schedule.x", "schedule.x=", "=reason", "schedule.x=   "):
+        with pytest.raises(ValueError, match="allowance"):
+            parse_allowance(bad)
+    with pytest.raises(ValueError, match="allow"):
+        validate_allowances({"x": ""})
+    with pytest.raises(ValueError, match="allow"):
+        Report(target="t", device="cpu", dtype="float32", profile="quick", seed=0, allowances={"x": " "})
+
+
+# -- JSON -----------------------------------------------------------------------------------------------
+
+
+def sample_report() -> Report:
+    bad = result(
+        "single_step.ddpm_mean", "fail", observed=0.5, tolerance=1e-3, message="posterior mean is off",
+        findings=(Finding(step=3, timestep=999, element=(0, 1), expected=1.0, got=1.5, tolerance=1e-3),
+                  Finding(step=4, timestep=998, expected=2.0, got=math.nan, tolerance=1e-3)),
+        reproduce="import torch\nsampler.step(eps, 999, x, num_steps=10)",
+    )
+    ok = result("schedule.alphas_cumprod", "pass", observed=1e-8, tolerance=1e-6)
+    variant = result("timesteps.final_alpha_bar", "acceptable", message="set_alpha_to_one=False",
+                     consequence="the last step leaves noise of std sqrt(1 - alpha_bar_0)")
+    unsupported = result("oracle.thresholding", "unsupported", message="thresholding has no reference")
+    skipped = result("invariants.generator", "skipped", message="deterministic sampler")
+    return report_of(ok, variant, bad, unsupported, skipped)
+
+
+def test_json_has_schema_versions_and_round_trips():
+    rep = sample_report()
+    data = json.loads(to_json(rep))  # strict JSON: the NaN finding is a string
+    assert data["schema_version"] == SCHEMA_VERSION == "ddspec.report/1"
+    for key in ("ddspec_version", "torch_version", "diffusers_version", "device", "dtype", "profile",
+                "seed", "started_at", "target"):
+        assert key in data
+    assert data["ddspec_version"] == "0.1.0"  # pyproject.toml
+    assert data["summary"]["counts"]["fail"] == 1
+    assert data["summary"]["exit_code"] == 1
+    assert data["checks"][2]["findings"][1]["got"] == "NaN"
+    assert [c["verdict"] for c in data["checks"]] == ["pass", "acceptable", "fail", "unsupported", "skipped"]
+    back = Report.from_json_dict(data)
+    assert back.checks[2].findings[1].got != back.checks[2].findings[1].got  # NaN came back as NaN
+    assert back.to_json_dict() == data
+    with pytest.raises(ValueError, match="schema_version"):
+        Report.from_json_dict({**data, "schema_version": "ddspec.report/0"})
+
+
+def test_several_reports_are_bundled(tmp_path):
+    rep = sample_report()
+    bundle = json.loads(reports_to_json([rep, rep]))
+    assert bundle["schema_version"] == BUNDLE_SCHEMA_VERSION
+    assert len(bundle["reports"]) == 2
+    write_json([rep], tmp_path / "one.json")
+    assert json.loads((tmp_path / "one.json").read_text())["schema_version"] == SCHEMA_VERSION
+
+
+# -- JUnit ----------------------------------------------------------------------------------------------
+
+
+def test_junit_xml_parses_with_the_right_counts(tmp_path):
+    path = tmp_path / "r.xml"
+    rep = sample_report().with_allowances({"nothing.matches": "stale"})
+    write_junit([rep, report_of(result("oracle.a", "pass"))], path)
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites"
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("6", "1", "2")
+    suite = root.findall("testsuite")[0]
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "1", "2")
+    cases = {c.get("name"): c for c in suite.findall("testcase")}
+    assert set(cases) == {r.name for r in rep.checks}
+    failure = cases["single_step.ddpm_mean"].find("failure")
+    assert failure is not None and failure.get("message") == "posterior mean is off"
+    assert "expected 1.0, got 1.5" in failure.text
+    assert cases["oracle.thresholding"].find("skipped") is not None
+    assert cases["invariants.generator"].find("skipped") is not None
+    assert cases["schedule.alphas_cumprod"].find("failure") is None
+    assert "sqrt(1 - alpha_bar_0)" in cases["timesteps.final_alpha_bar"].find("system-out").text
+
+
+def test_junit_allowed_failure_is_not_a_failure(tmp_path):
+    rep = report_of(result("oracle.a", "fail", message="off\x07 by one")).with_allowances({"oracle.a": "bug #9"})
+    write_junit(rep, tmp_path / "r.xml")
+    suite = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "0"
+    assert "bug #9" in suite.find("testcase").find("system-out").text
+
+
+# -- text -----------------------------------------------------------------------------------------------
+
+
+def test_format_finding_line():
+    f = Finding(step=3, timestep=999, element=(0, 1), expected=1.0, got=1.5, tolerance=1e-3)
+    assert format_finding(f) == "step 3, timestep 999, element (0, 1): expected 1.0, got 1.5, |err| 0.5 > tolerance 0.001"
+    within = Finding(expected=1.0, got=1.0, tolerance=1e-3, message="ok here")
+    assert format_finding(within) == "expected 1.0, got 1.0, |err| 0 <= tolerance 0.001 — ok here"
+
+
+def test_text_report_lists_failures_first_with_numbers_and_reproducer():
+    rep = sample_report()
+    text = format_text(rep)
+    header, _, body = text.partition("FAILURES (1)")
+    assert "pkg:make" in header and "float32" in header and "seed 7" in header and "torch" in header
+    assert body, "the failures section is missing"
+    assert "ACCEPTABLE" not in header  # failures come before every other section
+    assert body.index("single_step.ddpm_mean") < body.index("ACCEPTABLE")
+    assert "step 3, timestep 999, element (0, 1): expected 1.0, got 1.5, |err| 0.5 > tolerance 0.001" in body
+    assert "sampler.step(eps, 999, x, num_steps=10)" in body
+    assert "consequence: the last step leaves noise" in body
+    assert "UNSUPPORTED" in body and "thresholding has no reference" in body
+    lines = text.rstrip().splitlines()
+    assert lines[-1] == "1 passed, 1 failed, 1 acceptable, 1 unsupported, 1 skipped"
+    # the table has one row per check
+    assert sum(1 for line in lines if line.strip().startswith(tuple(r.name for r in rep.checks))) >= 5
+
+
+def test_text_report_shows_allowed_and_unused_allowances():
+    rep = sample_report().with_allowances({"single_step.*": "known, issue #4", "gone.*": "fixed"})
+    text = format_text(rep)
+    assert "FAILURES" not in text
+    assert "ALLOWED DEVIATIONS (1)" in text and "known, issue #4" in text
+    assert "UNUSED ALLOWANCES" in text and "gone.*: fixed" in text
+    assert summary_line(rep).endswith("1 allowed deviation, 1 unused allowance")
+
+
+def test_crashed_check_traceback_only_on_request():
+    crashed = result("harness.broken", "fail", message="raised", details={"traceback": "Traceback: boom"})
+    hidden = format_text(report_of(crashed))
+    assert "Traceback: boom" not in hidden and "rerun with --traceback" in hidden
+    assert "Traceback: boom" in format_text(report_of(crashed), show_tracebacks=True)
