@@ -88,10 +88,12 @@ def table_roundoff(table: Array) -> float:
     """
     t = np.asarray(table, dtype=np.float64)
     with np.errstate(over="ignore"):
-        if np.all(t.astype(np.float16).astype(np.float64) == t):
-            return UNIT_ROUNDOFF["float16"]
+        # bfloat16 first: its values (8-bit significand) are mostly float16-exact too, and of the two
+        # readings the coarser one is the safe bound.
         if _bf16_exact(t):
             return UNIT_ROUNDOFF["bfloat16"]
+        if np.all(t.astype(np.float16).astype(np.float64) == t):
+            return UNIT_ROUNDOFF["float16"]
         if np.all(t.astype(np.float32).astype(np.float64) == t):
             return UNIT_ROUNDOFF["float32"]
     return UNIT_ROUNDOFF["float64"]
