@@ -34,7 +34,10 @@ class SingularError(ValueError):
 
 def _show(value: Any) -> str:
     """A short, readable rendering of a bad value for error messages."""
-    arr = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+    try:
+        arr = np.asarray(value) if not isinstance(value, (str, bytes)) else None
+    except Exception:  # ragged sequences and the like: numpy cannot make an array of them
+        arr = None
     if arr is not None and arr.ndim > 0:
         flat = arr.ravel()
         head = ", ".join(repr(v.item()) if hasattr(v, "item") else repr(v) for v in flat[:6])
@@ -85,7 +88,7 @@ def as_scalar(
 ) -> float:
     """A finite real scalar, optionally inside ``[low, high]`` (ends open if asked)."""
     if isinstance(x, bool) or not isinstance(x, (numbers.Real, np.floating, np.integer)):
-        if not (isinstance(x, np.ndarray) and x.ndim == 0):
+        if not (isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "iuf"):
             fail(name, x, "expected a real scalar")
     v = float(x)
     if not np.isfinite(v):
