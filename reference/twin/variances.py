@@ -1,0 +1,92 @@
+r"""mpmath twin of :mod:`ddspec.reference.variances`, written from the formulas.
+
+The schedule quantities are formed here from the exact β (float64 values taken as exact):
+:math:`\bar\alpha_t = \prod_{i \le t}(1-\beta_i)` with index −1 giving 1. Everything is evaluated at
+:data:`~ddspec.reference.twin.DEFAULT_DPS` digits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import mpmath
+import numpy as np
+
+from . import DEFAULT_DPS, mpf_list
+
+__all__ = ["alpha_bar", "step_beta", "step_beta_tilde", "reverse_variance"]
+
+MP = mpmath.mpf
+
+
+@lru_cache(maxsize=16)
+def _alpha_bar_table(key: bytes, dps: int) -> tuple[MP, ...]:
+    with mpmath.workdps(dps):
+        out, acc = [], mpmath.mpf(1)
+        for b in mpf_list(np.frombuffer(key, dtype=np.float64)):
+            acc = acc * (1 - b)
+            out.append(acc)
+        return tuple(out)
+
+
+def alpha_bar(betas: Sequence[float], t: int) -> MP:
+    r""":math:`\bar\alpha` at 0-based index t (−1 → 1): the exact-input product :math:`\prod_{i \le t}(1-\beta_i)`."""
+    if t < 0:
+        return mpmath.mpf(1)
+    key = np.ascontiguousarray(np.asarray(betas, dtype=np.float64)).tobytes()
+    return _alpha_bar_table(key, DEFAULT_DPS)[t]
+
+
+def step_beta(betas: Sequence[float], t: int, t_prev: int) -> MP:
+    r""":math:`\beta' = 1 - \bar\alpha_t/\bar\alpha_{t_\mathrm{prev}}` (the respaced β; β_t when t_prev = t − 1)."""
+    with mpmath.workdps(DEFAULT_DPS):
+        if t_prev == t - 1:
+            return mpmath.mpf(float(betas[t]))
+        return 1 - alpha_bar(betas, t) / alpha_bar(betas, t_prev)
+
+
+def step_beta_tilde(betas: Sequence[float], t: int, t_prev: int) -> MP:
+    r""":math:`\tilde\beta' = \beta'(1-\bar\alpha_{t_\mathrm{prev}})/(1-\bar\alpha_t)`."""
+    with mpmath.workdps(DEFAULT_DPS):
+        return step_beta(betas, t, t_prev) * (1 - alpha_bar(betas, t_prev)) / (1 - alpha_bar(betas, t))
+
+
+def reverse_variance(
+    betas: Sequence[float],
+    t: int,
+    variance_type: str,
+    t_prev: int | None = None,
+    model_var_output: Sequence[float] | None = None,
+    t_next: int | None = None,
+) -> tuple[Any, Any]:
+    r"""(variance, log_variance) of the reverse step t → t_prev: mpf for the fixed types, lists for the learned.
+
+    fixed_small: β̃′ (log of β̃(t_next → t) at t_prev = −1); fixed_large: β′; fixed_large_improved:
+    β′, or β̃(t_next → t) at t_prev = −1; learned: exp(m), m; learned_range:
+    exp(v log β′ + (1 − v) log β̃_clip), v = (m + 1)/2.
+    """
+    s = t - 1 if t_prev is None else t_prev
+    up = t + 1 if t_next is None else t_next
+    with mpmath.workdps(DEFAULT_DPS):
+        bp = step_beta(betas, t, s)
+        bt = step_beta_tilde(betas, t, s)
+        bt_clip = step_beta_tilde(betas, up, t) if s == -1 else bt
+        if variance_type == "fixed_small":
+            return bt, mpmath.log(bt_clip)
+        if variance_type == "fixed_large":
+            return bp, mpmath.log(bp)
+        if variance_type == "fixed_large_improved":
+            v = bt_clip if s == -1 else bp
+            return v, mpmath.log(v)
+        ms = mpf_list([] if model_var_output is None else model_var_output)
+        if variance_type == "learned":
+            return [mpmath.exp(m) for m in ms], ms
+        if variance_type == "learned_range":
+            logs = []
+            for m in ms:
+                frac = (m + 1) / 2
+                logs.append(frac * mpmath.log(bp) + (1 - frac) * mpmath.log(bt_clip))
+            return [mpmath.exp(lv) for lv in logs], logs
+        raise ValueError(f"variance_type={variance_type!r}: unknown")
