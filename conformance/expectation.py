@@ -27,6 +27,7 @@ from .tolerances import StepSpec
 
 __all__ = [
     "UnsupportedConvention",
+    "zero_snr_original",
     "reference_betas",
     "reference_timesteps",
     "step_pairs",
@@ -42,8 +43,11 @@ class UnsupportedConvention(ValueError):
     """The declared conventions ask for something the reference cannot state (reported as unsupported)."""
 
 
-def reference_betas(conv: Conventions) -> Array:
-    """The β table the declared schedule means, from :mod:`ddspec.reference.schedules` (float64)."""
+def reference_betas(conv: Conventions, *, rescale: bool = True) -> Array:
+    """The β table the declared schedule means, from :mod:`ddspec.reference.schedules` (float64).
+
+    ``rescale=False`` gives the schedule before a declared zero-terminal-SNR rescaling.
+    """
     T = conv.num_train_timesteps
     name = conv.beta_schedule
     if name == "custom":
@@ -60,7 +64,7 @@ def reference_betas(conv: Conventions) -> Array:
         betas = schedules.sigmoid_betas(T, conv.beta_start, conv.beta_end)
     else:
         raise UnsupportedConvention(f"beta_schedule={name!r} is not a schedule the reference knows")
-    if conv.rescale_betas_zero_snr:
+    if conv.rescale_betas_zero_snr and rescale:
         betas = schedules.rescale_zero_terminal_snr(betas)
     return betas
 
@@ -157,3 +161,8 @@ def final_step_consequence(conv: Conventions, betas: Array) -> str | None:
             f"keeps noise of std sqrt(1 - alpha_bar_0) = {np.sqrt(c0):.4g} and signal scale "
             f"sqrt(alpha_bar_0) = {np.sqrt(1.0 - c0):.6g}")
 
+
+
+def zero_snr_original(conv: Conventions) -> Array | None:
+    """The schedule before zero-terminal-SNR rescaling when one is declared (for the error model), else None."""
+    return reference_betas(conv, rescale=False) if conv.rescale_betas_zero_snr else None

@@ -99,22 +99,46 @@ def table_roundoff(table: Array) -> float:
     return UNIT_ROUNDOFF["float64"]
 
 
-def beta_relative_bound(betas: Array, schedule: str, u_table: float) -> Array:
+def beta_relative_bound(betas: Array, schedule: str, u_table: float, *, zero_snr_original: Array | None = None) -> Array:
     r"""Relative error bound of a target's β table built in a dtype of unit roundoff ``u_table``.
 
     * linear / scaled_linear / sigmoid / custom: a linspace (and a square, or a sigmoid) of a few
       roundings: :math:`\gamma_4(u)`.
     * cosine: the anchors evaluate the textbook :math:`1 - \bar\alpha(t+1)/\bar\alpha(t)` in float64, which
       cancels: relative error :math:`\approx 4u_{64}(1-\beta)/\beta`, then round to the table's dtype.
+    * zero-terminal-SNR rescaling (Lin et al. 2023, Algorithm 1), as the anchors do it, in the table's
+      dtype, given the schedule before rescaling as ``zero_snr_original``: see :func:`_zero_snr_term`.
     """
     b = np.asarray(betas, dtype=np.float64)
     base = np.full(b.shape, float(gamma(4, u_table)))
     if schedule == "cosine":
         base = base + 4.0 * UNIT_ROUNDOFF["float64"] * (1.0 - b) / b
+    if zero_snr_original is not None:
+        base = base + _zero_snr_term(np.asarray(zero_snr_original, dtype=np.float64), b, u_table)
     return base
 
 
-def alpha_bar_relative_bound(betas: Array, schedule: str, u_table: float) -> Array:
+def _zero_snr_term(original: Array, rescaled: Array, u: float) -> Array:
+    r"""Extra relative error of β' when the zero-terminal-SNR rescaling runs in a dtype of roundoff u.
+
+    Algorithm 1 of Lin et al. 2023 forms :math:`r'_t = (r_t - r_T)\,r_1/(r_1 - r_T)` with
+    :math:`r = \sqrt{\bar\alpha}`; the shift cancels where :math:`r_t \approx r_T`, so
+    :math:`\delta r'_t \le u\,(3 + r_T/(r_t - r_T))`. Then :math:`\beta'_t = 1 - (r'_t/r'_{t-1})^2`
+    cancels too: :math:`\delta\beta'_t \le \frac{1-\beta'_t}{\beta'_t}\,\big(2(\delta r'_t + \delta r'_{t-1}) + 4u\big)`.
+    The last β' is exactly 1 (r'_T = 0 is set, not computed).
+    """
+    from ddspec.reference import alphas as ref_alphas
+
+    r = np.sqrt(ref_alphas.alpha_bar(original))
+    r_T = r[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dr = u * (3.0 + np.where(r > r_T, r_T / (r - r_T), 0.0))
+        dr_prev = np.concatenate([[u], dr[:-1]])
+        ratio = np.where(rescaled < 1.0, (1.0 - rescaled) / rescaled, 0.0)
+    return ratio * (2.0 * (dr + dr_prev) + 4.0 * u)
+
+
+def alpha_bar_relative_bound(betas: Array, schedule: str, u_table: float, *, zero_snr_original: Array | None = None) -> Array:
     r"""Relative error bound of a target's ᾱ table (running product in a dtype of roundoff ``u_table``).
 
     .. math::
@@ -127,7 +151,7 @@ def alpha_bar_relative_bound(betas: Array, schedule: str, u_table: float) -> Arr
     A β of exactly 1 (ᾱ = 0 afterwards) contributes nothing: 1 − 1 is exact.
     """
     b = np.asarray(betas, dtype=np.float64)
-    db = beta_relative_bound(b, schedule, u_table)
+    db = beta_relative_bound(b, schedule, u_table, zero_snr_original=zero_snr_original)
     with np.errstate(divide="ignore", invalid="ignore"):
         sens = np.where(b < 1.0, b / (1.0 - b), 0.0)
     n = np.arange(1, b.size + 1)
@@ -202,34 +226,67 @@ def _coef_step(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array 
     return mean + np.sqrt(np.maximum(var, 0.0)) * z
 
 
-def _magnitude(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None) -> Array:
-    """M: the step evaluated with absolute values everywhere (no cancellation) — the γ_k bound's scale."""
+def _cond(x: float, y: float) -> float:
+    """Relative-error amplification of forming x − y from rounded x, y: (|x| + |y|)/|x − y| (0 if x = y)."""
+    d = abs(x - y)
+    return (abs(x) + abs(y)) / d if d > 0 else 0.0
+
+
+def _magnitude(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None) -> tuple[Array, Array]:
+    """(M, C): the step with absolute values everywhere, and its terms weighted by their coefficients' conditioning.
+
+    ``M`` is the γ_k bound's scale (every subtraction replaced by an addition). ``C`` is
+    Σ |term| · κ(term), where κ is the relative-error amplification of the subtractions that form the
+    term's coefficient from the tables (1 − ᾱ_t, 1 − ᾱ_prev, 1 − ᾱ_t/ᾱ_prev, 1 − ᾱ_prev − σ²): a target
+    that forms, say, β′ = 1 − ᾱ_t/ᾱ_prev in float32 near t = 0 loses ~u/β′ of it, which the γ_k term,
+    blind to cancellation inside coefficients, would miss.
+    """
     sa, s1 = np.sqrt(a), np.sqrt(max(1.0 - a, 0.0))
+    k_a = _cond(1.0, a) if a < 1.0 else 0.0
+    k_p = _cond(1.0, p) if p < 1.0 else 0.0
+    k_r = _cond(1.0, a / p) if 0.0 < p and a < p else 0.0
     am, ax = np.abs(m), np.abs(x)
+    # x̂₀ and ε̂ magnitudes, and the conditioning-weighted parts that come from √(1 − ᾱ_t)
     if spec.prediction_type == "epsilon":
         x0 = (ax + s1 * am) / sa if sa > 0 else np.zeros_like(ax)
-        eps = am
+        x0_c = (s1 * am / sa) * (k_a / 2) if sa > 0 else np.zeros_like(ax)
+        eps, eps_c = am, np.zeros_like(am)
     elif spec.prediction_type == "sample":
-        x0 = am
+        x0, x0_c = am, np.zeros_like(am)
         eps = (ax + sa * am) / s1 if s1 > 0 else np.zeros_like(ax)
+        eps_c = eps * (k_a / 2)
     else:
-        x0 = sa * ax + s1 * am
-        eps = s1 * ax + sa * am
+        x0, x0_c = sa * ax + s1 * am, s1 * am * (k_a / 2)
+        eps, eps_c = s1 * ax + sa * am, s1 * ax * (k_a / 2)
     if spec.clip_sample or spec.thresholding:
-        eps = eps + (ax + sa * x0) / max(s1, 1e-150)
+        extra = (ax + sa * x0) / max(s1, 1e-150)
+        eps, eps_c = eps + extra, eps_c + extra * (k_a / 2)
     az = np.abs(z) if z is not None else 0.0
+    out = np.abs(_coef_step(spec, a, p, m, x, z, pv))
     if spec.family == "ddim":
-        var = spec.eta**2 * (1.0 - p) / max(1.0 - a, 1e-300) * abs(1.0 - a / p)
-        return np.sqrt(p) * x0 + np.sqrt(max(1.0 - p, 0.0)) * eps + np.sqrt(var) * az + np.abs(
-            _coef_step(spec, a, p, m, x, z, pv)
-        )
+        c_t, c_p = max(1.0 - a, 1e-300), 1.0 - p
+        var = spec.eta**2 * c_p / c_t * abs(1.0 - a / p) if p > 0 else 0.0
+        k_var = k_p + k_a + k_r
+        rest = c_p - var
+        c_eps = np.sqrt(max(rest, 0.0))
+        k_eps = (c_p * (1 + k_p) + var * (1 + k_var)) / (2 * rest) if rest > 0 else 0.0
+        M = np.sqrt(p) * x0 + c_eps * eps + np.sqrt(var) * az + out
+        C = np.sqrt(p) * x0_c + c_eps * (eps * k_eps + eps_c) + np.sqrt(var) * az * (k_var / 2)
+        return M, C
     bp = abs(1.0 - a / p)
     c_t = max(1.0 - a, 1e-300)
-    mean = np.sqrt(p) * bp / c_t * x0 + np.sqrt(abs(1.0 - bp)) * (1.0 - p) / c_t * ax
-    var_mag = max(bp, (1.0 - p) / c_t * bp)
-    if spec.variance_type == "learned" and pv is not None:
-        var_mag = np.abs(pv)
-    return mean + np.sqrt(var_mag) * az + np.abs(_coef_step(spec, a, p, m, x, z, pv))
+    c_x0 = np.sqrt(p) * bp / c_t
+    c_xt = np.sqrt(abs(1.0 - bp)) * (1.0 - p) / c_t
+    vt = spec.variance_type or "fixed_small"
+    if vt.startswith("fixed_large"):
+        var_mag, k_v = bp, k_r
+    else:
+        var_mag, k_v = max(bp, (1.0 - p) / c_t * bp), k_p + k_a + k_r
+    if vt == "learned" and pv is not None:
+        var_mag, k_v = np.abs(pv), 0.0
+    M = c_x0 * x0 + c_xt * ax + np.sqrt(var_mag) * az + out
+    C = c_x0 * (x0 * (k_r + k_a) + x0_c) + c_xt * ax * (k_p + k_a) + np.sqrt(var_mag) * az * (k_v / 2)
+    return M, C
 
 
 def step_bound(
@@ -259,7 +316,11 @@ def step_bound(
     z = None if noise is None else np.asarray(noise, dtype=np.float64)
     pv = None if predicted_variance is None else np.asarray(predicted_variance, dtype=np.float64)
     a, p = float(alpha_bar_t), float(alpha_bar_prev)
-    rounding = gamma(k_ops, u_compute) * _magnitude(spec, a, p, m, x, z, pv)
+    M, C = _magnitude(spec, a, p, m, x, z, pv)
+    # γ_K over the whole expression, plus one rounding of each table entry amplified by the
+    # conditioning of the subtractions that form the coefficients from it (factor 2: the entry's own
+    # rounding and the rounding of the subtraction's other operand).
+    rounding = gamma(k_ops, u_compute) * M + 2.0 * u_compute * C
     table = np.zeros_like(x)
     h = 1e-7
     for which, delta in (("t", delta_t), ("p", delta_prev)):

@@ -31,7 +31,7 @@ from scipy.special import logsumexp
 
 from .alphas import alpha_bar_at, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
 from ._validate import as_array, as_betas, as_int, as_timestep, fail
-from .ddim import ddim_mean_coefficients, ddim_sigma
+from .ddim import ddim_direction_coefficient, ddim_mean_coefficients, ddim_sigma
 from .gaussian import Gaussian
 from .posterior import posterior_coefficients
 
@@ -297,7 +297,8 @@ def gaussian_step_map(
     be = -ae * np.sqrt(ab) * oracle.mean
     if family == "ddim":
         sigma = ddim_sigma(b, tt, tp, eta)
-        cx0, ceps = ddim_mean_coefficients(b, tt, tp, sigma)
+        cx0, _ = ddim_mean_coefficients(b, tt, tp, sigma)
+        ceps = ddim_direction_coefficient(b, tt, tp, eta)  # from η directly: no cancellation of 1 − ᾱ_s − σ²
         return AffineStep(tt, tp, cx0 * a0 + ceps * ae, cx0 * b0 + ceps * be, sigma * sigma)
     if family == "ddpm":
         if tp == tt:

@@ -1,5 +1,21 @@
-"""The harness checks, one module per check family."""
+"""The harness checks, one module per check family.
 
-#: Every check function, in the order `ddspec check` runs them: each is
-#: ``(CheckContext) -> list[CheckResult]``. Filled in as the check modules are written.
-ALL_CHECKS: list = []
+Each module exports ``CHECKS``, a list of functions ``(CheckContext) -> list[CheckResult]``.
+:data:`ALL_CHECKS` is every check, in the order ``ddspec check`` runs them: the cheap exact checks
+first (schedule, timesteps), then the step-by-step comparisons with the reference (oracle,
+single_step), then the statistical checks (distribution), then the invariants.
+"""
+
+from . import distribution, invariants, oracle, schedule, single_step, timesteps
+
+#: Every check function, in the order `ddspec check` runs them.
+ALL_CHECKS: list = [
+    *schedule.CHECKS,
+    *timesteps.CHECKS,
+    *oracle.CHECKS,
+    *single_step.CHECKS,
+    *distribution.CHECKS,
+    *invariants.CHECKS,
+]
+
+__all__ = ["ALL_CHECKS", "distribution", "invariants", "oracle", "schedule", "single_step", "timesteps"]

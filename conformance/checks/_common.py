@@ -1,0 +1,489 @@
+r"""Shared plumbing of the deterministic checks (schedule, timesteps, oracle, single_step).
+
+Nothing here decides what is right: expected values come from :mod:`ddspec.conformance.expectation`
+(hence from :mod:`ddspec.reference`) and tolerances from :mod:`ddspec.conformance.tolerances`. This
+module only
+
+* reads the target's declarations and tables through :meth:`CheckContext.call` (:func:`conventions_of`,
+  :func:`read_table`), turning every exception, timeout or malformed value into a message;
+* picks the timesteps a run visits (:func:`plan_run`): the target's own sequence where it is a valid
+  subsequence, so that a step check measures the step and not the timestep rule (the timesteps
+  check judges the rule), else the reference's;
+* calls the target's ``step`` (:class:`TargetCaller`) and validates what comes back
+  (:func:`output_array`: a tensor of x_t's shape, dtype and device);
+* compares per element against a per-element bound and keeps the worst findings (:class:`Tally`);
+* derives reproducible input seeds (:func:`offset_for`) and the per-step tolerance
+  (:class:`StepTolerance`).
+
+Input seeds. Every random tensor is ``ctx.randn(shape, offset)`` with ``offset = offset_for(...)``, a
+CRC-32 of a text key naming the check, the run and the role of the tensor. A finding therefore
+reproduces from ``(seed, offset)`` alone, and the reproduce snippets print the offsets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from ddspec.reference import alphas as ref_alphas
+from ddspec.reference.timesteps import check_subsequence
+
+from ..context import CheckContext
+from ..expectation import UnsupportedConvention, zero_snr_original, reference_timesteps, step_pairs
+from ..protocol import Conventions
+from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
+from ..tolerances import UNIT_ROUNDOFF, StepSpec, alpha_bar_relative_bound, step_bound, table_roundoff, unit_roundoff
+
+__all__ = [
+    "CONVENTION_FIELDS",
+    "conventions_of",
+    "unsupported_entries",
+    "unsupported_results",
+    "fail_result",
+    "read_table",
+    "dtype_of_roundoff",
+    "output_array",
+    "offset_for",
+    "RunPlan",
+    "plan_run",
+    "TargetCaller",
+    "Tally",
+    "StepTolerance",
+    "step_tolerance",
+    "choose_steps",
+    "torch_input",
+    "exact_of",
+]
+
+Array = NDArray[np.float64]
+
+#: Every field of :class:`Conventions`. An ``unsupported`` entry whose field is not one of these is a
+#: config option the adapter does not know: it may change anything, so every check treats it as relevant.
+CONVENTION_FIELDS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(Conventions))
+
+
+# -- declarations ------------------------------------------------------------------------------------
+
+
+def conventions_of(ctx: CheckContext) -> tuple[Conventions | None, str | None]:
+    r"""The target's :class:`Conventions`, or ``(None, why)`` when they cannot be read or are not one."""
+    outcome = ctx.call(lambda: ctx.sampler.conventions)
+    if not outcome.ok:
+        return None, f"reading sampler.conventions failed: {outcome.error}"
+    conv = outcome.value
+    if not isinstance(conv, Conventions):
+        return None, (
+            f"sampler.conventions is a {type(conv).__name__}, not a ddspec.conformance.protocol.Conventions: "
+            "the harness cannot know which reference computation applies"
+        )
+    return conv, None
+
+
+def unsupported_entries(conv: Conventions, fields: Iterable[str] | None) -> list[str]:
+    r"""The ``conv.unsupported`` entries that concern a check reading ``fields`` (None: every field).
+
+    An entry ``"<field>=<value>: <why>"`` concerns the check when ``<field>`` is one it reads, or is
+    not a :class:`Conventions` field at all (an option the adapter could not interpret may change
+    anything).
+    """
+    wanted = None if fields is None else frozenset(fields)
+    out = []
+    for entry in conv.unsupported:
+        name = entry.split("=", 1)[0].strip()
+        if wanted is None or name in wanted or name not in CONVENTION_FIELDS:
+            out.append(entry)
+    return out
+
+
+def unsupported_results(names: Iterable[str], family: str, entries: list[str]) -> list[CheckResult]:
+    r"""One ``unsupported`` result per name, quoting the adapter's entries (never a silent default)."""
+    why = "; ".join(entries)
+    return [
+        CheckResult(
+            name=name,
+            family=family,
+            verdict=Verdict.UNSUPPORTED,
+            message=f"the target declares conventions the harness cannot state a reference for: {why}",
+            details={"unsupported": list(entries)},
+        )
+        for name in names
+    ]
+
+
+def fail_result(name: str, family: str, message: str, **details: Any) -> CheckResult:
+    """A ``fail`` result with a message and no number (the target broke a contract)."""
+    return CheckResult(name=name, family=family, verdict=Verdict.FAIL, message=message, details=details)
+
+
+# -- tables ------------------------------------------------------------------------------------------
+
+
+def _as_float64(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64).numpy().copy()
+    return np.array(value, dtype=np.float64, copy=True)
+
+
+def read_table(ctx: CheckContext, method: str, length: int) -> tuple[Array | None, str | None]:
+    r"""``sampler.<method>()`` as a float64 array of shape ``(length,)``, or ``(None, why)``.
+
+    Fails (with the reason) when the call raises or times out, or the value is not a 1-D real array of
+    the right length with finite entries.
+    """
+    fn = getattr(ctx.sampler, method, None)
+    if not callable(fn):
+        return None, f"sampler.{method} is not callable"
+    outcome = ctx.call(fn)
+    if not outcome.ok:
+        return None, f"sampler.{method}() failed: {outcome.error}"
+    try:
+        arr = _as_float64(outcome.value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return None, f"sampler.{method}() returned a {type(outcome.value).__name__}, not a real array ({exc})"
+    if arr.shape != (length,):
+        return None, f"sampler.{method}() has shape {arr.shape}, expected ({length},) = (num_train_timesteps,)"
+    bad = ~np.isfinite(arr)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        return None, f"sampler.{method}() holds {int(bad.sum())} non-finite values (first at index {i}: {arr[i]!r})"
+    return arr, None
+
+
+def dtype_of_roundoff(u: float) -> str:
+    """The dtype name whose unit roundoff is ``u`` (one of ``tolerances.UNIT_ROUNDOFF``)."""
+    for name, value in UNIT_ROUNDOFF.items():
+        if value == u:
+            return name
+    return f"u={u:g}"
+
+
+# -- the target's step output ------------------------------------------------------------------------
+
+
+def output_array(value: Any, like: torch.Tensor) -> tuple[np.ndarray | None, str | None]:
+    r"""The step's output as float64 numpy, or ``(None, why)``: it must be a tensor of x_t's shape,
+    dtype and device (protocol: a new tensor like x_t)."""
+    if not isinstance(value, torch.Tensor):
+        return None, f"step returned a {type(value).__name__}, expected a torch.Tensor"
+    if tuple(value.shape) != tuple(like.shape):
+        return None, f"step returned shape {tuple(value.shape)}, expected x_t's shape {tuple(like.shape)}"
+    if value.dtype != like.dtype:
+        return None, f"step returned dtype {value.dtype}, expected x_t's dtype {like.dtype}"
+    if value.device != like.device:
+        return None, f"step returned a tensor on {value.device}, expected x_t's device {like.device}"
+    return value.detach().to("cpu", torch.float64).numpy().copy(), None
+
+
+def offset_for(*parts: object) -> int:
+    r"""A reproducible ``ctx.randn`` offset for the input named by ``parts`` (CRC-32 of ``"a|b|c"``)."""
+    return zlib.crc32("|".join(str(p) for p in parts).encode("utf-8"))
+
+
+# -- which timesteps a run visits --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    r"""The steps of one N-step run: ``pairs[k] = (t, t_prev)`` (reference convention, ``step_pairs``).
+
+    ``source`` is ``"target"`` when the target's own timesteps are used (a valid subsequence) and
+    ``"reference"`` otherwise; ``note`` says why the target's were not used.
+    """
+
+    num_steps: int
+    timesteps: tuple[int, ...]
+    pairs: tuple[tuple[int, int], ...]
+    source: str
+    note: str | None = None
+
+
+def plan_run(ctx: CheckContext, conv: Conventions, num_steps: int) -> tuple[RunPlan | None, str | None]:
+    r"""The steps of an N-step run, or ``(None, reason)`` when it cannot be run (the reason says why).
+
+    The target's ``timesteps(N)`` are used when they form a valid subsequence (strictly decreasing
+    indices in [0, T − 1]): a step check then measures the step alone, and the timesteps check judges
+    the rule. Otherwise (the call fails, or e.g. diffusers' trailing spacing returns N + 1 entries
+    ending in −1) the declared rule's timesteps from the reference are used, and ``note`` says so.
+    """
+    T = conv.num_train_timesteps
+    if num_steps > T:
+        return None, f"N={num_steps} exceeds num_train_timesteps={T}"
+    note = None
+    outcome = ctx.call(ctx.sampler.timesteps, num_steps)
+    if outcome.ok:
+        try:
+            raw = outcome.value
+            arr = raw.detach().cpu().numpy() if isinstance(raw, torch.Tensor) else np.asarray(raw)
+            if arr.ndim != 1 or arr.dtype.kind not in "iu":
+                raise ValueError(f"timesteps({num_steps}) is not a 1-D integer array: {arr!r}")
+            ts = check_subsequence(arr, T, f"timesteps({num_steps})")
+            seq = tuple(int(v) for v in ts)
+            return RunPlan(num_steps, seq, tuple(step_pairs(conv, ts)), "target"), None
+        except ValueError as exc:
+            note = f"the target's timesteps({num_steps}) are not a valid subsequence ({exc}); the reference's are used"
+    else:
+        note = f"the target's timesteps({num_steps}) failed ({outcome.error}); the reference's are used"
+    try:
+        ts = reference_timesteps(conv, num_steps)
+    except UnsupportedConvention as exc:
+        return None, f"{note}, but the declared spacing has no reference rule: {exc}"
+    except ValueError as exc:
+        return None, f"{note}, but the reference rule is undefined for N={num_steps}: {exc}"
+    seq = tuple(int(v) for v in ts)
+    return RunPlan(num_steps, seq, tuple(step_pairs(conv, ts)), "reference", note), None
+
+
+# -- calling the step --------------------------------------------------------------------------------
+
+
+class TargetCaller:
+    r"""Calls ``sampler.step`` through :meth:`CheckContext.call` and stops calling after a timeout.
+
+    A timed-out call keeps running in the background (Python cannot kill a thread), so after the first
+    timeout every further call is refused (``timed_out`` is set and :meth:`step` returns the reason),
+    instead of piling up hung threads.
+    """
+
+    def __init__(self, ctx: CheckContext) -> None:
+        self.ctx = ctx
+        self.timed_out: str | None = None
+
+    def step(self, **kwargs: Any) -> tuple[Any, str | None]:
+        r"""``(value, None)`` or ``(None, why)``; ``kwargs`` are the protocol's step arguments."""
+        if self.timed_out is not None:
+            return None, f"not called: an earlier call timed out ({self.timed_out})"
+        fn = getattr(self.ctx.sampler, "step", None)
+        if not callable(fn):
+            return None, "sampler.step is not callable"
+        args = (kwargs.pop("model_output"), kwargs.pop("t"), kwargs.pop("x_t"))
+        outcome = self.ctx.call(fn, *args, **kwargs)
+        if outcome.timed_out:
+            self.timed_out = outcome.error
+        if not outcome.ok:
+            return None, f"step raised or hung: {outcome.error}"
+        return outcome.value, None
+
+
+# -- comparisons -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Candidate:
+    ratio: float
+    finding: Finding
+    info: dict[str, Any]
+
+
+@dataclass
+class Tally:
+    r"""Per-element comparisons of one check result, across every step and run it covers.
+
+    ``compare`` records ``|got − expected|`` against a per-element bound; ``broken`` records a step
+    that produced no comparable number (an exception, a timeout, a wrong shape). The worst
+    :data:`~ddspec.conformance.results.MAX_FINDINGS` places are kept, worst first; a broken step
+    counts as an infinite ratio. ``info`` travels with a finding so that the check can write a
+    reproduce snippet for the worst one.
+    """
+
+    worst_ratio: float = 0.0
+    observed: float | None = None
+    tolerance: float | None = None
+    n_steps: int = 0
+    n_elements: int = 0
+    n_exceeding: int = 0
+    n_broken: int = 0
+    n_unbounded: int = 0
+    _worst_compared: float = 0.0
+    candidates: list[_Candidate] = field(default_factory=list)
+
+    def _keep(self, ratio: float, finding: Finding, info: dict[str, Any]) -> None:
+        self.candidates.append(_Candidate(ratio, finding, info))
+        if len(self.candidates) > 4 * MAX_FINDINGS:
+            self.candidates.sort(key=lambda c: -c.ratio)
+            del self.candidates[MAX_FINDINGS:]
+
+    def compare(
+        self,
+        got: np.ndarray,
+        expected: np.ndarray,
+        bound: np.ndarray,
+        *,
+        step: int | None,
+        timestep: int | None,
+        label: str,
+        info: dict[str, Any] | None = None,
+    ) -> float:
+        r"""Compare one tensor; return its worst ratio ``|got − expected| / bound`` (inf for NaN/inf in got)."""
+        got = np.asarray(got, dtype=np.float64)
+        expected = np.broadcast_to(np.asarray(expected, dtype=np.float64), got.shape)
+        bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), got.shape)
+        unbounded = np.isnan(bound) | np.isposinf(bound)
+        if np.any(unbounded):
+            # the error model gives no finite bound here (e.g. γ_k(u) = inf for a bfloat16 table of
+            # many steps, times a zero derivative = NaN): nothing can be asserted beyond finiteness
+            self.n_unbounded += int(np.count_nonzero(unbounded))
+            bound = np.where(unbounded, np.inf, bound)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            err = np.abs(got - expected)
+            ratio = np.where(bound > 0, err / np.where(bound > 0, bound, 1.0), np.where(err > 0, np.inf, 0.0))
+        ratio = np.where(np.isfinite(got), ratio, np.inf)
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)
+        self.n_steps += 1
+        self.n_elements += int(got.size)
+        self.n_exceeding += int(np.count_nonzero(ratio > 1.0))
+        flat = ratio.ravel()
+        k = min(MAX_FINDINGS, flat.size)
+        order = np.argsort(-flat, kind="stable")[:k]
+        for i in order:
+            r = float(flat[i])
+            element = tuple(int(j) for j in np.unravel_index(int(i), got.shape))
+            exp_v, got_v, tol_v = float(expected[element]), float(got[element]), float(bound[element])
+            status = "non-finite output" if not np.isfinite(got_v) else (
+                "exceeds the tolerance" if r > 1.0 else "within the tolerance")
+            finding = Finding(
+                step=step, timestep=timestep, element=element, expected=exp_v, got=got_v, tolerance=tol_v,
+                message=f"{label}: {status} (|got - expected| / tolerance = {r:.3g})",
+            )
+            self._keep(r, finding, dict(info or {}, element=element))
+            if i == order[0] and (self.observed is None or r > self._worst_compared):
+                self._worst_compared = r
+                self.observed = abs(got_v - exp_v) if np.isfinite(got_v) else got_v
+                self.tolerance = tol_v
+        top = float(flat[order[0]]) if k else 0.0
+        self.worst_ratio = max(self.worst_ratio, top)
+        return top
+
+    def broken(self, *, step: int | None, timestep: int | None, message: str, info: dict[str, Any] | None = None) -> None:
+        """Record a step that gave nothing to compare (the message says why); it counts as a failure."""
+        self.n_broken += 1
+        self.worst_ratio = float("inf")
+        self._keep(float("inf"), Finding(step=step, timestep=timestep, message=message), dict(info or {}))
+
+    @property
+    def failed(self) -> bool:
+        return self.n_broken > 0 or self.worst_ratio > 1.0
+
+    def findings(self) -> tuple[Finding, ...]:
+        """The worst places, worst first (failures only when the result fails, else the single worst)."""
+        ordered = sorted(self.candidates, key=lambda c: -c.ratio)
+        if self.failed:
+            ordered = [c for c in ordered if c.ratio > 1.0]
+        else:
+            ordered = ordered[:1]
+        return tuple(c.finding for c in ordered[:MAX_FINDINGS])
+
+    def worst_info(self) -> dict[str, Any] | None:
+        """The ``info`` of the worst place, or None when nothing was compared."""
+        if not self.candidates:
+            return None
+        return max(self.candidates, key=lambda c: c.ratio).info
+
+
+# -- per-step tolerance ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepTolerance:
+    r"""What :func:`~ddspec.conformance.tolerances.step_bound` needs for every step of one target.
+
+    ``alpha_bar`` is the reference ᾱ of the declared schedule; ``deltas[t]`` the relative error bound
+    of the target's ᾱ_t (:func:`~ddspec.conformance.tolerances.alpha_bar_relative_bound` with
+    ``u_table``); ``u_compute`` the unit roundoff of the run's dtype; ``u_step`` the unit roundoff
+    the rounding term of :func:`~ddspec.conformance.tolerances.step_bound` is evaluated at,
+    ``max(u_compute, u_table)``: a target forms its step coefficients (√ᾱ, β′ = 1 − ᾱ_t/ᾱ_prev, σ, …)
+    from its tables, in the tables' dtype (diffusers: float32 0-d tensors, also in a float64 run), and
+    those roundings are independent of one another, so the consistent perturbation of ᾱ_t and
+    ᾱ_prev that the table term models does not cover them where its derivative nearly vanishes.
+    """
+
+    alpha_bar: Array
+    deltas: Array
+    u_table: float
+    u_compute: float
+    u_step: float
+    table_dtype: str
+    table_note: str | None
+
+    def bound(
+        self,
+        spec: StepSpec,
+        t: int,
+        t_prev: int,
+        *,
+        model_output: np.ndarray,
+        x_t: np.ndarray,
+        noise: np.ndarray | None,
+        predicted_variance: np.ndarray | None = None,
+    ) -> np.ndarray:
+        r"""Per-element tolerance of the step ``t → t_prev`` (ᾱ = 1 and δ = 0 at ``t_prev = -1``)."""
+        a = float(self.alpha_bar[t])
+        p = 1.0 if t_prev < 0 else float(self.alpha_bar[t_prev])
+        return step_bound(
+            spec,
+            alpha_bar_t=a,
+            alpha_bar_prev=p,
+            delta_t=float(self.deltas[t]),
+            delta_prev=0.0 if t_prev < 0 else float(self.deltas[t_prev]),
+            model_output=model_output,
+            x_t=x_t,
+            noise=noise,
+            predicted_variance=predicted_variance,
+            u_compute=self.u_step,
+        ).bound
+
+    def details(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target_alpha_bar_table_dtype": self.table_dtype,
+            "u_table": self.u_table,
+            "u_compute": self.u_compute,
+            "u_step": self.u_step,
+        }
+        if self.table_note:
+            out["table_note"] = self.table_note
+        return out
+
+
+def step_tolerance(ctx: CheckContext, conv: Conventions, betas: Array) -> StepTolerance:
+    r"""The :class:`StepTolerance` of the target: ``u_table = max(table_roundoff(target ᾱ), u_compute)``,
+    used both for the δ's and as ``u_step`` (see :class:`StepTolerance`).
+
+    The target's ᾱ table reveals its storage dtype (:func:`~ddspec.conformance.tolerances.table_roundoff`);
+    a table narrower than the run's dtype is rounded again when used, hence the max. When the table
+    cannot be read, ``u_table = u_compute`` and ``table_note`` says why (the schedule check fails then).
+    """
+    u_compute = unit_roundoff(ctx.dtype)
+    table, why = read_table(ctx, "alphas_cumprod", conv.num_train_timesteps)
+    if table is None:
+        u_tab, name, note = u_compute, "unknown", f"{why}; u_table = u_compute assumed"
+    else:
+        u_tab = table_roundoff(table)
+        name, note = dtype_of_roundoff(u_tab), None
+    u_table = max(u_tab, u_compute)
+    deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
+    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_table, name, note)
+
+
+def choose_steps(n_steps: int, n_wanted: int | None, rng: np.random.Generator) -> list[int]:
+    r"""Which steps of a K-step run to check: all when K ≤ ``n_wanted`` (None: all); else the first,
+    the last and ``n_wanted − 2`` others drawn without replacement, in run order."""
+    if n_wanted is None or n_steps <= n_wanted:
+        return list(range(n_steps))
+    inner = rng.choice(np.arange(1, n_steps - 1), size=max(n_wanted - 2, 0), replace=False)
+    return sorted({0, n_steps - 1, *(int(i) for i in inner)})
+
+
+def torch_input(ctx: CheckContext, values: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    r"""``values`` cast to the target's dtype/device, and the float64 value the target actually gets."""
+    tensor = ctx.to_target(values)
+    return tensor, tensor.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def exact_of(tensor: torch.Tensor) -> np.ndarray:
+    """The float64 numpy value of a tensor the target was given (exact: float64 holds every narrower float)."""
+    return tensor.detach().to("cpu", torch.float64).numpy().copy()

@@ -1,0 +1,297 @@
+r"""Single-step checks: one reverse step of the target from random inputs against the reference step.
+
+At steps of several runs (every N in ``ctx.steps``; when a run has more than
+``ctx.settings.n_timesteps`` steps, its first and last steps and a seeded random choice of the others)
+the harness draws a random state :math:`x_t`, a random model output m, noise z and (for the learned
+variance types) a predicted variance, all with ``ctx.randn`` in the target's dtype, and compares the
+target's :math:`x_{t_\mathrm{prev}}` with :func:`ddspec.conformance.expectation.reference_step`
+evaluated on exactly the values the target was given (cast back to float64):
+
+* DDIM (Song et al. 2021, eq. 12 with σ(η) of eq. 16): one result per η in ``ctx.settings.etas``,
+  ``single_step.eta=<η>``; z is given for η > 0;
+* DDPM (Ho et al. 2020, Algorithm 2, posterior mean eq. 7 on the respaced schedule): one result for the
+  declared variance type, ``single_step.variance_type=<type>``; z is given at every step, also the last
+  one, where the reference adds none (a target that adds noise there fails). For ``learned_range`` the
+  predicted value is :math:`\tanh(g)\in(-1, 1)`, for ``learned`` the variance :math:`\beta' e^{g/2} > 0`,
+  g standard normal.
+
+The model output is read with the target's declared ``prediction_type`` (reported in ``details``).
+Every element must satisfy ``|got − expected| ≤ step_bound`` (:func:`ddspec.conformance.tolerances.step_bound`,
+``u_table = max(table_roundoff(target ᾱ), u_compute)``); an exception, a timeout, NaN/inf, or a tensor
+of the wrong shape, dtype or device fails. The steps are those of the target's own ``timesteps(N)``
+when that is a valid subsequence (the timesteps check judges the rule itself), the step pairs those of
+:func:`~ddspec.conformance.expectation.step_pairs` (the next timestep, then −1, or 0 for
+``final_alpha_bar_is_one=False``).
+
+A step where the reference equation is singular (ε-prediction at ᾱ = 0) is skipped and counted in
+``details``. Stochastic steps of a target that cannot take injected noise are skipped (the
+distribution checks cover them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ddspec.reference import SingularError
+from ddspec.reference import alphas as ref_alphas
+
+from ..context import CheckContext
+from ..expectation import UnsupportedConvention, reference_betas, reference_step, step_spec
+from ..results import CheckResult, Verdict
+from ._common import (
+    RunPlan,
+    Tally,
+    TargetCaller,
+    choose_steps,
+    conventions_of,
+    exact_of,
+    fail_result,
+    offset_for,
+    output_array,
+    plan_run,
+    step_tolerance,
+    torch_input,
+    unsupported_entries,
+    unsupported_results,
+)
+
+__all__ = ["check_single_steps", "CHECKS"]
+
+FAMILY = "single_step"
+
+
+def _predicted_variance(ctx: CheckContext, conv, betas, t: int, t_prev: int, offset: int) -> np.ndarray | None:
+    """The float64 predicted variance drawn for a learned variance type (before the cast), else None."""
+    vt = conv.variance_type
+    if vt not in ("learned", "learned_range"):
+        return None
+    g = ctx.randn(ctx.settings.sample_shape, offset, dtype="float64", device="cpu").numpy()
+    if vt == "learned_range":
+        return np.tanh(g)
+    beta_p = float(ref_alphas.one_minus_alpha_bar_ratio(betas, t, t_prev))
+    return beta_p * np.exp(0.5 * g)
+
+
+def _reproduce(ctx: CheckContext, conv, info: dict[str, Any]) -> str:
+    shape = tuple(ctx.settings.sample_shape)
+    lines = [
+        "import numpy as np, torch",
+        "from ddspec.conformance.context import CheckContext",
+        "from ddspec.conformance.expectation import reference_betas, reference_step",
+        "from ddspec.reference.alphas import one_minus_alpha_bar_ratio",
+        "# `sampler`: the target under test",
+        f"ctx = CheckContext(sampler, device={str(ctx.device)!r}, dtype={ctx.dtype_name!r}, seed={ctx.seed})",
+        "conv, betas = sampler.conventions, reference_betas(sampler.conventions)",
+        f"x_t = ctx.randn({shape}, {info['off_x']})",
+        f"m = ctx.randn({shape}, {info['off_m']})",
+        f"z = ctx.randn({shape}, {info['off_z']})" if info.get("off_z") is not None else "z = None",
+    ]
+    if info.get("off_pv") is not None:
+        g = f"ctx.randn({shape}, {info['off_pv']}, dtype='float64', device='cpu').numpy()"
+        if conv.variance_type == "learned_range":
+            lines.append(f"pv = ctx.to_target(np.tanh({g}))")
+        else:
+            lines.append(
+                f"pv = ctx.to_target(float(one_minus_alpha_bar_ratio(betas, {info['t']}, {info['t_prev']})) "
+                f"* np.exp(0.5 * {g}))"
+            )
+    else:
+        lines.append("pv = None")
+    f64 = "lambda a: None if a is None else a.double().cpu().numpy()"
+    lines += [
+        f"f64 = {f64}",
+        f"got = sampler.step(m, {info['t']}, x_t, num_steps={info['N']}, eta={info['eta']!r}, noise=z, "
+        "predicted_variance=pv)",
+        f"ref = reference_step(conv, betas, model_output=f64(m), t={info['t']}, t_prev={info['t_prev']}, "
+        f"x_t=f64(x_t), noise=f64(z), eta={info['eta']!r}, predicted_variance=f64(pv))",
+        f"e = {tuple(info['element'])}" if info.get("element") is not None else "e = ...",
+        "print(f64(got)[e], ref.prev_sample[e])",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _run_variant(
+    ctx: CheckContext,
+    conv,
+    betas: np.ndarray,
+    tol,
+    plans: list[RunPlan],
+    name: str,
+    eta: float,
+    caller: TargetCaller,
+) -> tuple[Tally, dict[str, Any]]:
+    shape = tuple(ctx.settings.sample_shape)
+    spec = step_spec(conv, eta)
+    tally = Tally()
+    singular: list[str] = []
+    rejected: list[str] = []
+    no_injection = 0
+    per_run: dict[str, float] = {}
+    for plan in plans:
+        N = plan.num_steps
+        rng = np.random.default_rng([ctx.seed, offset_for("single_step", "choose", N)])
+        chosen = choose_steps(len(plan.pairs), ctx.settings.n_timesteps, rng)
+        worst = 0.0
+        for k in chosen:
+            t, t_prev = plan.pairs[k]
+            key = ("single_step", name, N, k, t)
+            off_x, off_m, off_z, off_pv = (offset_for(*key, role) for role in ("x", "m", "z", "pv"))
+            if conv.family == "ddim":
+                stochastic = eta > 0.0
+            else:
+                stochastic = t_prev >= 0
+            wants_noise = stochastic or conv.family == "ddpm"
+            if stochastic and not conv.supports_noise_injection:
+                no_injection += 1
+                continue
+            use_noise = wants_noise and conv.supports_noise_injection
+            x = ctx.randn(shape, off_x)
+            m = ctx.randn(shape, off_m)
+            z = ctx.randn(shape, off_z) if use_noise else None
+            pv64 = _predicted_variance(ctx, conv, betas, t, t_prev, off_pv)
+            pv = None
+            if pv64 is not None:
+                pv, pv64 = torch_input(ctx, pv64)
+            x64, m64 = exact_of(x), exact_of(m)
+            z64 = None if z is None else exact_of(z)
+            info = {"N": N, "k": k, "t": t, "t_prev": t_prev, "eta": eta, "off_x": off_x, "off_m": off_m,
+                    "off_z": off_z if z is not None else None, "off_pv": off_pv if pv is not None else None}
+            try:
+                ref = reference_step(conv, betas, model_output=m64, t=t, t_prev=t_prev, x_t=x64,
+                                     noise=z64, eta=eta, predicted_variance=pv64)
+            except SingularError as exc:
+                singular.append(f"N={N} step {k} (t={t} -> {t_prev}): {exc}")
+                continue
+            except ValueError as exc:  # the declared options are outside the reference's domain
+                rejected.append(f"N={N} step {k} (t={t} -> {t_prev}): {exc}")
+                continue
+            noisy = bool(np.any(np.asarray(ref.variance) > 0.0))
+            bound = tol.bound(spec, t, t_prev, model_output=m64, x_t=x64, noise=z64 if noisy else None,
+                              predicted_variance=pv64)
+            value, why = caller.step(model_output=m, t=t, x_t=x, num_steps=N, eta=eta, noise=z,
+                                     generator=None, predicted_variance=pv)
+            label = f"N={N}, step {k} (t={t} -> t_prev={t_prev})"
+            if why is None:
+                got, why = output_array(value, x)
+            if why is not None:
+                tally.broken(step=k, timestep=t, message=f"{label}: {why}", info=info)
+                worst = float("inf")
+                if caller.timed_out:
+                    break
+                continue
+            worst = max(worst, tally.compare(got, ref.prev_sample, bound, step=k, timestep=t, label=label, info=info))
+        per_run[f"N={N}"] = worst
+        if caller.timed_out:
+            break
+    extra: dict[str, Any] = {"worst_ratio_per_run": per_run}
+    if singular:
+        extra["singular_steps_skipped"] = singular[:10]
+        extra["n_singular_steps_skipped"] = len(singular)
+    if rejected:
+        extra["steps_the_reference_rejects"] = rejected[:10]
+        extra["n_steps_the_reference_rejects"] = len(rejected)
+    if no_injection:
+        extra["stochastic_steps_skipped_no_noise_injection"] = no_injection
+    return tally, extra
+
+
+def check_single_steps(ctx: CheckContext) -> list[CheckResult]:
+    r"""``single_step.eta=<η>`` (DDIM) or ``single_step.variance_type=<type>`` (DDPM); see the module docstring."""
+    conv, why = conventions_of(ctx)
+    if conv is None:
+        return [fail_result("single_step", FAMILY, why or "no conventions")]
+    if conv.family == "ddim":
+        variants = [(f"single_step.eta={eta:g}", float(eta)) for eta in ctx.settings.etas]
+    else:
+        variants = [(f"single_step.variance_type={conv.variance_type}", 0.0)]
+    names = [n for n, _ in variants]
+    entries = unsupported_entries(conv, None)
+    if entries:
+        return unsupported_results(names, FAMILY, entries)
+    if conv.family == "ddpm" and not conv.final_alpha_bar_is_one:
+        return unsupported_results(names, FAMILY, [
+            "final_alpha_bar_is_one=False: the reference defines this variant for DDIM only"])
+    try:
+        betas = reference_betas(conv)
+    except UnsupportedConvention as exc:
+        return unsupported_results(names, FAMILY, [str(exc)])
+    except ValueError as exc:
+        return unsupported_results(names, FAMILY, [f"the reference cannot build the declared schedule: {exc}"])
+    tol = step_tolerance(ctx, conv, betas)
+
+    plans: list[RunPlan] = []
+    skipped_runs: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for n in ctx.steps or ():
+        plan, reason = plan_run(ctx, conv, n)
+        if plan is None:
+            skipped_runs[f"N={n}"] = reason or "cannot be run"
+            continue
+        plans.append(plan)
+        if plan.note:
+            notes[f"N={n}"] = plan.note
+    base = {
+        "prediction_type": conv.prediction_type,
+        "prediction_type_note": "the model output is read as the target declares it (conventions.prediction_type)",
+        "steps_tested": [p.num_steps for p in plans],
+        "timesteps_source": {f"N={p.num_steps}": p.source for p in plans},
+        **tol.details(),
+    }
+    if skipped_runs:
+        base["runs_skipped"] = skipped_runs
+    if notes:
+        base["timesteps_notes"] = notes
+    if not plans:
+        return [CheckResult.skipped(n, FAMILY, "no run can be checked: " + "; ".join(
+            f"{k}: {v}" for k, v in skipped_runs.items())) for n in names]
+
+    caller = TargetCaller(ctx)
+    results = []
+    for name, eta in variants:
+        tally, extra = _run_variant(ctx, conv, betas, tol, plans, name, eta, caller)
+        details = dict(base, eta=eta, variance_type=conv.variance_type, **extra,
+                       worst_ratio=tally.worst_ratio, n_steps_compared=tally.n_steps,
+                       n_elements_compared=tally.n_elements, n_elements_exceeding=tally.n_exceeding,
+                       n_steps_broken=tally.n_broken,
+                       n_elements_without_finite_tolerance=tally.n_unbounded)
+        what = f"eta={eta:g}" if conv.family == "ddim" else f"variance_type={conv.variance_type!r}"
+        if tally.n_steps == 0 and tally.n_broken == 0 and extra.get("n_steps_the_reference_rejects"):
+            results.append(CheckResult(
+                name=name, family=FAMILY, verdict=Verdict.UNSUPPORTED, details=details,
+                message="the reference cannot evaluate the declared step: " + extra["steps_the_reference_rejects"][0]))
+            continue
+        if tally.n_steps == 0 and tally.n_broken == 0:
+            reason = "no step could be compared"
+            if extra.get("stochastic_steps_skipped_no_noise_injection"):
+                reason += ": the target cannot take injected noise (supports_noise_injection=False); " \
+                          "the distribution checks cover its stochastic steps"
+            elif extra.get("n_singular_steps_skipped"):
+                reason += ": every sampled step is singular in the reference"
+            results.append(CheckResult(name=name, family=FAMILY, verdict=Verdict.SKIPPED, message=reason,
+                                       details=details))
+            continue
+        info = tally.worst_info()
+        if tally.failed:
+            parts = []
+            if tally.n_broken:
+                parts.append(f"{tally.n_broken} step call(s) produced no usable output")
+            if tally.n_exceeding:
+                parts.append(f"{tally.n_exceeding} of {tally.n_elements} elements exceed the step tolerance "
+                             f"(worst ratio {tally.worst_ratio:.3g})")
+            message = f"{what}: " + "; ".join(parts)
+        else:
+            message = (f"{what}: every element of {tally.n_steps} steps within the step tolerance "
+                       f"(worst ratio {tally.worst_ratio:.3g})")
+        results.append(CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.FAIL if tally.failed else Verdict.PASS,
+            observed=tally.observed, tolerance=tally.tolerance, message=message,
+            findings=tally.findings(),
+            reproduce=_reproduce(ctx, conv, info) if (tally.failed and info) else None,
+            details=details,
+        ))
+    return results
+
+
+CHECKS: list = [check_single_steps]

@@ -1,0 +1,203 @@
+r"""Timestep check: the target's N-step subsequence against the declared spacing rule.
+
+``timesteps.sequence.N=<N>``, one result per N: ``sampler.timesteps(N)`` against
+:func:`ddspec.conformance.expectation.reference_timesteps` (diffusers' ``leading`` / ``trailing`` /
+``linspace``, Lin et al. 2023, Table 2, evaluated in exact arithmetic by
+:mod:`ddspec.reference.timesteps`). N runs over ``ctx.steps`` plus the extremes 1, 2, T and the
+non-divisors 3 and 7 (those ≤ T).
+
+Verdicts:
+
+* equal → ``pass``;
+* different only where the exact rule's value is a rounding tie (an exact :math:`k + \tfrac12`, which
+  the rule rounds half to even) and there by exactly 1 → ``acceptable``: the target evaluates the rule
+  in floating point, where a tie can land either side (the docstring of
+  :mod:`ddspec.reference.timesteps` counts these). The consequence states where, and how much ᾱ
+  moves: one index changes ᾱ by the factor :math:`1-\beta`, i.e. relatively by β at the larger index;
+* anything else (another length, such as diffusers' trailing spacing returning N + 1 timesteps ending
+  in −1 for some N; an off-by-one away from a tie; a value out of range) → ``fail`` with the positions;
+* the reference rule itself undefined for N (``leading`` with ``steps_offset`` running past T − 1)
+  → ``skipped`` with the reason.
+
+Ties. The exact rule's value before rounding is, at sampling-order position k,
+``trailing``: :math:`T (N-k)/N` (then − 1) and ``linspace``: :math:`j (T-1)/(N-1)` with j = N − 1 − k.
+It is a tie exactly when twice its remainder equals the denominator. ``leading`` involves no rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..context import CheckContext
+from ..expectation import UnsupportedConvention, reference_betas, reference_timesteps
+from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
+from ._common import conventions_of, fail_result, unsupported_entries, unsupported_results
+
+__all__ = ["check_timesteps", "CHECKS", "TIMESTEP_FIELDS", "tie_positions"]
+
+FAMILY = "timesteps"
+TIMESTEP_FIELDS = ("num_train_timesteps", "timestep_spacing", "steps_offset")
+
+
+def tie_positions(spacing: str, num_train_timesteps: int, num_steps: int) -> set[int]:
+    r"""Sampling-order positions where the exact rule's pre-rounding value is a tie :math:`k + \tfrac12`."""
+    T, N = num_train_timesteps, num_steps
+    if spacing == "trailing":
+        return {k for k in range(N) if 2 * ((T * (N - k)) % N) == N}
+    if spacing == "linspace" and N >= 2:
+        return {N - 1 - j for j in range(N) if 2 * ((j * (T - 1)) % (N - 1)) == N - 1}
+    return set()
+
+
+def _name(n: int) -> str:
+    return f"timesteps.sequence.N={n}"
+
+
+def _reproduce(n: int) -> str:
+    return (
+        "from ddspec.conformance.expectation import reference_timesteps\n"
+        "conv = sampler.conventions  # `sampler`: the target under test\n"
+        f"print(list(sampler.timesteps({n})))\n"
+        f"print(list(reference_timesteps(conv, {n})))\n"
+    )
+
+
+def _as_int_sequence(value: object) -> tuple[np.ndarray | None, str | None]:
+    try:
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        return None, f"returned a {type(value).__name__} that is not an array ({exc})"
+    if arr.ndim != 1:
+        return None, f"returned an array of shape {arr.shape}, expected a 1-D sequence"
+    if arr.dtype.kind not in "iu":
+        return None, f"returned dtype {arr.dtype}, expected integer timestep indices"
+    return arr.astype(np.int64), None
+
+
+def _head(seq: np.ndarray, k: int = 12) -> list[int]:
+    return [int(v) for v in seq[:k]]
+
+
+def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResult:
+    name = _name(n)
+    T = conv.num_train_timesteps
+    spacing = conv.timestep_spacing
+    base = {"N": n, "num_train_timesteps": T, "timestep_spacing": spacing, "steps_offset": conv.steps_offset}
+    try:
+        expected = np.asarray(reference_timesteps(conv, n), dtype=np.int64)
+    except UnsupportedConvention as exc:
+        return unsupported_results([name], FAMILY, [str(exc)])[0]
+    except ValueError as exc:
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.SKIPPED,
+            message=f"the declared rule is undefined for N={n}: {exc}", details=base,
+        )
+    outcome = ctx.call(ctx.sampler.timesteps, n)
+    if not outcome.ok:
+        return fail_result(name, FAMILY, f"timesteps({n}) failed: {outcome.error}", **base)
+    got, why = _as_int_sequence(outcome.value)
+    if got is None:
+        return fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)
+    details = dict(base, expected_head=_head(expected), got_head=_head(got),
+                   expected_length=int(expected.size), got_length=int(got.size))
+
+    if got.size != expected.size:
+        common = min(got.size, expected.size)
+        diff = [k for k in range(common) if got[k] != expected[k]]
+        findings = [
+            Finding(step=k, timestep=int(expected[k]), expected=float(expected[k]), got=float(got[k]),
+                    tolerance=0.0, message=f"position {k}: expected index {int(expected[k])}, got {int(got[k])}")
+            for k in diff[: MAX_FINDINGS - 1]
+        ]
+        if got.size > expected.size:
+            extra = [int(v) for v in got[expected.size:]]
+            note = (f"{len(extra)} extra element(s) at positions {expected.size}..{got.size - 1}: {extra[:8]}"
+                    + (" (index -1 is the data, not a timestep: a step at t = -1 reads the last table entry)"
+                       if -1 in extra else ""))
+            findings.append(Finding(step=int(expected.size), got=float(extra[0]), message=note))
+        else:
+            note = f"{expected.size - got.size} element(s) missing: expected {_head(expected[got.size:], 8)} at the end"
+            findings.append(Finding(step=int(got.size), expected=float(expected[got.size]), message=note))
+        if diff:
+            note += f"; within the common length the values also differ at positions {diff[:10]}"
+        details["differing_positions"] = diff[:50]
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.FAIL, observed=float(got.size), tolerance=float(expected.size),
+            message=(f"timesteps({n}) has {got.size} elements, the declared {spacing!r} rule gives "
+                     f"{expected.size}: {note}"),
+            findings=tuple(findings[:MAX_FINDINGS]), reproduce=_reproduce(n), details=details,
+        )
+
+    diff = [k for k in range(got.size) if got[k] != expected[k]]
+    if not diff:
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.PASS, observed=0.0, tolerance=0.0,
+            message=f"timesteps({n}) equals the declared {spacing!r} rule ({n} elements)", details=details,
+        )
+    ties = tie_positions(spacing, T, n)
+    tie_only = all(k in ties and abs(int(got[k]) - int(expected[k])) == 1 for k in diff)
+    findings = tuple(
+        Finding(step=k, timestep=int(expected[k]), expected=float(expected[k]), got=float(got[k]), tolerance=0.0,
+                message=(f"position {k}: expected index {int(expected[k])}, got {int(got[k])}"
+                         + (" (the exact value is a rounding tie)" if k in ties else "")))
+        for k in diff[:MAX_FINDINGS]
+    )
+    details["differing_positions"] = diff[:50]
+    details["tie_positions"] = sorted(ties)[:50]
+    worst = max(abs(int(got[k]) - int(expected[k])) for k in diff)
+    if tie_only:
+        change = None
+        if betas is not None:
+            change = max(float(betas[max(int(got[k]), int(expected[k]))]) for k in diff)
+            details["max_relative_alpha_bar_change"] = change
+        consequence = (
+            f"tie broken by float rounding at positions {diff[:10]}: the exact rule's value there is k + 1/2, rounded "
+            "half to even by the reference and the other way by the target; the step uses alpha_bar one index away"
+            + (f": relative change beta_t <= {change:.3g}" if change is not None else "")
+        )
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.ACCEPTABLE, observed=float(worst), tolerance=0.0,
+            message=(f"timesteps({n}) differs from the exact {spacing!r} rule by one index at {len(diff)} position(s), "
+                     "all exact rounding ties"),
+            findings=findings, consequence=consequence, reproduce=_reproduce(n), details=details,
+        )
+    off_tie = [k for k in diff if k not in ties or abs(int(got[k]) - int(expected[k])) != 1]
+    return CheckResult(
+        name=name, family=FAMILY, verdict=Verdict.FAIL, observed=float(worst), tolerance=0.0,
+        message=(f"timesteps({n}) differs from the declared {spacing!r} rule at positions {diff[:10]}"
+                 f"{' ...' if len(diff) > 10 else ''} (largest difference {worst} indices; "
+                 f"{len(off_tie)} not explained by a rounding tie)"),
+        findings=findings, reproduce=_reproduce(n), details=details,
+    )
+
+
+def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
+    r"""``timesteps.sequence.N=<N>`` for every tested N (see the module docstring)."""
+    conv, why = conventions_of(ctx)
+    if conv is None:
+        return [fail_result("timesteps.sequence", FAMILY, why or "no conventions")]
+    entries = unsupported_entries(conv, TIMESTEP_FIELDS)
+    if entries:
+        return unsupported_results(["timesteps.sequence"], FAMILY, entries)
+    if conv.timestep_spacing not in ("leading", "trailing", "linspace"):
+        return unsupported_results(
+            ["timesteps.sequence"], FAMILY,
+            [f"timestep_spacing={conv.timestep_spacing!r}: the target uses its own rule, which has no reference"],
+        )
+    T = conv.num_train_timesteps
+    wanted = set(ctx.steps or ()) | {1, 2, 3, 7, T}
+    results = []
+    try:
+        betas = reference_betas(conv)
+    except ValueError:  # the schedule check reports an unknown schedule; only the consequence text needs β
+        betas = None
+    for n in sorted(wanted):
+        if n > T:
+            results.append(CheckResult.skipped(_name(n), FAMILY, f"N={n} exceeds num_train_timesteps={T}"))
+            continue
+        results.append(_one(ctx, conv, n, betas))
+    return results
+
+
+CHECKS: list = [check_timesteps]
