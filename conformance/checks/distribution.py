@@ -1,0 +1,742 @@
+r"""Distribution checks: the law of what a sampler draws, tested at a stated false-failure rate.
+
+Two checks, each returning one result per DDIM η of the profile (``..ddim_eta=<η>``) or one for the
+declared DDPM variance (``..ddpm_<variance_type>``):
+
+``distribution.step_moments.<variant>`` (:func:`check_step_moments`)
+    One step from a **fixed** x_t (and a fixed model output), replicated n =
+    ``n_single_step_draws`` times in one batch; the target draws its own noise (``noise=None``,
+    ``generator=ctx.generator(k)``). Given its inputs a step is exactly Gaussian,
+    :math:`x_\mathrm{prev} \sim \mathcal N(\mu, \Sigma)` with μ the reference's ``StepResult.mean``
+    and Σ its ``variance`` (σ² of DDIM eq. 12/16; β̃′, β′ or the learned variance of Ho et al.
+    Algorithm 2 / Nichol & Dhariwal eq. 15). At the first, middle and last step of the N-step run
+    (N = the profile's largest step count ≤ 50) the per-coordinate mean and variance are tested.
+    Where Σ = 0 (the final step to the data, DDIM η = 0) every draw must be **bitwise equal** and
+    within the error model's bound of μ: noise added at the final step fails here.
+``distribution.run_output.<variant>`` (:func:`check_run_output_distribution`)
+    A whole run driven by the exact denoiser of Gaussian data,
+    :class:`ddspec.reference.oracles.IsotropicGaussian` in d = 4 dimensions, from x_T ~ N(0, I),
+    n = ``n_distribution_samples`` chains in one batch, the target drawing its own noise. With an
+    exact Gaussian denoiser every step is affine plus Gaussian noise, so the output law is Gaussian
+    and known in closed form (:func:`ddspec.reference.oracles.gaussian_run_output`, the declared
+    ``final_alpha_bar_is_one`` variant included). Tested per coordinate: mean and variance; and the
+    whole CDF of the standardised first coordinate against Φ (DKW). Step counts: the smallest, the
+    middle and the largest of the profile's step counts ≤ 50.
+
+Statistics (``docs/statistics.md``; every test is one of :mod:`ddspec.conformance.stats`)
+------------------------------------------------------------------------------------------
+* **False-failure rate.** Each *result* has false-failure rate at most α =
+  ``ctx.settings.false_failure_rate``, split by **Bonferroni** over its statistical tests: equally
+  over the (mean, variance) pairs of its stochastic steps (step moments), or over (mean, variance,
+  DKW) × step counts after the clipping tail (run output, below). Each test splits its share again
+  over its d coordinates (:mod:`~ddspec.conformance.stats`). By the union bound a correct sampler
+  fails a result with probability ≤ α; a report with R statistical results has false-failure
+  probability ≤ R α.
+* **Ledger.** Every result keeps its own :class:`~ddspec.conformance.stats.Ledger` with budget α,
+  in which each test is allocated and recorded (so the split cannot exceed α); its table is in
+  ``details["ledger"]``. The process-wide ``stats.LEDGER`` is *not* used: its budget (10⁻⁶) is one
+  run's, while the harness runs the same check on several targets, dtypes and seeds in one process,
+  each report with its own budget.
+* **Power.** ``details["tests"]`` lists, per test, its α, n, the minimum detectable discrepancy at
+  power 0.999 (:func:`~ddspec.conformance.stats.min_detectable`) plus the rounding allowance below.
+* **Rounding allowance.** A correct target in dtype d is off the exact law by its deterministic
+  rounding, bounded per element by :func:`ddspec.conformance.tolerances.step_bound` (the error model
+  of ``docs/tolerances.md``; it includes the target's ᾱ-table error, and its rounding term is charged
+  at the coarser of the compute and the table dtype, since a target may form its coefficients in its
+  table's dtype: diffusers does, in float32, in a float64 run). The tests are widened by it:
+  the mean test passes iff :math:`|\bar x - \mu| \le z_{\alpha_c/2}\,\sigma/\sqrt n + b`
+  (b = mean of the per-draw bounds); the variance test passes iff the sample standard deviation is
+  within :math:`[\sqrt{L}\,\sigma - b_2,\ \sqrt{U}\,\sigma + b_2]` ([L, U] the chi-square acceptance
+  ratios, b₂ the RMS of the bounds: by Minkowski's inequality a perturbation e moves the sample
+  standard deviation by at most RMS(e)); the DKW test passes iff
+  :math:`\sup|F_n - \Phi| \le \varepsilon + \varphi(0)\, b_\infty/\sigma` (b∞ the largest bound).
+  The bounds depend on |z|: they are evaluated at an envelope (|z| ≤ 2 for the mean and RMS
+  allowances, which holds for the mean of |z| and the RMS of z over n ≥ 512 draws except with
+  probability < 1e-100 by Chernoff's bound; |z| ≤ 9 for the largest bound of the DKW allowance,
+  violated with probability ≤ n·K·2.3e-19 over n chains of K steps). Over a run, an error in x_t
+  leaves a step multiplied by the slope A of the exact step map (first order; per coordinate,
+  :func:`~ddspec.reference.oracles.gaussian_step_map`), so each chain's allowance is propagated
+  as :math:`E \leftarrow |A| E + b_k`.
+* **Gaussianity.** The mean (z) and variance (χ²) tests are exact for Gaussian draws; a step given
+  its inputs is exactly Gaussian, and so is the run output with the Gaussian oracle.
+* **Clipping and thresholding.** With ``clip_sample`` or ``thresholding`` the run output is not
+  Gaussian in general. The run check then uses a smaller oracle, mean r·(0.1, −0.1, 0.05, 0) and
+  standard deviation 0.1·r (r = ``clip_sample_range``, or 1 for thresholding, where every
+  :math:`|\hat x_0| \le 1` makes the threshold s = 1 and the operation the identity). x̂₀* is affine in
+  x_t and x_t's law at every step is known (the same propagation), so the probability that any
+  chain's x̂₀ leaves [−r, r] at any step (less a margin for the target's rounding of x̂₀) is computed
+  by the normal tail and charged to the ledger; if it exceeds 1 % of α the result is ``skipped``.
+* **Flakes.** Every random stream is a function of ``ctx.seed`` (inputs from
+  :meth:`~ddspec.conformance.context.CheckContext.randn`, the target's noise from
+  :meth:`~ddspec.conformance.context.CheckContext.generator`), so a check is deterministic for a
+  given target, device and seed; α is the probability that a seed is unlucky for a correct target.
+
+Targets are run on ``ctx.device``; only the test statistics are computed on the CPU, in float64.
+The reference always uses the *target's own* timesteps (a wrong subsequence is reported by the
+``timesteps`` checks); its β and ᾱ are those of the declared schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from scipy import stats as sps
+
+from ddspec.reference import forward, parameterisation
+from ddspec.reference.oracles import IsotropicGaussian, gaussian_run_output, gaussian_step_map
+
+from .. import expectation, stats, tolerances
+from ..results import CheckResult, Finding, Verdict
+from .invariants import (
+    _Setup,
+    _bound,
+    _bound_envelope,
+    _call_step,
+    _elapsed,
+    _learned,
+    _np64,
+    _pairs,
+    _positions,
+    _predicted_variance,
+    _reference,
+    _representative_steps,
+    _reproduce,
+    _setup,
+    _step_counts,
+    _timesteps,
+    _variants,
+)
+
+__all__ = ["CHECKS", "check_step_moments", "check_run_output_distribution", "DATA_DIM", "data_oracle"]
+
+Array = NDArray[np.float64]
+FAMILY = "distribution"
+
+#: Data dimension of the Gaussian oracle of the run check.
+DATA_DIM = 4
+_DATA_MEAN = np.array([0.5, -0.5, 0.25, 0.0])
+_DATA_VARIANCE = 0.25
+_CLIP_MEAN = np.array([0.1, -0.1, 0.05, 0.0])  # times the clip range r
+_CLIP_SD = 0.1  # times r
+#: Largest N used by the run check (keeps the default profile at a few seconds on a CPU).
+MAX_RUN_STEPS = 50
+#: The clipping tail may use at most this fraction of a result's false-failure rate.
+CLIP_TAIL_FRACTION = 0.01
+_Z_MEAN = 2.0  # |z| envelope for the mean and RMS of the per-draw bounds
+_Z_MAX = 9.0  # |z| envelope for every single draw
+_PHI0 = 1.0 / math.sqrt(2.0 * math.pi)  # max of the standard normal density
+
+# Offsets of this module's random streams (seed + offset), distinct from the other checks'.
+_OFF_SM_X, _OFF_SM_PV, _OFF_SM_GEN = 7100, 7101, 7120  # + 4 * position (+ 4 * variant for GEN)
+_OFF_RUN_X, _OFF_RUN_GEN = 7300, 7400
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistical tests widened by the rounding allowance
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Account:
+    """The tests of one result: its ledger, their summaries and its findings."""
+
+    name: str
+    ledger: stats.Ledger
+    tests: list[dict[str, Any]]
+    findings: list[tuple[float, Finding]]
+    worst: float = 0.0
+
+    def add(self, result: stats.StatResult, ratio: float, allowance: float, extra: str = "") -> None:
+        self.ledger.record(result)
+        self.worst = max(self.worst, ratio)
+        self.tests.append({
+            "name": result.name, "kind": result.kind, "alpha": result.false_failure_rate, "n": result.n,
+            "dims": result.dims, "passed": result.passed, "observed_over_allowed": ratio,
+            "min_detectable": result.describe_min_detectable() + (f" (+ rounding allowance {allowance:.3g})" if allowance else ""),
+            "power": result.power, "detail": result.detail + extra,
+        })
+
+
+def _mean_part(acc: _Account, draws: Array, mu: Array, var: Array, alpha: float, allowance: Array,
+               name: str, where: dict[str, Any], coords: NDArray[np.int64], coord_shape: tuple[int, ...]) -> None:
+    r"""z-test of the mean, widened by ``allowance``: pass iff :math:`|\bar x - \mu| \le z\sigma/\sqrt n + b`."""
+    r = stats.mean_test(draws, mu, var, alpha, name=name)
+    n, d = draws.shape
+    crit = float(sps.norm.isf(alpha / d / 2.0))
+    dev = np.abs(draws.mean(axis=0) - mu)
+    allowed = crit * np.sqrt(var / n) + allowance
+    ratio = dev / allowed
+    passed = bool(np.all(ratio <= 1.0))
+    j = int(np.argmax(ratio))
+    extra = (f"; widened by the rounding allowance (max {float(allowance.max()):.3g}): pass iff "
+             f"|mean - mu| <= z*sd/sqrt(n) + allowance; worst coordinate {j}: {dev[j]:.4g} vs {allowed[j]:.4g}")
+    acc.add(replace(r, passed=passed), float(ratio[j]), float(allowance.max()), extra)
+    if not passed:
+        for i in np.argsort(-ratio)[:3]:
+            if ratio[i] > 1.0:
+                acc.findings.append((float(ratio[i]), Finding(
+                    step=where.get("step"), timestep=where.get("timestep"),
+                    element=_element(int(coords[i]), coord_shape), expected=float(mu[i]),
+                    got=float(draws[:, i].mean()), tolerance=float(allowed[i]),
+                    message=f"{where['what']}: mean of {n} draws is {dev[i] / math.sqrt(var[i] / n):.3g} standard "
+                            f"errors from the reference mean (allowed {crit:.3g} + rounding)",
+                )))
+
+
+def _variance_part(acc: _Account, draws: Array, var: Array, alpha: float, allowance: Array,
+                   name: str, where: dict[str, Any], coords: NDArray[np.int64], coord_shape: tuple[int, ...]) -> None:
+    r"""χ² test of the variance (mean estimated), widened: pass iff
+    :math:`\sqrt{L}\sigma - b \le s \le \sqrt{U}\sigma + b`."""
+    r = stats.variance_test(draws, var, alpha, name=name)
+    n, d = draws.shape
+    k = n - 1
+    lo = float(sps.chi2.ppf(alpha / d / 2.0, k)) / k
+    hi = float(sps.chi2.isf(alpha / d / 2.0, k)) / k
+    sd0 = np.sqrt(var)
+    sd = draws.std(axis=0, ddof=1)
+    sd_lo = np.maximum(math.sqrt(lo) * sd0 - allowance, 0.0)
+    sd_hi = math.sqrt(hi) * sd0 + allowance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(sd >= sd0, (sd - sd0) / (sd_hi - sd0), (sd0 - sd) / (sd0 - sd_lo))
+    passed = bool(np.all((sd >= sd_lo) & (sd <= sd_hi)))
+    j = int(np.argmax(ratio))
+    extra = (f"; widened by the rounding allowance (max {float(allowance.max()):.3g}) on the standard deviation: "
+             f"worst coordinate {j}: sd {sd[j]:.4g}, allowed [{sd_lo[j]:.4g}, {sd_hi[j]:.4g}]")
+    acc.add(replace(r, passed=passed), float(ratio[j]), float(allowance.max()), extra)
+    if not passed:
+        for i in np.argsort(-ratio)[:3]:
+            if ratio[i] > 1.0:
+                limit = sd_hi[i] if sd[i] >= sd0[i] else sd_lo[i]
+                acc.findings.append((float(ratio[i]), Finding(
+                    step=where.get("step"), timestep=where.get("timestep"),
+                    element=_element(int(coords[i]), coord_shape), expected=float(var[i]), got=float(sd[i] ** 2),
+                    tolerance=float(abs(limit**2 - var[i])),
+                    message=f"{where['what']}: variance of {n} draws is {sd[i] ** 2 / var[i]:.4g} times the reference "
+                            f"variance (allowed [{(sd_lo[i] / sd0[i]) ** 2:.4g}, {(sd_hi[i] / sd0[i]) ** 2:.4g}])",
+                )))
+
+
+def _dkw_part(acc: _Account, u: Array, alpha: float, shift: float, name: str, where: dict[str, Any],
+              coord: int = 0) -> None:
+    r"""DKW test of standardised draws against Φ, widened: pass iff :math:`D \le \varepsilon + \varphi(0)\,\text{shift}`."""
+    r = stats.dkw_cdf_test(u, sps.norm.cdf, alpha, name=name)
+    allowed = r.threshold + _PHI0 * shift
+    ratio = r.statistic / allowed
+    passed = bool(r.statistic <= allowed)
+    extra = f"; widened by phi(0) x rounding allowance {shift:.3g} (standardised): pass iff D <= {allowed:.4g}"
+    acc.add(replace(r, passed=passed), float(ratio), _PHI0 * shift, extra)
+    if not passed:
+        acc.findings.append((float(ratio), Finding(
+            step=where.get("step"), timestep=where.get("timestep"), element=(coord,), expected=0.0, got=r.statistic,
+            tolerance=allowed,
+            message=f"{where['what']}: sup |F_n - Phi| of the standardised coordinate {coord} is {r.statistic:.4g} "
+                    f"(allowed {allowed:.4g})",
+        )))
+
+
+def _element(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else (flat,)
+
+
+def _verdict_result(
+    ctx: Any, name: str, function: str, start: float, acc: _Account, *, message_ok: str, message_fail: str,
+    notes: list[str], details: dict[str, Any], checked: int, consequence: str | None,
+    fatal: list[Finding],
+) -> CheckResult:
+    details = dict(details)
+    details.update({
+        "false_failure_rate": acc.ledger.budget,
+        "false_failure_rate_spent": acc.ledger.total,
+        "tests": acc.tests,
+        "ledger": acc.ledger.format().splitlines(),
+        "notes": notes,
+    })
+    findings = fatal + [f for _, f in sorted(acc.findings, key=lambda p: -p[0])]
+    if fatal:
+        acc.worst = math.inf  # a crash, a non-finite output or noise where there must be none
+    suffix = (" Notes: " + "; ".join(notes[:2]) + ("; ..." if len(notes) > 2 else "")) if notes else ""
+    common = dict(name=name, family=FAMILY, observed=acc.worst, tolerance=1.0, details=details,
+                  reproduce=_reproduce("distribution", function, name, ctx))
+    if findings:
+        return CheckResult(verdict=Verdict.FAIL, message=message_fail + ": " + findings[0].message + "." + suffix,
+                           findings=tuple(findings), consequence=consequence, duration_s=_elapsed(start), **common)
+    if checked == 0:
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.SKIPPED,
+                           message="nothing could be checked." + suffix, details=details, duration_s=_elapsed(start))
+    verdict = Verdict.ACCEPTABLE if consequence else Verdict.PASS
+    return CheckResult(verdict=verdict, message=message_ok + suffix, consequence=consequence,
+                       duration_s=_elapsed(start), **common)
+
+
+# ---------------------------------------------------------------------------------------------------
+# distribution.step_moments
+# ---------------------------------------------------------------------------------------------------
+
+
+def _step_inputs(
+    ctx: Any, setup: _Setup, t: int, shape: tuple[int, ...], position: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    r"""One plausible (x_t, model output, predicted variance) at index t, shape ``(1, *shape)``.
+
+    :math:`x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon` (Ho et al. 2020, eq. 4) with
+    :math:`x_0 \sim \mathcal N(0, 0.25)`, ε ~ N(0, 1), and a model that is slightly wrong,
+    :math:`\hat x_0 = x_0 + 0.05\,g`, given in the declared parameterisation (ε̂ of eq. 15's inverse,
+    x̂₀, or v = √ᾱ ε̂ − √(1−ᾱ) x̂₀). Values of this size keep x̂₀ near the data (a random model output
+    would make x̂₀ huge at large t, where clipping would then hide the x̂₀ path). float64 draws from
+    ``seed + offset``, cast to the target's dtype; the reference gets the cast values.
+    """
+    g = ctx.randn((3, 1) + shape, _OFF_SM_X + 4 * position, dtype=torch.float64, device="cpu").numpy()
+    betas = setup.betas
+    x0 = 0.5 * g[0]
+    x_t = forward.q_sample(x0, t, g[1], betas)
+    x0_hat = x0 + 0.05 * g[2]
+    pt = setup.conv.prediction_type
+    if pt == "sample":
+        mo = x0_hat
+    else:
+        eps_hat = parameterisation.predict_eps_from_x0(x_t, x0_hat, t, betas)
+        mo = eps_hat if pt == "epsilon" else parameterisation.v_from_x0_eps(x0_hat, eps_hat, t, betas)
+    pv = _predicted_variance(ctx, setup.conv, (1,) + shape, _OFF_SM_PV + 4 * position)
+    return ctx.to_target(x_t), ctx.to_target(mo), pv
+
+
+def check_step_moments(ctx: Any) -> list[CheckResult]:
+    r"""Per-step mean and variance of x_prev from a fixed x_t, against the reference (see the module docstring).
+
+    For each variant (DDIM η, or the DDPM variance) one result ``distribution.step_moments.<variant>``
+    covering the first, middle and last step of the representative N-step run. At each step the
+    reference :math:`\mathcal N(\mu, \Sigma)` comes from :func:`ddspec.conformance.expectation.reference_step`
+    (with zero noise its ``prev_sample`` is μ; Σ is its ``variance``).
+
+    * Σ > 0: mean z-test and variance χ²-test on the n draws, each at α/(2 S) for S stochastic steps
+      (Bonferroni), widened by the rounding allowance.
+    * Σ = 0: all n draws must be bitwise equal, and within :func:`~ddspec.conformance.tolerances.step_bound`
+      of μ (no statistics, no α).
+    """
+    base, start = "distribution.step_moments", time.perf_counter()
+    setup = _setup(ctx, base, FAMILY)
+    if isinstance(setup, CheckResult):
+        return [setup]
+    n_steps = _representative_steps(ctx, setup)
+    if n_steps is None:
+        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=_elapsed(start),
+                            message=f"no profile step count N <= T = {setup.conv.num_train_timesteps}")]
+    ts, err = _timesteps(ctx, setup, n_steps)
+    if ts is None:
+        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=_elapsed(start),
+                            message=f"cannot run the target: {err}")]
+    pairs = _pairs(setup, ts)
+    return [
+        _step_moments_variant(ctx, setup, f"{base}.{label}", vi, eta, n_steps, pairs)
+        for vi, (label, eta) in enumerate(_variants(ctx, setup))
+    ]
+
+
+def _step_moments_variant(
+    ctx: Any, setup: _Setup, name: str, vi: int, eta: float, n_steps: int, pairs: list[tuple[int, int]]
+) -> CheckResult:
+    start = time.perf_counter()
+    n = int(ctx.settings.n_single_step_draws)
+    shape = tuple(int(s) for s in ctx.settings.sample_shape[1:])
+    alpha = float(ctx.settings.false_failure_rate)
+    notes: list[str] = []
+    fatal: list[Finding] = []
+
+    plan = []
+    for pi, k in enumerate(_positions(len(pairs))):
+        t, tp = pairs[k]
+        x1, mo1, pv1 = _step_inputs(ctx, setup, t, shape, pi)
+        x64, mo64 = _np64(x1), _np64(mo1)
+        pv64 = None if pv1 is None else _np64(pv1)
+        ref, why = _reference(setup, mo64, t, tp, x64, eta, None, pv64)
+        if ref is None:
+            notes.append(f"step {k} (t={t} -> {tp}): skipped, reference {why}")
+            continue
+        var = np.broadcast_to(np.asarray(ref.variance, dtype=np.float64), x64.shape).reshape(-1)
+        plan.append((pi, k, t, tp, ref.mean.reshape(-1), var, (x1, mo1, pv1, x64, mo64, pv64)))
+    n_stat = sum(2 for p in plan if np.any(p[5] > 0))
+    alpha_each = alpha / n_stat if n_stat else alpha
+    acc = _Account(name, stats.Ledger(budget=alpha), [], [])
+    positions = []
+
+    for pi, k, t, tp, mu, var, (x1, mo1, pv1, x64, mo64, pv64) in plan:
+        where = {"step": k, "timestep": t, "what": f"step {k} of N={n_steps} (t={t} -> {tp})"}
+        positions.append({"step": k, "t": t, "t_prev": tp, "max_variance": float(var.max()),
+                          "kind": "stochastic" if np.any(var > 0) else "deterministic"})
+        xb = x1.expand((n,) + shape).contiguous()
+        mob = mo1.expand((n,) + shape).contiguous()
+        pvb = None if pv1 is None else pv1.expand((n,) + shape).contiguous()
+        out, err = _call_step(ctx, setup, mob, t, xb, n_steps, eta,
+                              generator=ctx.generator(_OFF_SM_GEN + 4 * vi + pi), predicted_variance=pvb)
+        if err is None and tuple(out.shape) != (n,) + shape:
+            err = f"output shape {tuple(out.shape)}, expected {(n,) + shape}"
+        if err is not None:
+            fatal.append(Finding(step=k, timestep=t, message=f"{where['what']}: {err}"))
+            continue
+        draws = _np64(out).reshape(n, -1)
+        bad = ~np.isfinite(draws)
+        if bad.any():
+            j = int(np.flatnonzero(bad.any(axis=0))[0])
+            fatal.append(Finding(step=k, timestep=t, element=_element(j, shape), expected=float(mu[j]), got=float(draws[bad][0]),
+                                 message=f"{where['what']}: {int(bad.sum())} non-finite draws"))
+            continue
+        det = var == 0.0
+        if det.any():
+            bound = _bound(setup, eta, t, tp, mo64, x64, None, pv64).reshape(-1)
+            spread = np.any(draws[:, det] != draws[0, det], axis=0)
+            if spread.any():
+                j = int(np.flatnonzero(det)[int(np.argmax(spread))])
+                diffs = np.abs(draws[:, j] - draws[0, j])
+                i = int(np.argmax(diffs))
+                fatal.append(Finding(step=k, timestep=t, element=_element(j, shape), expected=float(draws[0, j]),
+                                     got=float(draws[i, j]), tolerance=0.0,
+                                     message=f"{where['what']}: the reference variance is 0 (no noise"
+                                             f"{' at the final step' if tp == pairs[-1][1] and k == len(pairs) - 1 else ''}), "
+                                             f"but the draws differ in {int(spread.sum())} element(s) "
+                                             f"(max |difference| {float(diffs.max()):.3g}): the target adds noise"))
+            else:
+                errs = np.abs(draws[0, det] - mu[det])
+                ratio = errs / np.maximum(bound[det], 1e-300)
+                acc.worst = max(acc.worst, float(ratio.max()) if ratio.size else 0.0)
+                if np.any(errs > bound[det]):
+                    i = int(np.argmax(ratio))
+                    j = int(np.flatnonzero(det)[i])
+                    acc.findings.append((float(ratio[i]), Finding(
+                        step=k, timestep=t, element=_element(j, shape), expected=float(mu[j]), got=float(draws[0, j]),
+                        tolerance=float(bound[j]),
+                        message=f"{where['what']}: deterministic output off the reference mean by more than the error bound")))
+        sto = ~det
+        if sto.any():
+            coords = np.flatnonzero(sto)
+            env = _bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, pv64).reshape(-1)[sto]
+            label = f"{name}/N={n_steps}/step={k}/t={t}"
+            _mean_part(acc, draws[:, sto], mu[sto], var[sto], alpha_each, env,
+                       f"{label}/mean", where, coords, shape)
+            _variance_part(acc, draws[:, sto], var[sto], alpha_each, env, f"{label}/variance", where, coords, shape)
+
+    consequence = expectation.final_step_consequence(setup.conv, setup.betas)
+    tested = ", ".join(f"{p['step']} (t={p['t']}, {p['kind']})" for p in positions)
+    details = {
+        "num_steps": n_steps, "eta": eta, "draws": n, "positions": positions,
+        "alpha_per_test": alpha_each if n_stat else None,
+        "bonferroni": f"alpha {alpha:g} split equally over {n_stat} tests (mean and variance of each stochastic step)",
+        "rounding_allowance": "tolerances.step_bound at |z| = 2 (sum of the bounds at z = +2 and z = -2); "
+                              + setup.table_note,
+    }
+    detect = ""
+    for tst in acc.tests[:2]:
+        detect += f"; {tst['name'].rsplit('/', 1)[-1]}: {tst['min_detectable']}"
+    return _verdict_result(
+        ctx, name, "check_step_moments", start, acc,
+        message_ok=(f"x_prev from a fixed x_t over {n} draws matches the reference law at steps {tested} of N={n_steps}; "
+                    f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}{detect}."),
+        message_fail=f"x_prev from a fixed x_t over {n} draws (N={n_steps}) departs from the reference law",
+        notes=notes, details=details, checked=len(positions), consequence=consequence, fatal=fatal,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# distribution.run_output
+# ---------------------------------------------------------------------------------------------------
+
+
+def data_oracle(clip_range: float | None = None) -> IsotropicGaussian:
+    r"""The Gaussian data law of the run check.
+
+    Without clipping: mean (0.5, −0.5, 0.25, 0), variance 0.25 per coordinate. With a clip range r:
+    mean r·(0.1, −0.1, 0.05, 0) and standard deviation 0.1 r, so that x̂₀* stays in [−r, r] with
+    overwhelming probability (the tail is computed, not assumed: see the module docstring).
+    """
+    if clip_range is None:
+        return IsotropicGaussian(_DATA_MEAN.copy(), np.full(DATA_DIM, _DATA_VARIANCE))
+    r = float(clip_range)
+    return IsotropicGaussian(r * _CLIP_MEAN, np.full(DATA_DIM, (_CLIP_SD * r) ** 2))
+
+
+def _affine(oracle: IsotropicGaussian, betas: Array, t: int, prediction_type: str) -> tuple[Array, Array]:
+    r"""(A, B) with model output = A x_t + B per coordinate: the exact denoiser of ``oracle`` at index t."""
+    f = {"epsilon": oracle.eps, "sample": oracle.x0, "v_prediction": oracle.v}[prediction_type]
+    zero = np.zeros(oracle.dim)
+    b = f(zero, t, betas)
+    return f(np.ones(oracle.dim), t, betas) - b, b
+
+
+def _run_schedule(ctx: Any, setup: _Setup) -> list[int]:
+    """Smallest, middle and largest profile step counts ≤ :data:`MAX_RUN_STEPS`."""
+    counts = [n for n in _step_counts(ctx, setup) if n <= MAX_RUN_STEPS] or _step_counts(ctx, setup)[:1]
+    if not counts:
+        return []
+    return sorted({counts[0], counts[len(counts) // 2], counts[-1]})
+
+
+def _clip_tail(
+    ctx: Any, setup: _Setup, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]],
+    eta: float, variance_type: str, n: int,
+) -> float:
+    r"""Upper bound on P(some chain's computed x̂₀ leaves [−r, r] at some step).
+
+    x_t ~ N(m_k, v_k) per coordinate at step k (propagated exactly by
+    :func:`~ddspec.reference.oracles.gaussian_step_map` from N(0, I)); x̂₀* = a₀ x_t + b₀; the target's
+    x̂₀ differs from x̂₀* by its rounding, bounded by a margin in the manner of
+    :func:`~ddspec.conformance.tolerances.step_bound`: SAFETY·(γ_K(u) · |magnitude of the x̂₀
+    conversion| + δ_t · |∂x̂₀/∂ln ᾱ_t|), every operand at 9 standard deviations of its law. The union
+    bound over chains, coordinates and steps of the normal tails gives the result (inf if the margin
+    eats the range).
+    """
+    conv = setup.conv
+    m = np.zeros(oracle.dim)
+    v = np.ones(oracle.dim)
+    total = 0.0
+    g = float(tolerances.gamma(tolerances.K_OPS, setup.u_table))
+    for t, tp in pairs:
+        a0, b0 = _affine(oracle, setup.betas, t, "sample")
+        am, bm = _affine(oracle, setup.betas, t, conv.prediction_type)
+        ab = setup.ab(t)
+        sa, s1 = math.sqrt(ab), math.sqrt(max(1.0 - ab, 0.0))
+        x_env = float(np.max(np.abs(m) + _Z_MAX * np.sqrt(v)))
+        mo_env = float(np.max(np.abs(am * m + bm) + _Z_MAX * np.abs(am) * np.sqrt(v)))
+        x0_env = float(np.max(np.abs(a0 * m + b0) + _Z_MAX * np.abs(a0) * np.sqrt(v)))
+        # rounding: gamma_K times the magnitude of the x0 conversion; table: delta_t times |d x0 / d ln alpha_bar|
+        if conv.prediction_type == "epsilon":
+            if ab == 0.0:
+                return math.inf
+            magnitude, slope = (x_env + s1 * mo_env) / sa, 0.5 * (x0_env + (sa / s1 if s1 > 0 else 0.0) * mo_env)
+        elif conv.prediction_type == "v_prediction":
+            magnitude = sa * x_env + s1 * mo_env
+            slope = 0.5 * (sa * x_env + (ab / s1 if s1 > 0 else 0.0) * mo_env)
+        else:
+            magnitude, slope = mo_env, 0.0
+        margin = tolerances.SAFETY * (g * magnitude + setup.delta_at(t) * slope)
+        if not margin < r:
+            return math.inf
+        mean = a0 * m + b0
+        sd = np.abs(a0) * np.sqrt(v)
+        with np.errstate(divide="ignore"):
+            hi = np.where(sd > 0, sps.norm.sf((r - margin - mean) / np.where(sd > 0, sd, 1.0)),
+                          (np.abs(mean) > r - margin).astype(float))
+            lo = np.where(sd > 0, sps.norm.cdf((-(r - margin) - mean) / np.where(sd > 0, sd, 1.0)), 0.0)
+        total += n * float(np.sum(hi + lo))
+        step = gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta, variance_type=variance_type)
+        m = step.A * m + step.B
+        v = step.A * step.A * v + step.noise_variance
+    return total
+
+
+def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
+    r"""The law of a whole run's output with the exact Gaussian denoiser (see the module docstring).
+
+    One result ``distribution.run_output.<variant>`` per DDIM η (or for the declared DDPM variance),
+    covering the run step counts (smallest, middle, largest profile N ≤ 50). Per N: n chains from
+    x_T ~ N(0, I), model output = the oracle's exact ε*/x̂₀*/v* of the current batch state (computed on
+    the device), the target's own noise from one generator per run. Tests per N, at
+    (α − clipping tail)/(3 × #N) each: per-coordinate mean (z) and variance (χ²) against
+    :func:`~ddspec.reference.oracles.gaussian_run_output`, and DKW of the standardised first
+    coordinate against Φ, all widened by the accumulated rounding allowance of each chain.
+
+    ``unsupported`` for learned DDPM variances (the model's variance output would have to be chosen;
+    the closed-form propagation covers fixed variances) and for a DDPM declaring
+    ``final_alpha_bar_is_one=False``; steps that are singular for the reference (ε-prediction at
+    ᾱ = 0) skip their N.
+    """
+    base, start = "distribution.run_output", time.perf_counter()
+    setup = _setup(ctx, base, FAMILY)
+    if isinstance(setup, CheckResult):
+        return [setup]
+    conv = setup.conv
+    if conv.family == "ddpm":
+        if _learned(conv):
+            return [CheckResult.unsupported(
+                base, FAMILY, f"variance_type={conv.variance_type!r}: the closed-form run law covers fixed variances "
+                              "only (a learned variance depends on the model's variance output)")]
+        if not conv.final_alpha_bar_is_one:
+            return [CheckResult.unsupported(base, FAMILY, "final_alpha_bar_is_one=False is a DDIM convention; "
+                                                          "no closed-form law for a DDPM declaring it")]
+        variance_type = "fixed_large" if conv.variance_type.startswith("fixed_large") else "fixed_small"
+    else:
+        variance_type = "fixed_small"
+    counts = _run_schedule(ctx, setup)
+    if not counts:
+        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=_elapsed(start),
+                            message=f"no profile step count N <= T = {conv.num_train_timesteps}")]
+    clip_range = None
+    if conv.thresholding:
+        if conv.sample_max_value < 1.0:
+            return [CheckResult.skipped(base, FAMILY, f"thresholding with sample_max_value={conv.sample_max_value} < 1 "
+                                                      "rescales every x0; the output law has no closed form")]
+        clip_range = 1.0
+    elif conv.clip_sample:
+        clip_range = float(conv.clip_sample_range)
+        if not clip_range > 0:
+            return [CheckResult.skipped(base, FAMILY, f"clip_sample_range={clip_range} <= 0")]
+    oracle = data_oracle(clip_range)
+    runs = []
+    for n_steps in counts:
+        ts, err = _timesteps(ctx, setup, n_steps)
+        runs.append((n_steps, ts, err))
+    return [
+        _run_variant(ctx, setup, f"{base}.{label}", vi, eta, runs, oracle, clip_range, variance_type)
+        for vi, (label, eta) in enumerate(_variants(ctx, setup))
+    ]
+
+
+def _run_variant(
+    ctx: Any, setup: _Setup, name: str, vi: int, eta: float, runs: list[tuple[int, Any, str | None]],
+    oracle: IsotropicGaussian, clip_range: float | None, variance_type: str,
+) -> CheckResult:
+    start = time.perf_counter()
+    conv = setup.conv
+    n = int(ctx.settings.n_distribution_samples)
+    alpha = float(ctx.settings.false_failure_rate)
+    notes: list[str] = []
+    fatal: list[Finding] = []
+    plan = []
+    for n_steps, ts, err in runs:
+        if ts is None:
+            fatal.append(Finding(message=f"N={n_steps}: cannot run the target: {err}"))
+            continue
+        pairs = _pairs(setup, ts)
+        if conv.prediction_type == "epsilon" and any(setup.ab(t) == 0.0 for t, _ in pairs):
+            notes.append(f"N={n_steps}: skipped, epsilon-prediction is singular at alpha_bar = 0 (zero terminal SNR)")
+            continue
+        try:
+            law = gaussian_run_output(oracle, setup.betas, ts, family=conv.family, eta=eta,
+                                      variance_type=variance_type, final_alpha_bar_is_one=conv.final_alpha_bar_is_one)
+        except ValueError as exc:
+            notes.append(f"N={n_steps}: skipped, no closed-form law: {exc}")
+            continue
+        tail = 0.0
+        if clip_range is not None:
+            tail = _clip_tail(ctx, setup, oracle, clip_range, pairs, eta, variance_type, n)
+            limit = CLIP_TAIL_FRACTION * alpha / len(runs)
+            if not tail <= limit:
+                notes.append(f"N={n_steps}: skipped, x0 is clipped/thresholded to +-{clip_range:g} and the probability "
+                             f"that the oracle's x0 (or its rounding in {ctx.dtype_name}) leaves that range on this run, "
+                             f"{tail:.3g}, exceeds {limit:.3g}: the output law is then not Gaussian")
+                continue
+        plan.append((n_steps, ts, pairs, law, tail))
+    acc = _Account(name, stats.Ledger(budget=alpha), [], [])
+    tail_total = math.fsum(p[4] for p in plan)
+    if tail_total > 0:
+        acc.ledger.allocate(f"{name}/x0 leaves +-{clip_range:g} (clipping active)", tail_total)
+    n_tests = sum(3 for p in plan if np.any(np.asarray(p[3].variance) > 0))
+    alpha_each = (alpha - tail_total) / n_tests if n_tests else alpha
+    summaries = []
+    for ni, (n_steps, ts, pairs, law, tail) in enumerate(plan):
+        where = {"step": len(pairs) - 1, "timestep": pairs[-1][1], "what": f"output of the N={n_steps} run"}
+        mu = np.asarray(law.mean, dtype=np.float64)
+        var = np.broadcast_to(np.asarray(law.variance, dtype=np.float64), mu.shape)
+        det = var == 0.0
+        samples, allow, err = _run_chains(ctx, setup, oracle, n, n_steps, pairs, eta, variance_type,
+                                          _OFF_RUN_X + 8 * vi + ni, _OFF_RUN_GEN + 8 * vi + ni, all_max=bool(det.any()))
+        if samples is None:
+            fatal.append(Finding(step=None, message=f"N={n_steps}: {err}"))
+            continue
+        b_mean, b_rms, e_max = allow["mean"], allow["rms"], allow["max"]
+        label = f"{name}/N={n_steps}"
+        if det.any():
+            # a point mass (e.g. one deterministic step from alpha_bar = 0): every chain within its own bound
+            off = np.abs(samples[:, det] - mu[det])
+            ratio = off / np.maximum(e_max[:, det], 1e-300)
+            acc.worst = max(acc.worst, float(ratio.max()))
+            if np.any(off > e_max[:, det]):
+                i, jj = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+                j = int(np.flatnonzero(det)[jj])
+                acc.findings.append((float(ratio[i, jj]), Finding(
+                    step=where["step"], timestep=where["timestep"], element=(j,), expected=float(mu[j]),
+                    got=float(samples[i, j]), tolerance=float(e_max[i, j]),
+                    message=f"output of the N={n_steps} run: the closed-form law is a point mass in coordinate {j}, "
+                            f"but chain {i} is off it by more than its rounding bound")))
+        sto = ~det
+        if sto.any():
+            coords = np.flatnonzero(sto)
+            _mean_part(acc, samples[:, sto], mu[sto], var[sto], alpha_each, b_mean[sto], f"{label}/mean",
+                       where, coords, (DATA_DIM,))
+            _variance_part(acc, samples[:, sto], var[sto], alpha_each, b_rms[sto], f"{label}/variance",
+                           where, coords, (DATA_DIM,))
+            j0 = int(coords[0])
+            sd0 = math.sqrt(float(var[j0]))
+            _dkw_part(acc, (samples[:, j0] - mu[j0]) / sd0, alpha_each, float(e_max[:, j0 if det.any() else 0].max()) / sd0,
+                      f"{label}/dkw", where, j0)
+        summaries.append({"num_steps": n_steps, "timesteps": [int(t) for t in ts[:6]] + (["..."] if len(ts) > 6 else []),
+                          "law_mean": mu, "law_variance": var, "clip_tail_probability": tail,
+                          "rounding_allowance_mean": float(b_mean.max()), "rounding_allowance_max": float(e_max.max())})
+    consequence = expectation.final_step_consequence(conv, setup.betas)
+    details = {
+        "oracle": {"mean": oracle.mean, "variance": oracle.variance, "clip_range": clip_range},
+        "chains": n, "eta": eta, "variance_type": variance_type if conv.family == "ddpm" else None,
+        "runs": summaries, "alpha_per_test": alpha_each if n_tests else None,
+        "bonferroni": (f"alpha {alpha:g}: clipping tail {tail_total:.3g}, the rest split equally over {n_tests} tests "
+                       "(mean, variance, DKW per step count)"),
+        "rounding_allowance": ("per chain, tolerances.step_bound of every step propagated through the exact step "
+                               "maps (E <- |A| E + b); |z| <= 2 for the mean and RMS allowances, |z| <= 9 for the "
+                               "largest; " + setup.table_note),
+    }
+    detect = "".join(f"; {t['name'].rsplit('/', 1)[-1]}: {t['min_detectable']}" for t in acc.tests[:3])
+    ns = ", ".join(str(s["num_steps"]) for s in summaries)
+    return _verdict_result(
+        ctx, name, "check_run_output_distribution", start, acc,
+        message_ok=(f"{n} chains driven by the exact Gaussian denoiser match the closed-form output law for N = {ns}; "
+                    f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}{detect}."),
+        message_fail=f"{n} chains driven by the exact Gaussian denoiser depart from the closed-form output law",
+        notes=notes, details=details, checked=len(summaries), consequence=consequence, fatal=fatal,
+    )
+
+
+def _run_chains(
+    ctx: Any, setup: _Setup, oracle: IsotropicGaussian, n: int, n_steps: int, pairs: list[tuple[int, int]],
+    eta: float, variance_type: str, x_offset: int, gen_offset: int, *, all_max: bool = False,
+) -> tuple[Array | None, dict[str, Any] | None, str | None]:
+    r"""Run n chains through the target: (final samples (n, d), rounding allowances, error).
+
+    The allowances propagate the per-step bounds through the exact step maps
+    :math:`x_\mathrm{prev} = A x_t + B + \sigma z` (:func:`~ddspec.reference.oracles.gaussian_step_map`):
+    an error e in x_t leaves the step as A e (first order), so per chain and coordinate
+    :math:`E \leftarrow |A| E + b_k`. ``mean`` is the mean over chains of E with the bounds at
+    |z| ≤ 2, ``rms`` the same recursion on the RMS over chains (Minkowski), ``max`` the per-chain E
+    with the bounds at |z| ≤ 9, shape (n, d) with ``all_max``, else (n, 1) for the first coordinate.
+    """
+    conv = setup.conv
+    shape = (n, DATA_DIM, 1, 1)
+    x = ctx.randn(shape, x_offset)
+    generator = ctx.generator(gen_offset)
+    e_mean = np.zeros((n, DATA_DIM))
+    e_rms = np.zeros(DATA_DIM)
+    cols = DATA_DIM if all_max else 1
+    e_max = np.zeros((n, cols))
+    work = torch.float64 if ctx.device.type != "mps" else torch.float32
+    for k, (t, tp) in enumerate(pairs):
+        x64 = _np64(x).reshape(n, DATA_DIM)
+        if k > 0 and not np.all(np.isfinite(x64)):
+            return None, None, f"step {k - 1}: {int((~np.isfinite(x64)).sum())} non-finite output elements"
+        a, b = _affine(oracle, setup.betas, t, conv.prediction_type)
+        a_t = torch.as_tensor(a, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
+        b_t = torch.as_tensor(b, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
+        mo = (x.to(work) * a_t + b_t).to(ctx.dtype)
+        out, err = _call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator)
+        if err is None and tuple(out.shape) != shape:
+            err = f"output shape {tuple(out.shape)}, expected {shape}"
+        if err is not None:
+            return None, None, f"step {k} (t={t}): {err}"
+        mo64 = _np64(mo).reshape(n, DATA_DIM)
+        slope = np.abs(gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta,
+                                         variance_type=variance_type).A)
+        b2 = _bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, None)
+        b9 = _bound_envelope(setup, eta, t, tp, mo64[:, :cols], x64[:, :cols], _Z_MAX, None)
+        e_mean = slope * e_mean + b2
+        e_rms = slope * e_rms + np.sqrt(np.mean(b2**2, axis=0))
+        e_max = slope[:cols] * e_max + b9
+        x = out
+    final = _np64(x).reshape(n, DATA_DIM)
+    if not np.all(np.isfinite(final)):
+        return None, None, f"step {len(pairs) - 1}: {int((~np.isfinite(final)).sum())} non-finite output elements"
+    return final, {"mean": e_mean.mean(axis=0), "rms": e_rms, "max": e_max}, None
+
+
+#: The distribution checks, in the order they run.
+CHECKS: list = [check_step_moments, check_run_output_distribution]

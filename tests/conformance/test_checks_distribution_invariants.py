@@ -1,0 +1,492 @@
+r"""Tests for ddspec.conformance.checks.distribution and ddspec.conformance.checks.invariants.
+
+What is asserted, and where the expectations come from:
+
+* Known-good targets pass: the bundled reference port (DDIM and DDPM, float32 and float64, two
+  seeds) and its variants (clipping, thresholding, v-prediction, fixed_large, zero terminal SNR);
+  diffusers' DDPMScheduler() and DDIMScheduler() defaults pass, and the Stable-Diffusion-style DDIM
+  (``set_alpha_to_one=False``) is ``acceptable`` with its consequence.
+* Planted bugs fail the check written for them (in-place mutation, a float32 output in a float64 run,
+  NaN, drawing from the global RNG, batch coupling, noise at the final step, σ² used as σ).
+* Real diffusers discrepancies are detected exactly when diffusers shows them: the ground truth is
+  read from diffusers directly in each test (NaN output, final-step noise, the DDIM previous
+  timestep), so the tests keep meaning something if diffusers changes.
+* Robustness: a target that raises, hangs, returns the wrong thing or declares unsupported
+  conventions yields ``fail``/``unsupported`` results, never a crash.
+* Bookkeeping: the Bonferroni split derived from the design (α over 2 tests per stochastic step;
+  over 3 tests per step count), the ledger of each result, and the rounding-allowance envelope.
+
+Every run uses the quick profile and fixed seeds: the statistical results are deterministic, and the
+probability that a seed is unlucky for a correct target is at most 1e-6 per statistical result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ddspec.conformance.checks import distribution, invariants
+from ddspec.conformance.context import PROFILES, CheckContext
+from ddspec.conformance.protocol import Conventions
+from ddspec.conformance.results import Verdict
+from ddspec.conformance.runner import run_checks
+from ddspec.conformance.torch_port import make_reference_port
+from ddspec.reference.ddim import ddim_sigma
+
+ALL = distribution.CHECKS + invariants.CHECKS
+QUICK = PROFILES["quick"]
+INVARIANT_NAMES = {
+    "invariants.no_input_mutation",
+    "invariants.output_shape_dtype_device",
+    "invariants.finite",
+    "invariants.deterministic",
+    "invariants.batch_independence",
+    "invariants.no_final_noise",
+    "invariants.no_global_rng",
+}
+
+
+def _run(sampler, dtype="float32", seed=0, checks=ALL, **kwargs):
+    """Run ``checks`` through the runner (quick profile); results by name."""
+    ctx = CheckContext(sampler, dtype=dtype, profile="quick", seed=seed, **kwargs)
+    report = run_checks(sampler, ctx, checks)
+    return {r.name: r for r in report.checks}
+
+
+def _verdicts(results):
+    return {name: r.verdict for name, r in results.items()}
+
+
+def _failing(results):
+    return {name for name, r in results.items() if r.verdict is Verdict.FAIL}
+
+
+def _expected_names(family):
+    if family == "ddim":
+        variants = [f"ddim_eta={eta:g}" for eta in QUICK.etas]
+    else:
+        variants = ["ddpm_fixed_small"]
+    return INVARIANT_NAMES | {f"distribution.{c}.{v}" for c in ("step_moments", "run_output") for v in variants}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Known-good targets
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("family", ["ddim", "ddpm"])
+def test_reference_port_passes(family, dtype, seed):
+    results = _run(make_reference_port(family=family), dtype, seed)
+    assert set(results) == _expected_names(family)
+    bad = {n: (r.verdict.value, r.message) for n, r in results.items() if r.verdict is not Verdict.PASS}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(family="ddpm", clip_sample=True),
+        dict(family="ddim", thresholding=True),
+        dict(family="ddim", prediction_type="v_prediction", timestep_spacing="trailing"),
+        dict(family="ddpm", prediction_type="sample", variance_type="fixed_large"),
+        dict(family="ddim", beta_schedule="cosine", prediction_type="v_prediction", clip_sample=True),
+    ],
+    ids=["ddpm-clip", "ddim-threshold", "ddim-v-trailing", "ddpm-sample-large", "ddim-cosine-v-clip"],
+)
+def test_reference_port_variants_pass(overrides):
+    results = _run(make_reference_port(**overrides))
+    bad = {n: (r.verdict.value, r.message) for n, r in results.items() if r.verdict is not Verdict.PASS}
+    assert not bad, bad
+
+
+def test_clipping_uses_the_bounded_oracle_and_charges_its_tail():
+    results = _run(make_reference_port(family="ddpm", clip_sample=True), checks=[distribution.check_run_output_distribution])
+    r = results["distribution.run_output.ddpm_fixed_small"]
+    assert r.verdict is Verdict.PASS
+    oracle = distribution.data_oracle(1.0)
+    assert r.details["oracle"]["clip_range"] == 1.0
+    np.testing.assert_array_equal(r.details["oracle"]["mean"], oracle.mean)
+    # leading spacing with N = 1 is the single step t = 0 -> data from N(0, I): x0 ~ 0.99 x_T is clipped
+    # with probability ~0.3 per coordinate, so that run must be skipped, and N = 10 kept
+    assert [run["num_steps"] for run in r.details["runs"]] == [10]
+    assert any(note.startswith("N=1: skipped") for note in r.details["notes"])
+    tail = r.details["runs"][0]["clip_tail_probability"]
+    assert 0.0 < tail <= distribution.CLIP_TAIL_FRACTION * QUICK.false_failure_rate
+    assert any("clipping active" in line for line in r.details["ledger"])
+
+
+def test_clip_range_below_the_rounding_margin_is_skipped():
+    # float32 eps-prediction at t = 900: the x0 conversion's rounding (~gamma_12(2^-24) |x| / sqrt(abar))
+    # exceeds a clip range of 1e-4, so no run can guarantee an unclipped x0
+    port = make_reference_port(family="ddim", clip_sample=True, clip_sample_range=1e-4)
+    results = _run(port, checks=[distribution.check_run_output_distribution])
+    for r in results.values():
+        assert r.verdict is Verdict.SKIPPED, r.message
+        assert "clipped/thresholded" in r.message
+
+
+def test_point_mass_output_law_is_checked_without_statistics():
+    # zero terminal SNR + v-prediction + trailing: N = 1 is one step from alpha_bar = 0, where x0* = m
+    # exactly; with eta = 0 the output law is the point mass at m (variance 0)
+    port = make_reference_port(family="ddim", rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                               timestep_spacing="trailing")
+    results = _run(port, checks=[distribution.check_run_output_distribution])
+    r = results["distribution.run_output.ddim_eta=0"]
+    assert r.verdict is Verdict.PASS, r.message
+    first = r.details["runs"][0]
+    assert first["num_steps"] == 1
+    np.testing.assert_array_equal(first["law_variance"], 0.0)
+    np.testing.assert_allclose(first["law_mean"], distribution.data_oracle().mean, rtol=0, atol=1e-15)
+    # only N = 10 spends alpha: 3 tests
+    assert r.details["alpha_per_test"] == pytest.approx(QUICK.false_failure_rate / 3, rel=1e-12)
+
+
+def test_learned_range_step_moments_pass_and_run_output_is_unsupported():
+    results = _run(make_reference_port(family="ddpm", variance_type="learned_range"))
+    assert results["distribution.step_moments.ddpm_learned_range"].verdict is Verdict.PASS
+    assert results["distribution.run_output"].verdict is Verdict.UNSUPPORTED
+    assert "learned_range" in results["distribution.run_output"].message
+
+
+# ---------------------------------------------------------------------------------------------------
+# diffusers
+# ---------------------------------------------------------------------------------------------------
+
+
+def _diffusers():
+    return pytest.importorskip("diffusers")
+
+
+def _adapt(scheduler):
+    from ddspec.conformance.adapters import adapt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return adapt(scheduler)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("which", ["DDPMScheduler", "DDIMScheduler"])
+def test_diffusers_defaults_pass(which, dtype):
+    cls = getattr(_diffusers(), which)
+    results = _run(_adapt(cls()), dtype)
+    bad = {n: (r.verdict.value, r.message) for n, r in results.items() if r.verdict is not Verdict.PASS}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_stable_diffusion_ddim_is_acceptable(dtype):
+    d = _diffusers()
+    sched = d.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                            set_alpha_to_one=False, steps_offset=1, clip_sample=False)
+    results = _run(_adapt(sched), dtype)
+    verdicts = _verdicts(results)
+    assert set(verdicts.values()) <= {Verdict.PASS, Verdict.ACCEPTABLE}, {
+        n: r.message for n, r in results.items() if r.verdict not in (Verdict.PASS, Verdict.ACCEPTABLE)}
+    variant = [n for n in verdicts if n.startswith("distribution.") or n == "invariants.no_final_noise"]
+    for name in variant:
+        assert verdicts[name] is Verdict.ACCEPTABLE, name
+        assert "set_alpha_to_one=False" in results[name].consequence
+    # with eta > 0 the declared last step (t=1 -> 0) is stochastic: tested statistically, not as "no noise"
+    positions = results["distribution.step_moments.ddim_eta=1"].details["positions"]
+    assert positions[-1]["t_prev"] == 0 and positions[-1]["kind"] == "stochastic"
+
+
+def test_diffusers_ddpm_fixed_large_log_nan_is_detected():
+    d = _diffusers()
+    sched = d.DDPMScheduler(variance_type="fixed_large_log")
+    sched.set_timesteps(10)
+    z = torch.zeros(1, 1, 2, 2)
+    upstream_nan = bool(torch.isnan(sched.step(z, 900, z, generator=torch.Generator().manual_seed(0)).prev_sample).any())
+    results = _run(_adapt(d.DDPMScheduler(variance_type="fixed_large_log")),
+                   checks=[invariants.check_finite, distribution.check_step_moments])
+    # diffusers 0.42 takes the square root of log(beta) (step(): `_get_variance(t) ** 0.5`): NaN for t > 0
+    assert (results["invariants.finite"].verdict is Verdict.FAIL) == upstream_nan
+    assert (results["distribution.step_moments.ddpm_fixed_large_log"].verdict is Verdict.FAIL) == upstream_nan
+
+
+def test_diffusers_ddpm_final_step_noise_is_detected():
+    d = _diffusers()
+    sched = d.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing")
+    sched.set_timesteps(10)
+    t_last = int(sched.timesteps[-1])
+    z = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    a, b = (sched.step(z, t_last, z, generator=torch.Generator().manual_seed(k)).prev_sample for k in (0, 1))
+    upstream_noisy = not torch.equal(a, b)  # diffusers adds noise when t > 0, not when t_prev >= 0
+    results = _run(_adapt(d.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing")), "float64",
+                   checks=[invariants.check_no_final_noise, distribution.check_step_moments])
+    assert (results["invariants.no_final_noise"].verdict is Verdict.FAIL) == upstream_noisy
+    sm = results["distribution.step_moments.ddpm_fixed_large"]
+    assert (sm.verdict is Verdict.FAIL) == upstream_noisy
+    if upstream_noisy:
+        assert "the target adds noise" in sm.message
+
+
+def test_diffusers_ddim_linspace_previous_timestep_is_detected():
+    d = _diffusers()
+    sched = d.DDIMScheduler(timestep_spacing="linspace", clip_sample=False)
+    sched.set_timesteps(10)
+    ts = sched.timesteps.tolist()
+    # diffusers DDIM steps from t to t - T // N whatever the spacing; linspace(0, 999, 10) has stride 111
+    upstream_mismatch = sched.previous_timestep(ts[0]) != ts[1] if hasattr(sched, "previous_timestep") else (
+        ts[0] - sched.config.num_train_timesteps // 10 != ts[1])
+    results = _run(_adapt(d.DDIMScheduler(timestep_spacing="linspace", clip_sample=False)),
+                   checks=[distribution.check_run_output_distribution])
+    r = results["distribution.run_output.ddim_eta=0"]
+    assert (r.verdict is Verdict.FAIL) == bool(upstream_mismatch), r.message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Planted bugs
+# ---------------------------------------------------------------------------------------------------
+
+
+class Planted:
+    """The reference port with one bug planted in its step."""
+
+    def __init__(self, bug: str, **port_kwargs):
+        self.base = make_reference_port(**port_kwargs)
+        self.bug = bug
+        self.name = f"planted-{bug}"
+        self.conventions = self.base.conventions
+
+    def betas(self):
+        return self.base.betas()
+
+    def alphas_cumprod(self):
+        return self.base.alphas_cumprod()
+
+    def timesteps(self, num_steps):
+        return self.base.timesteps(num_steps)
+
+    @staticmethod
+    def _z(x_t, noise, generator):
+        if noise is not None:
+            return noise.to(x_t)
+        return torch.randn(x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+
+    def step(self, model_output, t, x_t, *, num_steps, eta=0.0, noise=None, generator=None, predicted_variance=None):
+        kw = dict(num_steps=num_steps, eta=eta, noise=noise, generator=generator, predicted_variance=predicted_variance)
+        ts = self.base.timesteps(num_steps).tolist()
+        if self.bug == "mutate":
+            out = self.base.step(model_output, t, x_t, **kw)
+            x_t.copy_(out)  # an in-place update of the caller's x_t
+            return out
+        if self.bug == "float32":
+            return self.base.step(model_output, t, x_t, **kw).to(torch.float32)
+        if self.bug == "nan":
+            out = self.base.step(model_output, t, x_t, **kw).clone()
+            out.view(-1)[0] = math.nan
+            return out
+        if self.bug == "global_rng":  # ignores noise and generator
+            kw.update(noise=torch.randn(x_t.shape, dtype=x_t.dtype, device=x_t.device), generator=None)
+            return self.base.step(model_output, t, x_t, **kw)
+        if self.bug == "batch_mean":
+            out = self.base.step(model_output, t, x_t, **kw)
+            return out - out.mean(dim=0, keepdim=True)
+        if self.bug == "final_noise":
+            out = self.base.step(model_output, t, x_t, **kw)
+            if t == ts[-1]:
+                out = out + math.sqrt(float(self.base.betas()[t])) * self._z(x_t, noise, generator)
+            return out
+        if self.bug == "sigma_squared":
+            k = ts.index(t)
+            t_prev = ts[k + 1] if k + 1 < len(ts) else -1
+            sigma = ddim_sigma(self.base.betas(), t, t_prev, eta)
+            kw.update(noise=torch.zeros_like(x_t), generator=None)
+            mean = self.base.step(model_output, t, x_t, **kw)
+            return mean if sigma == 0.0 else mean + sigma**2 * self._z(x_t, noise, generator)
+        raise AssertionError(self.bug)
+
+
+@pytest.mark.parametrize(
+    "bug, dtype, must_fail, only",
+    [
+        ("mutate", "float32", {"invariants.no_input_mutation"}, True),
+        ("float32", "float64", {"invariants.output_shape_dtype_device"}, False),
+        ("nan", "float32", {"invariants.finite", "distribution.step_moments.ddim_eta=1",
+                            "distribution.run_output.ddim_eta=1"}, False),
+        ("global_rng", "float32", {"invariants.deterministic", "invariants.no_global_rng"}, False),
+        ("batch_mean", "float32", {"invariants.batch_independence"}, False),
+        ("final_noise", "float32", {"invariants.no_final_noise", "distribution.step_moments.ddim_eta=0",
+                                    "distribution.step_moments.ddim_eta=1"}, False),
+        ("sigma_squared", "float32", {"distribution.step_moments.ddim_eta=1"}, False),
+    ],
+)
+def test_planted_bug_fails_its_check(bug, dtype, must_fail, only):
+    results = _run(Planted(bug), dtype)
+    failing = _failing(results)
+    assert must_fail <= failing, {n: results[n].message for n in must_fail - failing}
+    if only:
+        assert failing == must_fail, failing
+    for name in must_fail:
+        assert results[name].findings, name
+        assert results[name].reproduce and name in results[name].reproduce
+
+
+def test_sigma_squared_bug_fails_through_the_variance_not_the_mean():
+    results = _run(Planted("sigma_squared"), checks=[distribution.check_step_moments])
+    r = results["distribution.step_moments.ddim_eta=1"]
+    assert r.verdict is Verdict.FAIL
+    failed = {t["name"].rsplit("/", 1)[-1] for t in r.details["tests"] if not t["passed"]}
+    assert failed == {"variance"}
+    # sigma^2 z instead of sigma z: the draws' variance is sigma^2 times the reference's (< 1 here)
+    worst = r.findings[0]
+    k = worst.step
+    ts = make_reference_port().timesteps(10).tolist()
+    t_prev = ts[k + 1] if k + 1 < len(ts) else -1
+    sigma2 = ddim_sigma(make_reference_port().betas(), worst.timestep, t_prev, 1.0) ** 2
+    assert worst.expected == pytest.approx(sigma2, rel=1e-6)
+    assert worst.got / worst.expected == pytest.approx(sigma2, rel=0.4)
+
+
+def test_leaked_global_rng_is_restored_by_the_check():
+    before = torch.get_rng_state().clone()
+    ctx = CheckContext(Planted("global_rng"), profile="quick", seed=0)
+    [r] = invariants.check_no_global_rng(ctx)
+    assert r.verdict is Verdict.FAIL
+    assert "torch CPU global RNG" in r.message
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Robustness: bad targets give results, not crashes
+# ---------------------------------------------------------------------------------------------------
+
+
+class Broken:
+    """The reference port whose step misbehaves in a given way."""
+
+    def __init__(self, how: str, conventions: Conventions | None = None):
+        self.base = make_reference_port()
+        self.how = how
+        self.name = f"broken-{how}"
+        self._conventions = conventions or self.base.conventions
+
+    @property
+    def conventions(self):
+        if self.how == "conventions":
+            raise RuntimeError("no conventions today")
+        return self._conventions
+
+    def betas(self):
+        return self.base.betas()
+
+    def alphas_cumprod(self):
+        return self.base.alphas_cumprod()
+
+    def timesteps(self, num_steps):
+        return self.base.timesteps(num_steps)
+
+    def step(self, model_output, t, x_t, **kw):
+        if self.how == "raise":
+            raise RuntimeError("boom")
+        if self.how == "hang":
+            time.sleep(1.0)
+        out = self.base.step(model_output, t, x_t, **kw)
+        if self.how == "shape":
+            return out[:1]
+        if self.how == "numpy":
+            return out.numpy()
+        return out
+
+
+@pytest.mark.parametrize("how, needle", [("raise", "RuntimeError: boom"), ("shape", "shape"), ("numpy", "ndarray")])
+def test_misbehaving_step_fails_every_check_that_calls_it(how, needle):
+    results = _run(Broken(how))
+    assert all(r.family in ("distribution", "invariants") for r in results.values())
+    must = {"invariants.output_shape_dtype_device", "distribution.step_moments.ddim_eta=0",
+            "distribution.run_output.ddim_eta=0"}
+    assert must <= _failing(results)
+    assert any(needle in r.message or any(needle in f.message for f in r.findings) for r in results.values())
+
+
+def test_hanging_step_times_out_once_per_check():
+    start = time.perf_counter()
+    results = _run(Broken("hang"), timeout_s=0.2)
+    elapsed = time.perf_counter() - start
+    assert all(r.verdict is Verdict.FAIL for r in results.values()), _verdicts(results)
+    assert all("timed out" in r.message or any("timed out" in f.message for f in r.findings) for r in results.values())
+    # one 0.2 s timeout per check function (9), later calls short-circuited: well under the ~100 calls x 0.2 s
+    assert elapsed < 9 * 0.2 + 6.0
+
+
+def test_unreadable_conventions_fail_and_unsupported_ones_are_reported():
+    results = _run(Broken("conventions"))
+    assert results and all(r.verdict is Verdict.FAIL for r in results.values())
+    assert all("conventions" in r.message for r in results.values())
+    conv = Conventions(family="ddim", num_train_timesteps=1000, unsupported=("magic_knob=3: not interpreted",))
+    results = _run(Broken("none", conventions=conv))
+    assert results and all(r.verdict is Verdict.UNSUPPORTED for r in results.values())
+    assert all("magic_knob=3" in r.message for r in results.values())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bookkeeping: alpha split, ledger, power, allowance
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_step_moments_bonferroni_split_and_ledger():
+    results = _run(make_reference_port(), checks=[distribution.check_step_moments])
+    alpha = QUICK.false_failure_rate
+    r0, r1 = results["distribution.step_moments.ddim_eta=0"], results["distribution.step_moments.ddim_eta=1"]
+    # eta = 0: every step deterministic, no statistics, no alpha spent
+    assert r0.details["tests"] == [] and r0.details["false_failure_rate_spent"] == 0.0
+    # eta = 1, N = 10: steps 0 and 5 stochastic, step 9 goes to the data (sigma = 0): 2 x 2 tests
+    kinds = [p["kind"] for p in r1.details["positions"]]
+    assert [p["step"] for p in r1.details["positions"]] == [0, 5, 9]
+    assert kinds == ["stochastic", "stochastic", "deterministic"]
+    assert len(r1.details["tests"]) == 4
+    for test in r1.details["tests"]:
+        assert test["alpha"] == pytest.approx(alpha / 4, rel=1e-15)
+        assert test["n"] == QUICK.n_single_step_draws
+        assert test["dims"] == math.prod(QUICK.sample_shape[1:])
+        assert test["passed"] and test["observed_over_allowed"] <= 1.0
+    assert r1.details["false_failure_rate"] == alpha
+    assert r1.details["false_failure_rate_spent"] <= alpha * (1 + 1e-12)
+    assert r1.details["ledger"][0].startswith(f"false-failure budget {alpha:.3g}: 4 tests")
+
+
+def test_run_output_split_and_min_detectable():
+    from ddspec.conformance import stats
+
+    results = _run(make_reference_port(family="ddpm"), checks=[distribution.check_run_output_distribution])
+    r = results["distribution.run_output.ddpm_fixed_small"]
+    alpha = QUICK.false_failure_rate
+    n_counts = len(r.details["runs"])
+    assert [run["num_steps"] for run in r.details["runs"]] == sorted(QUICK.steps)
+    assert r.details["alpha_per_test"] == pytest.approx(alpha / (3 * n_counts), rel=1e-12)
+    mean_tests = [t for t in r.details["tests"] if t["kind"] == "mean"]
+    assert len(mean_tests) == n_counts
+    # the reported power is that of stats.min_detectable at the sample size (+ the rounding allowance)
+    law_var = float(np.max(r.details["runs"][0]["law_variance"]))  # the first mean test is the first run's
+    delta = stats.min_detectable(QUICK.n_distribution_samples, r.details["alpha_per_test"], 0.999, "mean",
+                                 dims=distribution.DATA_DIM, variance=law_var)
+    assert mean_tests[0]["min_detectable"].startswith(f"|Δmean| ≥ {delta:.3g}")
+
+
+def test_bound_envelope_covers_every_noise_value_within_it():
+    from ddspec.conformance.checks.invariants import _bound, _bound_envelope, _setup
+
+    ctx = CheckContext(make_reference_port(), profile="quick", dtype="float32", seed=0)
+    setup = _setup(ctx, "x", "distribution")
+    rng = np.random.default_rng(0)
+    x, m = rng.normal(size=(2, 64))
+    env = _bound_envelope(setup, 1.0, 900, 800, m, x, 2.0, None)
+    for z in (rng.uniform(-2, 2, 64), np.full(64, 2.0), np.full(64, -2.0), np.zeros(64)):
+        assert np.all(_bound(setup, 1.0, 900, 800, m, x, z, None) <= env * (1 + 1e-12))
+
+
+def test_data_oracle_matches_its_documentation():
+    plain, clipped = distribution.data_oracle(), distribution.data_oracle(2.0)
+    np.testing.assert_array_equal(plain.mean, [0.5, -0.5, 0.25, 0.0])
+    np.testing.assert_array_equal(plain.variance, np.full(4, 0.25))
+    np.testing.assert_array_equal(clipped.mean, 2.0 * np.array([0.1, -0.1, 0.05, 0.0]))
+    np.testing.assert_allclose(clipped.variance, np.full(4, 0.2**2), rtol=1e-15)
