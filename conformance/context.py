@@ -49,6 +49,8 @@ class Profile:
         n_distribution_samples: samples for the end-to-end distribution checks.
         false_failure_rate: the budgeted probability that a statistical check fails a correct
             sampler (per check).
+        oracle_max_steps: the longest run (N) the exact-oracle check drives end to end (None: every
+            N in ``steps``); single-step checks still sample every N.
     """
 
     name: str
@@ -60,6 +62,7 @@ class Profile:
     n_single_step_draws: int
     n_distribution_samples: int
     false_failure_rate: float
+    oracle_max_steps: int | None = None
 
 
 #: The run sizes, in one place. ``quick`` is for CI smoke tests (seconds), ``default`` for a normal
@@ -75,6 +78,7 @@ PROFILES: dict[str, Profile] = {
         n_single_step_draws=512,
         n_distribution_samples=2_000,
         false_failure_rate=1e-6,
+        oracle_max_steps=10,
     ),
     "default": Profile(
         name="default",
@@ -86,6 +90,7 @@ PROFILES: dict[str, Profile] = {
         n_single_step_draws=8_192,
         n_distribution_samples=20_000,
         false_failure_rate=1e-6,
+        oracle_max_steps=100,
     ),
     "thorough": Profile(
         name="thorough",

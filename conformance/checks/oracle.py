@@ -202,7 +202,12 @@ def check_point_mass_oracle(ctx: CheckContext) -> list[CheckResult]:
     plans: list[RunPlan] = []
     skipped_runs: dict[str, str] = {}
     notes: dict[str, str] = {}
+    max_steps = getattr(ctx.settings, "oracle_max_steps", None)
     for n in ctx.steps or ():
+        if max_steps is not None and n > max_steps:
+            skipped_runs[f"N={n}"] = (f"longer than the profile's oracle_max_steps={max_steps} "
+                                      "(single_step covers it; --profile thorough runs it end to end)")
+            continue
         plan, reason = plan_run(ctx, conv, n)
         if plan is None:
             skipped_runs[f"N={n}"] = reason or "cannot be run"
