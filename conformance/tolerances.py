@@ -232,14 +232,23 @@ def _cond(x: float, y: float) -> float:
     return (abs(x) + abs(y)) / d if d > 0 else 0.0
 
 
-def _magnitude(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None) -> tuple[Array, Array]:
-    """(M, C): the step with absolute values everywhere, and its terms weighted by their coefficients' conditioning.
+def _magnitude(
+    spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None, u: float
+) -> tuple[Array, Array, Array]:
+    """(M, C, D): the step with absolute values everywhere, its terms weighted by their coefficients'
+    conditioning, and the absolute error of a square root taken of a cancelling difference.
 
     ``M`` is the γ_k bound's scale (every subtraction replaced by an addition). ``C`` is
     Σ |term| · κ(term), where κ is the relative-error amplification of the subtractions that form the
     term's coefficient from the tables (1 − ᾱ_t, 1 − ᾱ_prev, 1 − ᾱ_t/ᾱ_prev, 1 − ᾱ_prev − σ²): a target
     that forms, say, β′ = 1 − ᾱ_t/ᾱ_prev in float32 near t = 0 loses ~u/β′ of it, which the γ_k term,
     blind to cancellation inside coefficients, would miss.
+
+    ``D`` covers the one place where first-order conditioning fails: DDIM's
+    :math:`\sqrt{1-\bar\alpha_s-\sigma^2}` when the difference is (nearly) 0, e.g. η = 1 at a
+    zero-terminal-SNR step, where it is exactly 0. If the difference r is formed with absolute error
+    δ, the root is off by at most :math:`\min(\delta/(2\sqrt r), \sqrt\delta)`, i.e. up to
+    :math:`\sqrt{u}`-sized, not u-sized.
     """
     sa, s1 = np.sqrt(a), np.sqrt(max(1.0 - a, 0.0))
     k_a = _cond(1.0, a) if a < 1.0 else 0.0
@@ -269,10 +278,13 @@ def _magnitude(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array 
         k_var = k_p + k_a + k_r
         rest = c_p - var
         c_eps = np.sqrt(max(rest, 0.0))
-        k_eps = (c_p * (1 + k_p) + var * (1 + k_var)) / (2 * rest) if rest > 0 else 0.0
+        # absolute error of forming rest = (1 − ᾱ_s) − σ² from rounded table entries, and of its root
+        delta = 2.0 * u * (c_p * (1 + k_p) + var * (1 + k_var))
+        root_err = min(delta / (2.0 * c_eps), np.sqrt(delta)) if c_eps > 0 else np.sqrt(delta)
         M = np.sqrt(p) * x0 + c_eps * eps + np.sqrt(var) * az + out
-        C = np.sqrt(p) * x0_c + c_eps * (eps * k_eps + eps_c) + np.sqrt(var) * az * (k_var / 2)
-        return M, C
+        C = np.sqrt(p) * x0_c + c_eps * eps_c + np.sqrt(var) * az * (k_var / 2)
+        D = root_err * eps
+        return M, C, D
     bp = abs(1.0 - a / p)
     c_t = max(1.0 - a, 1e-300)
     c_x0 = np.sqrt(p) * bp / c_t
@@ -286,7 +298,7 @@ def _magnitude(spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array 
         var_mag, k_v = np.abs(pv), 0.0
     M = c_x0 * x0 + c_xt * ax + np.sqrt(var_mag) * az + out
     C = c_x0 * (x0 * (k_r + k_a) + x0_c) + c_xt * ax * (k_p + k_a) + np.sqrt(var_mag) * az * (k_v / 2)
-    return M, C
+    return M, C, np.zeros_like(M)
 
 
 def step_bound(
@@ -316,11 +328,11 @@ def step_bound(
     z = None if noise is None else np.asarray(noise, dtype=np.float64)
     pv = None if predicted_variance is None else np.asarray(predicted_variance, dtype=np.float64)
     a, p = float(alpha_bar_t), float(alpha_bar_prev)
-    M, C = _magnitude(spec, a, p, m, x, z, pv)
+    M, C, D = _magnitude(spec, a, p, m, x, z, pv, u_compute)
     # γ_K over the whole expression, plus one rounding of each table entry amplified by the
     # conditioning of the subtractions that form the coefficients from it (factor 2: the entry's own
     # rounding and the rounding of the subtraction's other operand).
-    rounding = gamma(k_ops, u_compute) * M + 2.0 * u_compute * C
+    rounding = gamma(k_ops, u_compute) * M + 2.0 * u_compute * C + D
     table = np.zeros_like(x)
     h = 1e-7
     for which, delta in (("t", delta_t), ("p", delta_prev)):
