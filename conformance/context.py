@@ -70,7 +70,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "quick": Profile(
         name="quick",
-        steps=(1, 7, 10),
+        steps=(1, 10),
         full_schedule=False,
         etas=(0.0, 1.0),
         sample_shape=(2, 3, 4, 4),
