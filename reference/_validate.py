@@ -105,6 +105,8 @@ def as_int(x: Any, name: str, *, low: int | None = None, high: int | None = None
     if isinstance(x, bool) or not isinstance(x, (numbers.Integral, np.integer)):
         fail(name, x, "expected an integer")
     v = int(x)
+    if not -(2**63) <= v < 2**63:
+        fail(name, x, "is beyond the int64 range (indices and sizes are int64 arrays)")
     if low is not None and v < low:
         fail(name, x, f"must be >= {low}")
     if high is not None and v > high:

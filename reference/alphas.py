@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
-from ._validate import SingularError, as_betas, as_timesteps, fail
+from ._validate import SingularError, as_betas, as_timesteps, check_finite_result, fail
 
 __all__ = [
     "alphas",
@@ -136,11 +136,17 @@ def snr(betas: ArrayLike) -> Array:
 
     Source: Kingma et al. 2021 (Variational Diffusion Models), eq. 2 with
     :math:`\alpha^2 = \bar\alpha`, :math:`\sigma^2 = 1 - \bar\alpha`; Lin et al. 2023, §2.
-    It is 0 where ᾱ = 0 (a zero-terminal-SNR schedule's last step). Double-double quotient.
+    It is 0 where ᾱ = 0 (a zero-terminal-SNR schedule's last step). Double-double quotient; raises
+    :class:`SingularError` where the SNR exceeds ~1e300 (β ≲ 1e-300 at the first step), beyond the
+    quotient's range, instead of returning NaN.
     """
     hi, lo, c_hi, c_lo = _dd_tables(betas)
-    qh, ql = _dd.dd_div(hi, lo, c_hi, c_lo)
-    return np.asarray(qh + ql, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        qh, ql = _dd.dd_div(hi, lo, c_hi, c_lo)
+        out = np.asarray(qh + ql, dtype=np.float64)
+    # The double-double quotient needs the SNR below ~1e300 (its splitting multiplies by 2^27 + 1):
+    # a first step with β below ~1e-300 is refused rather than returned as NaN.
+    return check_finite_result(out, "snr", "SNR beyond ~1e300 (a beta below ~1e-300 at the start of the schedule)")
 
 
 def log_snr(betas: ArrayLike) -> Array:

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import alphas, ddim, posterior, schedules, timesteps, twin
+from ._validate import fail
 from .twin import alphas as t_alphas
 from .twin import ddim as t_ddim
 from .twin import posterior as t_posterior
@@ -178,6 +179,10 @@ def audit_case(schedule: str, T: int, *, dps: int = twin.DEFAULT_DPS, progress: 
 def run_audit(cases: Sequence[tuple[str, int]] = STANDARD_CASES, *, dps: int = twin.DEFAULT_DPS,
               progress: bool = True, stream=None) -> list[AuditRow]:
     """Audit every case; shows progress on ``stream`` (default stderr) while it works."""
+    if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence) or not all(
+        isinstance(c, (tuple, list)) and len(c) == 2 for c in cases
+    ):
+        fail("cases", cases, "expected a sequence of (schedule name, T) pairs")
     stream = sys.stderr if stream is None else stream
     rows: list[AuditRow] = []
     t0 = time.perf_counter()
@@ -194,6 +199,8 @@ def run_audit(cases: Sequence[tuple[str, int]] = STANDARD_CASES, *, dps: int = t
 
 def format_table(rows: Sequence[AuditRow]) -> str:
     """The accuracy table: worst ULP per quantity and schedule, where it occurs, and the bound."""
+    if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not all(isinstance(r, AuditRow) for r in rows):
+        fail("rows", rows, "expected a sequence of AuditRow (as audit_case and run_audit return)")
     head = f"{'quantity':<28} {'schedule':<15} {'T':>6} {'worst ULP':>10} {'at index':>9} {'bound':>6}  verdict"
     lines = [head, "-" * len(head)]
     for r in rows:

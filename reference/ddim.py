@@ -88,7 +88,8 @@ def ddim_mean_coefficients(betas: ArrayLike, t: int, t_prev: int, sigma: float) 
     sensitive to σ as the equation is: a σ rounded from σ(η) moves it by up to (1 − ᾱ_s)/(1 − ᾱ_s − σ²) ULP.)
     """
     b, _, tp = _indices(betas, t, t_prev)
-    sg = as_scalar(sigma, "sigma", low=0.0)
+    # an admissible σ is <= sqrt(1 - ᾱ_s) <= 1; the bound 2 keeps σ² far from overflow before the exact check
+    sg = as_scalar(sigma, "sigma", low=0.0, high=2.0)
     if tp < 0:
         c_hi, c_lo = 0.0, 0.0
     else:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, fail
+from ._validate import as_array, check_finite_result, fail
 
 __all__ = ["Gaussian"]
 
@@ -52,5 +52,7 @@ class Gaussian:
         xx = as_array(x, "x")
         if np.any(self.variance <= 0):
             fail("variance", self.variance, "log_prob needs a positive variance (this Gaussian is a point mass)")
-        d = xx - self.mean
-        return -0.5 * np.log(2.0 * np.pi * self.variance) - 0.5 * d * d / self.variance
+        with np.errstate(over="ignore", invalid="ignore"):
+            d = xx - self.mean
+            out = -0.5 * np.log(2.0 * np.pi * self.variance) - 0.5 * d * d / self.variance
+        return check_finite_result(out, "log_prob", "the log-density is below the float64 range (|x - mean| too large)")

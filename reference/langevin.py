@@ -34,8 +34,10 @@ def langevin_step_size(sigma_i: float, sigma_L: float, epsilon: float) -> float:
     si = as_scalar(sigma_i, "sigma_i", low=0.0, low_open=True)
     sl = as_scalar(sigma_L, "sigma_L", low=0.0, low_open=True)
     e = as_scalar(epsilon, "epsilon", low=0.0, low_open=True)
-    r = si / sl
-    return float(e * (r * r))
+    with np.errstate(over="ignore"):
+        r = np.float64(si) / np.float64(sl)
+        alpha = np.float64(e) * (r * r)
+    return float(check_finite_result(np.float64(alpha), "langevin_step_size", "the step size overflows float64"))
 
 
 def annealed_langevin_step(x: ArrayLike, score: ArrayLike, step_size: float, noise: ArrayLike) -> Array:

@@ -247,8 +247,13 @@ def standard_normal_cdf(x: ArrayLike) -> Array:
 
 
 def log_standard_normal_cdf(x: ArrayLike) -> Array:
-    r""":math:`\log\Phi(x)` without underflow (``scipy.special.log_ndtr``): finite for every finite x."""
-    return np.asarray(sc.log_ndtr(as_array(x, "x")), dtype=np.float64)
+    r""":math:`\log\Phi(x)` without underflow (``scipy.special.log_ndtr``).
+
+    Finite for every x ≥ −1.8·10¹⁵⁴; below that, :math:`\log\Phi(x) \approx -x^2/2` is beyond the float64
+    range and :class:`SingularError` is raised (rather than returning −inf).
+    """
+    out = np.asarray(sc.log_ndtr(as_array(x, "x")), dtype=np.float64)
+    return check_finite_result(out, "log_standard_normal_cdf", "log Phi(x) is below the float64 range (x < -1.8e154)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,7 +596,8 @@ def vlb_terms_bpd(
     _grid_index(xx0, "x0")
     terms = np.stack([mean_flat_bpd(vlb_term(xx0, xts[t], t, mms[t], mlv[t], b, cdf=cdf)) for t in range(n)], axis=1)
     prior = prior_bpd(xx0, b)
-    return VLBTerms(prior_bpd=prior, terms_bpd=terms, total_bpd=prior + terms.sum(axis=1))
+    total = check_finite_result(prior + terms.sum(axis=1), "vlb_terms_bpd", "the sum of the terms overflows float64")
+    return VLBTerms(prior_bpd=prior, terms_bpd=terms, total_bpd=total)
 
 
 def total_vlb_bpd(
@@ -626,7 +632,10 @@ def total_vlb_bpd(
     means = []
     logvars = []
     for t in range(n):
-        mean, logvar = model_fn(x_ts[t], t)
+        out = model_fn(x_ts[t], t)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            fail("model_fn", model_fn, f"must return a pair (mean, log_variance); at t={t} it returned {type(out).__name__}")
+        mean, logvar = out
         means.append(as_array(mean, "model_fn mean"))
         lv = as_array(logvar, "model_fn log_variance")
         try:
@@ -751,6 +760,8 @@ def eps_kl_weight(betas: ArrayLike, t: int, sigma2: float) -> float:
     nh, nl = _dd.two_prod(beta, beta)
     dh, dl = _dd.dd_mul(a_h, a_l, float(c_hi[tt]), float(c_lo[tt]))
     dh, dl = _dd.dd_mul(dh, dl, 2.0 * s2, 0.0)
+    if dh == 0.0:  # 2σ²α(1 − ᾱ) underflowed (σ² subnormal): the weight is beyond float64
+        raise SingularError(f"eps_kl_weight: the weight overflows float64 (sigma2={s2!r} too small)")
     qh, ql = _dd.dd_div(nh, nl, dh, dl)
     w = float(qh + ql)
     if not math.isfinite(w):

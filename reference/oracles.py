@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import logsumexp
 
 from .alphas import alpha_bar_at, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
-from ._validate import as_array, as_betas, as_int, as_timestep, fail
+from ._validate import as_array, as_betas, as_int, as_timestep, as_timesteps, check_finite_result, fail
 from .ddim import ddim_direction_coefficient, ddim_mean_coefficients, ddim_sigma
 from .gaussian import Gaussian
 from .posterior import posterior_coefficients
@@ -55,12 +55,19 @@ def _signal_noise(betas: ArrayLike, t: int) -> tuple[float, float]:
     return ab, c
 
 
+_OVERFLOW = "overflows float64 (|x_t| too large for this step)"
+
+
 def _eps_from_x0(x_t: Array, x0: Array, ab: float, c: float) -> Array:
-    return (x_t - np.sqrt(ab) * x0) / np.sqrt(c)
+    with np.errstate(over="ignore", invalid="ignore"):
+        eps = (x_t - np.sqrt(ab) * x0) / np.sqrt(c)
+    return check_finite_result(eps, "eps", _OVERFLOW)
 
 
 def _v_from(x0: Array, eps: Array, ab: float, c: float) -> Array:
-    return np.sqrt(ab) * eps - np.sqrt(c) * x0
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.sqrt(ab) * eps - np.sqrt(c) * x0
+    return check_finite_result(v, "v", _OVERFLOW)
 
 
 def _check_x(x_t: ArrayLike, dim: int) -> Array:
@@ -219,8 +226,10 @@ class GaussianMixture:
         ab, c = _signal_noise(betas, t)
         V = ab * self.variances + c  # (K,)
         d = x[..., None, :] - np.sqrt(ab) * self.means  # (..., K, d)
-        logp = np.log(self.weights) - 0.5 * self.dim * np.log(2 * np.pi * V) - 0.5 * np.sum(d * d, axis=-1) / V
-        return np.exp(logp - logsumexp(logp, axis=-1, keepdims=True))
+        with np.errstate(over="ignore", invalid="ignore"):
+            logp = np.log(self.weights) - 0.5 * self.dim * np.log(2 * np.pi * V) - 0.5 * np.sum(d * d, axis=-1) / V
+            r = np.exp(logp - logsumexp(logp, axis=-1, keepdims=True))
+        return check_finite_result(r, "responsibilities", _OVERFLOW)
 
     def x0(self, x_t: ArrayLike, t: int, betas: ArrayLike) -> Array:
         r"""Exact :math:`\mathbb E[x_0 \mid x_t] = \sum_k r_k(x_t)\,\big(\mu_k + \tfrac{\sqrt{\bar\alpha_t}s_k^2}{V_{k,t}}(x_t - \sqrt{\bar\alpha_t}\mu_k)\big)`."""
@@ -248,8 +257,10 @@ class GaussianMixture:
         ab, c = _signal_noise(betas, t)
         V = ab * self.variances + c
         d = xx[..., None, :] - np.sqrt(ab) * self.means
-        logp = np.log(self.weights) - 0.5 * self.dim * np.log(2 * np.pi * V) - 0.5 * np.sum(d * d, axis=-1) / V
-        return logsumexp(logp, axis=-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            logp = np.log(self.weights) - 0.5 * self.dim * np.log(2 * np.pi * V) - 0.5 * np.sum(d * d, axis=-1) / V
+            out = logsumexp(logp, axis=-1)
+        return check_finite_result(out, "marginal_log_prob", "the log-density is below the float64 range (|x| too large)")
 
 
 @dataclass(frozen=True)
@@ -286,6 +297,8 @@ def gaussian_step_map(
 
     ``t_prev`` may equal ``t`` only for DDIM (diffusers' set_alpha_to_one=False final step).
     """
+    if not isinstance(oracle, IsotropicGaussian):
+        fail("oracle", oracle, "the closed-form propagation needs an IsotropicGaussian oracle")
     b = as_betas(betas)
     tt = as_timestep(t, b.size, "t")
     tp = as_int(t_prev, "t_prev", low=-1, high=tt)
@@ -341,11 +354,13 @@ def gaussian_run_output(
     discretisation (and on the prior being N(0, I) rather than the exact marginal of x_T); this
     function gives the exact law of what the sampler computes, which is what a conformance test needs.
     """
+    if not isinstance(oracle, IsotropicGaussian):
+        fail("oracle", oracle, "the closed-form propagation needs an IsotropicGaussian oracle")
     b = as_betas(betas)
     ts = np.asarray(timesteps)
     if ts.ndim != 1 or ts.size == 0:
         fail("timesteps", timesteps, "must be a non-empty 1-D sequence")
-    ts_list = [as_timestep(int(x), b.size, "timesteps") for x in ts.tolist()]
+    ts_list = [int(x) for x in as_timesteps(ts, b.size, "timesteps")]  # rejects non-integers, NaN, complex
     if any(ts_list[i] <= ts_list[i + 1] for i in range(len(ts_list) - 1)):
         fail("timesteps", timesteps, "must be strictly decreasing (sampling order)")
     m = np.broadcast_to(as_array(prior_mean, "prior_mean"), oracle.mean.shape).astype(np.float64)

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .alphas import sqrt_alpha_bar, sqrt_one_minus_alpha_bar
-from ._validate import SingularError, as_array, as_betas, as_timestep, check_same_shape, fail
+from ._validate import SingularError, as_array, as_betas, as_timestep, check_finite_result, check_same_shape, fail
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -43,6 +43,11 @@ def _pair(a: ArrayLike, a_name: str, b: ArrayLike, b_name: str) -> tuple[Array, 
     return aa, bb
 
 
+def _finite(out: Array, what: str) -> Array:
+    """The result, or SingularError where finite inputs overflowed float64 (never a silent inf/NaN)."""
+    return check_finite_result(out, what, "overflows float64 (the inputs are too large for this conversion)")
+
+
 def _coefs(betas: ArrayLike, t: int) -> tuple[float, float, int]:
     b = as_betas(betas)
     tt = as_timestep(t, b.size, "t")
@@ -62,7 +67,9 @@ def predict_x0_from_eps(x_t: ArrayLike, eps: ArrayLike, t: int, betas: ArrayLike
     if sa == 0.0:
         raise SingularError(f"predict_x0_from_eps: alpha_bar[{tt}] = 0, so x0 cannot be recovered from eps "
                             "(x_t carries no signal); use a v- or x0-prediction at this step")
-    return (xt - s1 * e) / sa
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (xt - s1 * e) / sa
+    return _finite(out, "predict_x0_from_eps")
 
 
 def predict_eps_from_x0(x_t: ArrayLike, x0: ArrayLike, t: int, betas: ArrayLike) -> Array:
@@ -72,14 +79,18 @@ def predict_eps_from_x0(x_t: ArrayLike, x0: ArrayLike, t: int, betas: ArrayLike)
     """
     xt, x = _pair(x_t, "x_t", x0, "x0")
     sa, s1, _ = _coefs(betas, t)
-    return (xt - sa * x) / s1
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (xt - sa * x) / s1
+    return _finite(out, "predict_eps_from_x0")
 
 
 def v_from_x0_eps(x0: ArrayLike, eps: ArrayLike, t: int, betas: ArrayLike) -> Array:
     r"""The v-target :math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1-\bar\alpha_t}\,x_0` (Salimans & Ho 2022, §4)."""
     x, e = _pair(x0, "x0", eps, "eps")
     sa, s1, _ = _coefs(betas, t)
-    return sa * e - s1 * x
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = sa * e - s1 * x
+    return _finite(out, "v_from_x0_eps")
 
 
 def predict_x0_from_v(x_t: ArrayLike, v: ArrayLike, t: int, betas: ArrayLike) -> Array:
@@ -89,14 +100,18 @@ def predict_x0_from_v(x_t: ArrayLike, v: ArrayLike, t: int, betas: ArrayLike) ->
     """
     xt, vv = _pair(x_t, "x_t", v, "v")
     sa, s1, _ = _coefs(betas, t)
-    return sa * xt - s1 * vv
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = sa * xt - s1 * vv
+    return _finite(out, "predict_x0_from_v")
 
 
 def predict_eps_from_v(x_t: ArrayLike, v: ArrayLike, t: int, betas: ArrayLike) -> Array:
     r"""ε from a v-prediction: :math:`\hat\epsilon = \sqrt{1-\bar\alpha_t}\,x_t + \sqrt{\bar\alpha_t}\,v` (Salimans & Ho 2022, §4)."""
     xt, vv = _pair(x_t, "x_t", v, "v")
     sa, s1, _ = _coefs(betas, t)
-    return s1 * xt + sa * vv
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = s1 * xt + sa * vv
+    return _finite(out, "predict_eps_from_v")
 
 
 def score_from_eps(eps: ArrayLike, t: int, betas: ArrayLike) -> Array:
@@ -106,7 +121,9 @@ def score_from_eps(eps: ArrayLike, t: int, betas: ArrayLike) -> Array:
     """
     e = as_array(eps, "eps")
     _, s1, _ = _coefs(betas, t)
-    return -e / s1
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = -e / s1
+    return _finite(out, "score_from_eps")
 
 
 def eps_from_score(score: ArrayLike, t: int, betas: ArrayLike) -> Array:
@@ -131,7 +148,9 @@ def ddpm_mean_from_eps(x_t: ArrayLike, eps: ArrayLike, t: int, betas: ArrayLike)
     beta = float(b[tt])
     if beta >= 1.0:
         raise SingularError(f"ddpm_mean_from_eps: betas[{tt}] = 1, so alpha_t = 0 and 1/sqrt(alpha_t) is infinite")
-    return (xt - (beta / s1) * e) / np.sqrt(1.0 - beta)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (xt - (beta / s1) * e) / np.sqrt(1.0 - beta)
+    return _finite(out, "ddpm_mean_from_eps")
 
 
 @dataclass(frozen=True)

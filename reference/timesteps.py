@@ -206,7 +206,11 @@ def _parse_section_counts(section_counts: Any) -> tuple[list[int] | None, int | 
                 fail("section_counts", section_counts, f"expected comma-separated non-negative integers; bad item {p!r}")
             counts.append(int(p))
         return counts, None
-    if isinstance(section_counts, (bytes, Mapping)) or not isinstance(section_counts, (Sequence, np.ndarray)):
+    if (
+        isinstance(section_counts, (bytes, Mapping))
+        or not isinstance(section_counts, (Sequence, np.ndarray))
+        or np.ndim(section_counts) != 1
+    ):
         fail("section_counts", section_counts, "expected a sequence of integers or a string 'a,b,c' / 'ddimN'")
     counts = [as_int(c, "section_counts", low=0) for c in section_counts]
     return counts, None
