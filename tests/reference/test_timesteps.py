@@ -491,3 +491,28 @@ def test_respaced_validation() -> None:
         ts.respaced_betas([0.1, 1.5], [1, 0])
     with pytest.raises(ValueError, match="timesteps"):
         twin.respaced_betas(LINEAR_1000, [3, 3])
+
+
+def test_ddim_n_matches_the_literal_stride_search_and_is_fast_for_huge_T() -> None:
+    """"ddimN" is improved-diffusion's search: the first stride i = 1, 2, … with len(range(0, T, i)) == N.
+
+    Checked against that literal search for every T < 120 and N <= T + 1; and for T = 10**12 the answer
+    comes without an O(T) loop.
+    """
+
+    def literal(T: int, N: int) -> list[int] | None:
+        for i in range(1, T):
+            if len(range(0, T, i)) == N:
+                return sorted(range(0, T, i), reverse=True)
+        return None
+
+    for T in range(1, 120):
+        for N in range(1, T + 2):
+            expected = literal(T, N)
+            try:
+                got: list[int] | None = [int(v) for v in ts.section_timesteps(T, f"ddim{N}")]
+            except ValueError:
+                got = None
+            assert got == expected, (T, N)
+    big = ts.section_timesteps(10**12, "ddim4")
+    assert big.tolist() == [750_000_000_000, 500_000_000_000, 250_000_000_000, 0]
