@@ -35,7 +35,8 @@ One object per target::
         "family": "schedule" | "timesteps" | "oracle" | "single_step" | "distribution"
                   | "invariants" | "load" | "harness",
         "verdict": "pass" | "acceptable" | "fail" | "unsupported" | "skipped",
-        "observed": float | null,                # the worst observed error
+        "observed": float | null,                # the worst observed error ("Infinity" when a call
+                                                 # of the target gave no usable output)
         "tolerance": float | null,               # the bound applied to it
         "message": str,
         "findings": [{"step": int|null, "timestep": int|null, "element": [int, ...]|null,

@@ -1,4 +1,4 @@
-r"""Shared plumbing of the deterministic checks (schedule, timesteps, oracle, single_step).
+r"""Shared plumbing of the checks.
 
 Nothing here decides what is right: expected values come from :mod:`ddspec.conformance.expectation`
 (hence from :mod:`ddspec.reference`) and tolerances from :mod:`ddspec.conformance.tolerances`. This
@@ -13,7 +13,14 @@ module only
   (:func:`output_array`: a tensor of x_t's shape, dtype and device);
 * compares per element against a per-element bound and keeps the worst findings (:class:`Tally`);
 * derives reproducible input seeds (:func:`offset_for`) and the per-step tolerance
-  (:class:`StepTolerance`).
+  (:class:`StepTolerance`);
+* turns a :class:`Tally` into a verdict (:func:`tally_result`), leading with the calls that broke.
+
+The invariant and distribution checks read the target once into a :class:`TargetSetup`
+(:func:`setup_target`) and call its step through :func:`call_step`; their expected values come from
+:func:`reference_or_why` and their rounding allowance from :func:`error_bound` and
+:func:`error_bound_envelope`. Every family that calls the step takes its timesteps from
+:func:`plan_run` (:func:`plan_for` for these two).
 
 Input seeds. Every random tensor is ``ctx.randn(shape, offset)`` with ``offset = offset_for(...)``, a
 CRC-32 of a text key naming the check, the run and the role of the tensor. A finding therefore
@@ -23,6 +30,8 @@ reproduces from ``(seed, offset)`` alone, and the reproduce snippets print the o
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -31,11 +40,20 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.timesteps import check_subsequence
 
 from ..context import CheckContext
-from ..expectation import UnsupportedConvention, zero_snr_original, reference_timesteps, step_pairs
+from ..expectation import (
+    UnsupportedConvention,
+    reference_betas,
+    reference_step,
+    reference_timesteps,
+    step_pairs,
+    step_spec,
+    zero_snr_original,
+)
 from ..protocol import Conventions
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import UNIT_ROUNDOFF, StepSpec, alpha_bar_relative_bound, step_bound, table_roundoff, unit_roundoff
@@ -54,11 +72,28 @@ __all__ = [
     "plan_run",
     "TargetCaller",
     "Tally",
+    "tally_result",
     "StepTolerance",
     "step_tolerance",
     "choose_steps",
     "torch_input",
     "exact_of",
+    "TargetSetup",
+    "elapsed",
+    "setup_target",
+    "step_counts",
+    "MAX_REPRESENTATIVE_STEPS",
+    "representative_steps",
+    "plan_for",
+    "run_variants",
+    "step_positions",
+    "is_learned",
+    "random_predicted_variance",
+    "call_step",
+    "reference_or_why",
+    "error_bound",
+    "error_bound_envelope",
+    "reproduce_call",
 ]
 
 Array = NDArray[np.float64]
@@ -215,7 +250,7 @@ def plan_run(ctx: CheckContext, conv: Conventions, num_steps: int) -> tuple[RunP
     if num_steps > T:
         return None, f"N={num_steps} exceeds num_train_timesteps={T}"
     note = None
-    outcome = ctx.call(ctx.sampler.timesteps, num_steps)
+    outcome = ctx.call(lambda: ctx.sampler.timesteps(num_steps))
     if outcome.ok:
         try:
             raw = outcome.value
@@ -299,6 +334,7 @@ class Tally:
     n_exceeding: int = 0
     n_broken: int = 0
     n_unbounded: int = 0
+    first_broken: str | None = None
     _worst_compared: float = 0.0
     candidates: list[_Candidate] = field(default_factory=list)
 
@@ -362,12 +398,19 @@ class Tally:
     def broken(self, *, step: int | None, timestep: int | None, message: str, info: dict[str, Any] | None = None) -> None:
         """Record a step that gave nothing to compare (the message says why); it counts as a failure."""
         self.n_broken += 1
+        if self.first_broken is None:
+            self.first_broken = message
         self.worst_ratio = float("inf")
         self._keep(float("inf"), Finding(step=step, timestep=timestep, message=message), dict(info or {}))
 
     @property
     def failed(self) -> bool:
         return self.n_broken > 0 or self.worst_ratio > 1.0
+
+    @property
+    def worst_compared_ratio(self) -> float:
+        """The worst ratio among the compared elements (broken steps, which compared nothing, left out)."""
+        return self._worst_compared
 
     def findings(self) -> tuple[Finding, ...]:
         """The worst places, worst first (failures only when the result fails, else the single worst)."""
@@ -383,6 +426,44 @@ class Tally:
         if not self.candidates:
             return None
         return max(self.candidates, key=lambda c: c.ratio).info
+
+
+def tally_result(
+    name: str,
+    family: str,
+    tally: Tally,
+    *,
+    what: str,
+    exceeding: str,
+    within: str,
+    reproduce: str | None,
+    details: dict[str, Any],
+) -> CheckResult:
+    r"""The verdict of a :class:`Tally`: ``fail`` when a step broke or an element left its tolerance.
+
+    The message is ``"<what>: ..."``. A failure leads with the calls that broke (how many, and the
+    first one's reason), then the ``n_exceeding`` elements beyond their tolerance (``exceeding``
+    names them); a pass says ``within``. ``observed`` and ``tolerance`` are those of the worst
+    compared element, except when a call broke: nothing comparable came back there (an unbounded
+    error), so ``observed`` is inf and ``tolerance`` None, and the report cannot read as a success.
+    ``reproduce`` is attached to a failure only.
+    """
+    observed, tolerance = tally.observed, tally.tolerance
+    if tally.failed:
+        parts = []
+        if tally.n_broken:
+            parts.append(f"{tally.n_broken} step call(s) produced no usable output (first: {tally.first_broken})")
+            observed, tolerance = math.inf, None
+        if tally.n_exceeding:
+            parts.append(f"{tally.n_exceeding} {exceeding} (worst ratio {tally.worst_compared_ratio:.3g})")
+        message = f"{what}: " + "; ".join(parts)
+    else:
+        message = f"{what}: {within} (worst ratio {tally.worst_ratio:.3g})"
+    return CheckResult(
+        name=name, family=family, verdict=Verdict.FAIL if tally.failed else Verdict.PASS,
+        observed=observed, tolerance=tolerance, message=message, findings=tally.findings(),
+        reproduce=reproduce if tally.failed else None, details=details,
+    )
 
 
 # -- per-step tolerance ------------------------------------------------------------------------------
@@ -487,3 +568,252 @@ def torch_input(ctx: CheckContext, values: np.ndarray) -> tuple[torch.Tensor, np
 def exact_of(tensor: torch.Tensor) -> np.ndarray:
     """The float64 numpy value of a tensor the target was given (exact: float64 holds every narrower float)."""
     return tensor.detach().to("cpu", torch.float64).numpy().copy()
+
+
+# -- the invariant and distribution checks' view of the target --------------------------------------
+
+#: The largest step count of the runs whose single steps the invariant and step-moment checks call
+#: (the profile's largest N up to this).
+MAX_REPRESENTATIVE_STEPS = 50
+
+
+@dataclass(frozen=True)
+class TargetSetup:
+    r"""What every invariant and distribution check needs to know about the target, read once.
+
+    ``betas``/``alpha_bar`` are the *reference's* tables for the declared schedule (expected values
+    always come from the reference); ``delta[t]`` bounds the relative error of the *target's* ᾱ_t
+    (:func:`ddspec.conformance.tolerances.alpha_bar_relative_bound`, with the table's dtype read off
+    the target's own table, and never narrower than the compute dtype: ``u_table``). ``hung`` records
+    a timed-out call, after which the check calls the target no more.
+    """
+
+    sampler: Any
+    conv: Conventions
+    betas: Array
+    alpha_bar: Array
+    u_compute: float
+    u_table: float
+    delta: Array
+    table_note: str
+    hung: list[str] = field(default_factory=list, compare=False)
+
+    def ab(self, t: int) -> float:
+        """ᾱ at index t (1 at t = −1, the data)."""
+        return 1.0 if t < 0 else float(self.alpha_bar[t])
+
+    def delta_at(self, t: int) -> float:
+        """Relative error bound of the target's ᾱ_t (0 at t = −1: an exact 1)."""
+        return 0.0 if t < 0 else float(self.delta[t])
+
+
+def elapsed(start: float) -> float:
+    """Seconds since ``start`` (a :func:`time.perf_counter` value), at least 1 ns."""
+    return max(time.perf_counter() - start, 1e-9)
+
+
+def setup_target(ctx: Any, name: str, family: str) -> TargetSetup | CheckResult:
+    r"""Read the target's conventions and tables; a ``fail``/``unsupported`` result named ``name``
+    when that is impossible."""
+    start = time.perf_counter()
+    outcome = ctx.call(lambda: ctx.sampler.conventions)
+    if not outcome.ok:
+        return CheckResult(name=name, family=family, verdict=Verdict.FAIL,
+                           message=f"could not read the target's conventions: {outcome.describe()}",
+                           duration_s=elapsed(start))
+    conv = outcome.value
+    if not isinstance(conv, Conventions):
+        return CheckResult(name=name, family=family, verdict=Verdict.FAIL,
+                           message=f"the target's conventions are a {type(conv).__name__}, not a Conventions",
+                           duration_s=elapsed(start))
+    if conv.unsupported:
+        return CheckResult(name=name, family=family, verdict=Verdict.UNSUPPORTED,
+                           message="the adapter could not interpret: " + "; ".join(conv.unsupported),
+                           duration_s=elapsed(start))
+    try:
+        betas = reference_betas(conv)
+    except ValueError as exc:  # UnsupportedConvention included
+        return CheckResult(name=name, family=family, verdict=Verdict.UNSUPPORTED,
+                           message=f"no reference schedule for the declared conventions: {exc}",
+                           duration_s=elapsed(start))
+    u_compute = unit_roundoff(ctx.dtype)
+    table = ctx.call(lambda: np.asarray(ctx.sampler.alphas_cumprod(), dtype=np.float64))
+    if table.ok and table.value.shape == betas.shape and np.all(np.isfinite(table.value)):
+        u_tab = table_roundoff(table.value)
+        note = f"target's alpha_bar table read as exact in a dtype of unit roundoff {u_tab:.3g}"
+    else:
+        u_tab = u_compute
+        note = "target's alpha_bar table unreadable (see the schedule checks); assumed stored in the compute dtype"
+    u_table = max(u_tab, u_compute)
+    delta = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
+    return TargetSetup(ctx.sampler, conv, betas, ref_alphas.alpha_bar(betas), u_compute, u_table, delta, note)
+
+
+def step_counts(ctx: Any, setup: TargetSetup) -> list[int]:
+    """The profile's step counts that the target can run (N ≤ T)."""
+    T = setup.conv.num_train_timesteps
+    return [int(n) for n in ctx.steps if 1 <= int(n) <= T]
+
+
+def representative_steps(ctx: Any, setup: TargetSetup) -> int | None:
+    """The largest profile N ≤ :data:`MAX_REPRESENTATIVE_STEPS` (else the smallest N), or None."""
+    counts = step_counts(ctx, setup)
+    if not counts:
+        return None
+    small = [n for n in counts if n <= MAX_REPRESENTATIVE_STEPS]
+    return max(small) if small else min(counts)
+
+
+def plan_for(ctx: Any, setup: TargetSetup, num_steps: int) -> tuple[RunPlan | None, str | None, str | None]:
+    r"""``(plan, note, None)`` for an N-step run of the invariant and distribution checks, or
+    ``(None, None, why)`` when it cannot be run.
+
+    The timesteps are the target's own when they are a valid subsequence, else the declared rule's
+    from the reference (:func:`plan_run`): these checks judge the step, and a wrong sequence is the
+    timesteps check's to report, not theirs. ``note`` says so for such a run, naming that check.
+    """
+    plan, why = plan_run(ctx, setup.conv, num_steps)
+    if plan is None:
+        return None, None, why
+    note = None
+    if plan.source != "target":
+        note = f"N={num_steps}: {plan.note} (reported by timesteps.sequence.N={num_steps})"
+    return plan, note, None
+
+
+def run_variants(ctx: Any, setup: TargetSetup) -> list[tuple[str, float]]:
+    """(label, η): every profile η for DDIM; the declared variance for DDPM (η unused)."""
+    if setup.conv.family == "ddim":
+        return [(f"ddim_eta={eta:g}", float(eta)) for eta in ctx.settings.etas]
+    return [(f"ddpm_{setup.conv.variance_type}", 0.0)]
+
+
+def step_positions(num: int) -> list[int]:
+    """First, middle and last step of a run of ``num`` steps."""
+    return sorted({0, num // 2, num - 1})
+
+
+def is_learned(conv: Conventions) -> bool:
+    """Whether the declared variance is a model output (DDPM ``learned`` / ``learned_range``)."""
+    return conv.family == "ddpm" and conv.variance_type in ("learned", "learned_range")
+
+
+def random_predicted_variance(ctx: Any, conv: Conventions, shape: tuple[int, ...], offset: int) -> torch.Tensor | None:
+    r"""A model variance output for the learned types (in the target's dtype and device), else None.
+
+    ``learned_range``: :math:`v = \tanh(g) \in (-1, 1)` (the interpolation fraction is (v+1)/2);
+    ``learned`` (diffusers' meaning, a variance): :math:`10^{-2} e^{g/2}`. g ~ N(0, 1) from ``seed + offset``.
+    """
+    if not is_learned(conv):
+        return None
+    g = ctx.randn(shape, offset, dtype=torch.float64, device="cpu")
+    pv = torch.tanh(g) if conv.variance_type == "learned_range" else 1e-2 * torch.exp(0.5 * g)
+    return pv.to(device=ctx.device, dtype=ctx.dtype)
+
+
+def call_step(
+    ctx: Any,
+    setup: TargetSetup,
+    model_output: torch.Tensor,
+    t: int,
+    x_t: torch.Tensor,
+    num_steps: int,
+    eta: float,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    predicted_variance: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, str | None]:
+    """One call of the target's step through ``ctx.call``: (output tensor, None) or (None, why not).
+
+    After a call has timed out, later calls of the same check are not made (the abandoned call may
+    still be running and changing the target): they return the timeout again at once.
+    """
+    if setup.hung:
+        return None, f"not called: {setup.hung[0]}"
+    outcome = ctx.call(
+        lambda: setup.sampler.step(
+            model_output, int(t), x_t, num_steps=int(num_steps), eta=float(eta), noise=noise,
+            generator=generator, predicted_variance=predicted_variance,
+        )
+    )
+    if not outcome.ok:
+        why = f"step(t={t}, num_steps={num_steps}, eta={eta:g}) failed: {outcome.describe()}"
+        if outcome.timed_out:
+            setup.hung.append(f"an earlier call timed out ({why})")
+        return None, why
+    if not isinstance(outcome.value, torch.Tensor):
+        return None, f"step(t={t}, num_steps={num_steps}, eta={eta:g}) returned {type(outcome.value).__name__}, not a tensor"
+    return outcome.value, None
+
+
+def reference_or_why(
+    setup: TargetSetup, model_output: Array, t: int, t_prev: int, x_t: Array, eta: float,
+    noise: Array | None, predicted_variance: Array | None,
+) -> tuple[Any, str | None]:
+    r"""The reference step (float64) for the declared conventions: (StepResult, None) or (None, why).
+
+    ``noise=None`` is replaced by zeros, so that ``prev_sample`` is the mean; ``variance`` is σ² (or
+    the DDPM variance), 0 where the step is deterministic.
+    """
+    z = np.zeros_like(x_t) if noise is None else noise
+    try:
+        res = reference_step(
+            setup.conv, setup.betas, model_output=model_output, t=t, t_prev=t_prev, x_t=x_t,
+            noise=z, eta=eta, predicted_variance=predicted_variance,
+        )
+    except SingularError as exc:
+        return None, f"singular: {exc}"
+    except ValueError as exc:  # UnsupportedConvention included
+        return None, f"unsupported: {exc}"
+    return res, None
+
+
+def error_bound(
+    setup: TargetSetup, eta: float, t: int, t_prev: int, model_output: Array, x_t: Array,
+    noise: Array | None, predicted_variance: Array | None,
+) -> Array:
+    r"""Per-element error bound of one step (:func:`ddspec.conformance.tolerances.step_bound`).
+
+    The rounding term is charged at ``u_table`` = max(unit roundoff of the target's table dtype,
+    of the compute dtype), not at the compute dtype alone: a target may form its coefficients
+    (1 − ᾱ, square roots, σ) in its table's dtype even when the step runs in a wider one (diffusers
+    does, in float32, in a float64 run). The invariant and distribution families test laws and
+    contracts, not precision (the ``single_step`` checks judge precision), so they take the coarser
+    of the two.
+    """
+    return step_bound(
+        step_spec(setup.conv, eta),
+        alpha_bar_t=setup.ab(t), alpha_bar_prev=setup.ab(t_prev),
+        delta_t=setup.delta_at(t), delta_prev=setup.delta_at(t_prev),
+        model_output=model_output, x_t=x_t, noise=noise, predicted_variance=predicted_variance,
+        u_compute=setup.u_table,
+    ).bound
+
+
+def error_bound_envelope(
+    setup: TargetSetup, eta: float, t: int, t_prev: int, model_output: Array, x_t: Array,
+    z_max: float, predicted_variance: Array | None,
+) -> Array:
+    r"""A per-element bound valid for *every* noise value :math:`|z| \le z_{\max}`.
+
+    :func:`~ddspec.conformance.tolerances.step_bound` is a sum of terms of the form
+    :math:`|a + c z|` (and :math:`|z|`); since :math:`|a + c z| \le |a| + |c| z_{\max}
+    \le |a + c z_{\max}| + |a - c z_{\max}|`, the sum of the bounds at :math:`z = \pm z_{\max}` bounds
+    the error at every :math:`|z| \le z_{\max}` (conservative by at most a factor 2).
+    """
+    zp = np.full_like(x_t, z_max)
+    return (error_bound(setup, eta, t, t_prev, model_output, x_t, zp, predicted_variance)
+            + error_bound(setup, eta, t, t_prev, model_output, x_t, -zp, predicted_variance))
+
+
+def reproduce_call(module: str, function: str, result_name: str, ctx: Any) -> str:
+    r"""A snippet that reruns ``checks.<module>.<function>`` with the run's context and picks ``result_name``."""
+    return (
+        "from ddspec.conformance.context import CheckContext\n"
+        f"from ddspec.conformance.checks.{module} import {function}\n"
+        "# sampler = the target (a Sampler, or ddspec.conformance.adapters.adapt(<scheduler>))\n"
+        f"ctx = CheckContext(sampler, device={str(ctx.device)!r}, dtype={ctx.dtype_name!r}, "
+        f"profile={ctx.profile!r}, seed={ctx.seed})\n"
+        f"[r for r in {function}(ctx) if r.name == {result_name!r}]"
+    )

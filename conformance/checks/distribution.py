@@ -60,20 +60,29 @@ Statistics (``docs/statistics.md``; every test is one of :mod:`ddspec.conformanc
 * **Gaussianity.** The mean (z) and variance (χ²) tests are exact for Gaussian draws; a step given
   its inputs is exactly Gaussian, and so is the run output with the Gaussian oracle.
 * **Clipping and thresholding.** With ``clip_sample`` or ``thresholding`` the run output is not
-  Gaussian in general. The run check then uses a smaller oracle, mean r·(0.1, −0.1, 0.05, 0) and
-  standard deviation 0.1·r (r = ``clip_sample_range``, or 1 for thresholding, where every
+  Gaussian in general. The run check then uses a smaller oracle, mean λ r·(0.1, −0.1, 0.05, 0) and
+  standard deviation 0.1 λ r (r = ``clip_sample_range``, or 1 for thresholding, where every
   :math:`|\hat x_0| \le 1` makes the threshold s = 1 and the operation the identity). x̂₀* is affine in
-  x_t and x_t's law at every step is known (the same propagation), so the probability that any
-  chain's x̂₀ leaves [−r, r] at any step (less a margin for the target's rounding of x̂₀) is computed
-  by the normal tail and charged to the ledger; if it exceeds 1 % of α the result is ``skipped``.
+  x_t and x_t's law at every step is known (the same propagation), so a union bound on the chance
+  that some chain's x̂₀ leaves [−r, r] at some step (less a margin for the target's rounding of x̂₀)
+  follows from the normal tails. Per step count, λ is the largest of :data:`CLIP_DATA_SCALES`
+  (1 down to 0.01) whose bound is at most 1 % of α over the step counts; that bound is charged to
+  the ledger. A smaller λ is needed where a run's state is wider than the marginal its data law
+  implies: N = 1 with leading spacing is one step from t = 0 starting at N(0, I), and DDPM's
+  ``fixed_large`` variance widens every later state. λ depends on the configuration only, never on
+  the draws. If no λ fits, that step count is ``skipped`` with the bound (or with the reason it
+  cannot be bounded: the rounding margin leaves no room inside ±r).
 * **Flakes.** Every random stream is a function of ``ctx.seed`` (inputs from
   :meth:`~ddspec.conformance.context.CheckContext.randn`, the target's noise from
   :meth:`~ddspec.conformance.context.CheckContext.generator`), so a check is deterministic for a
   given target, device and seed; α is the probability that a seed is unlucky for a correct target.
 
 Targets are run on ``ctx.device``; only the test statistics are computed on the CPU, in float64.
-The reference always uses the *target's own* timesteps (a wrong subsequence is reported by the
-``timesteps`` checks); its β and ᾱ are those of the declared schedule.
+The runs use the target's own timesteps where they form a valid subsequence, else the declared
+rule's from the reference (``details["timesteps_source"]``, and a note naming the
+``timesteps.sequence.N=<N>`` check that reports the wrong sequence); β and ᾱ are those of the
+declared schedule. A call that raises, hangs or returns no tensor of the right shape fails the
+result, and its message leads with it; ``observed`` is then inf.
 """
 
 from __future__ import annotations
@@ -93,27 +102,29 @@ from ddspec.reference.oracles import IsotropicGaussian, gaussian_run_output, gau
 
 from .. import expectation, stats, tolerances
 from ..results import CheckResult, Finding, Verdict
-from .invariants import (
-    _Setup,
-    _bound,
-    _bound_envelope,
-    _call_step,
-    _elapsed,
-    _learned,
-    _np64,
-    _pairs,
-    _positions,
-    _predicted_variance,
-    _reference,
-    _representative_steps,
-    _reproduce,
-    _setup,
-    _step_counts,
-    _timesteps,
-    _variants,
+from ._common import (
+    RunPlan,
+    TargetSetup,
+    call_step,
+    elapsed,
+    error_bound,
+    error_bound_envelope,
+    exact_of,
+    is_learned,
+    plan_for,
+    random_predicted_variance,
+    reference_or_why,
+    representative_steps,
+    reproduce_call,
+    run_variants,
+    setup_target,
+    step_counts,
+    step_positions,
 )
 
-__all__ = ["CHECKS", "check_step_moments", "check_run_output_distribution", "DATA_DIM", "data_oracle"]
+__all__ = [
+    "CHECKS", "check_step_moments", "check_run_output_distribution", "DATA_DIM", "CLIP_DATA_SCALES", "data_oracle",
+]
 
 Array = NDArray[np.float64]
 FAMILY = "distribution"
@@ -128,6 +139,9 @@ _CLIP_SD = 0.1  # times r
 MAX_RUN_STEPS = 50
 #: The clipping tail may use at most this fraction of a result's false-failure rate.
 CLIP_TAIL_FRACTION = 0.01
+#: Scales of the clipped data law tried for a run, largest first (``data_oracle(r, scale)``): 1 down
+#: to 0.01 in steps of 10^(1/4). The largest whose clipping tail fits the budget is used.
+CLIP_DATA_SCALES: tuple[float, ...] = tuple(10.0 ** (-k / 4) for k in range(9))
 _Z_MEAN = 2.0  # |z| envelope for the mean and RMS of the per-draw bounds
 _Z_MAX = 9.0  # |z| envelope for every single draw
 _PHI0 = 1.0 / math.sqrt(2.0 * math.pi)  # max of the standard normal density
@@ -163,6 +177,18 @@ class _Account:
         })
 
 
+def _add_worst(acc: _Account, ratio: Array, where: dict[str, Any], coords: NDArray[np.int64],
+               coord_shape: tuple[int, ...], describe: Any) -> None:
+    r"""Findings for the (at most 3) worst tested coordinates whose observed/allowed ``ratio`` exceeds 1;
+    ``describe(i)`` gives ``(expected, got, tolerance, message)`` of the i-th tested coordinate."""
+    for i in np.argsort(-ratio)[:3]:
+        if ratio[i] > 1.0:
+            expected, got, tolerance, message = describe(int(i))
+            acc.findings.append((float(ratio[i]), Finding(
+                step=where.get("step"), timestep=where.get("timestep"), element=_element(int(coords[i]), coord_shape),
+                expected=expected, got=got, tolerance=tolerance, message=f"{where['what']}: {message}")))
+
+
 def _mean_part(acc: _Account, draws: Array, mu: Array, var: Array, alpha: float, allowance: Array,
                name: str, where: dict[str, Any], coords: NDArray[np.int64], coord_shape: tuple[int, ...]) -> None:
     r"""z-test of the mean, widened by ``allowance``: pass iff :math:`|\bar x - \mu| \le z\sigma/\sqrt n + b`."""
@@ -178,15 +204,10 @@ def _mean_part(acc: _Account, draws: Array, mu: Array, var: Array, alpha: float,
              f"|mean - mu| <= z*sd/sqrt(n) + allowance; worst coordinate {j}: {dev[j]:.4g} vs {allowed[j]:.4g}")
     acc.add(replace(r, passed=passed), float(ratio[j]), float(allowance.max()), extra)
     if not passed:
-        for i in np.argsort(-ratio)[:3]:
-            if ratio[i] > 1.0:
-                acc.findings.append((float(ratio[i]), Finding(
-                    step=where.get("step"), timestep=where.get("timestep"),
-                    element=_element(int(coords[i]), coord_shape), expected=float(mu[i]),
-                    got=float(draws[:, i].mean()), tolerance=float(allowed[i]),
-                    message=f"{where['what']}: mean of {n} draws is {dev[i] / math.sqrt(var[i] / n):.3g} standard "
-                            f"errors from the reference mean (allowed {crit:.3g} + rounding)",
-                )))
+        _add_worst(acc, ratio, where, coords, coord_shape, lambda i: (
+            float(mu[i]), float(draws[:, i].mean()), float(allowed[i]),
+            f"mean of {n} draws is {dev[i] / math.sqrt(var[i] / n):.3g} standard errors from the reference mean "
+            f"(allowed {crit:.3g} + rounding)"))
 
 
 def _variance_part(acc: _Account, draws: Array, var: Array, alpha: float, allowance: Array,
@@ -209,17 +230,15 @@ def _variance_part(acc: _Account, draws: Array, var: Array, alpha: float, allowa
     extra = (f"; widened by the rounding allowance (max {float(allowance.max()):.3g}) on the standard deviation: "
              f"worst coordinate {j}: sd {sd[j]:.4g}, allowed [{sd_lo[j]:.4g}, {sd_hi[j]:.4g}]")
     acc.add(replace(r, passed=passed), float(ratio[j]), float(allowance.max()), extra)
+
+    def describe(i: int) -> tuple[float, float, float, str]:
+        limit = sd_hi[i] if sd[i] >= sd0[i] else sd_lo[i]
+        return (float(var[i]), float(sd[i] ** 2), float(abs(limit**2 - var[i])),
+                f"variance of {n} draws is {sd[i] ** 2 / var[i]:.4g} times the reference variance "
+                f"(allowed [{(sd_lo[i] / sd0[i]) ** 2:.4g}, {(sd_hi[i] / sd0[i]) ** 2:.4g}])")
+
     if not passed:
-        for i in np.argsort(-ratio)[:3]:
-            if ratio[i] > 1.0:
-                limit = sd_hi[i] if sd[i] >= sd0[i] else sd_lo[i]
-                acc.findings.append((float(ratio[i]), Finding(
-                    step=where.get("step"), timestep=where.get("timestep"),
-                    element=_element(int(coords[i]), coord_shape), expected=float(var[i]), got=float(sd[i] ** 2),
-                    tolerance=float(abs(limit**2 - var[i])),
-                    message=f"{where['what']}: variance of {n} draws is {sd[i] ** 2 / var[i]:.4g} times the reference "
-                            f"variance (allowed [{(sd_lo[i] / sd0[i]) ** 2:.4g}, {(sd_hi[i] / sd0[i]) ** 2:.4g}])",
-                )))
+        _add_worst(acc, ratio, where, coords, coord_shape, describe)
 
 
 def _dkw_part(acc: _Account, u: Array, alpha: float, shift: float, name: str, where: dict[str, Any],
@@ -247,8 +266,15 @@ def _element(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 def _verdict_result(
     ctx: Any, name: str, function: str, start: float, acc: _Account, *, message_ok: str, message_fail: str,
     notes: list[str], details: dict[str, Any], checked: int, consequence: str | None,
-    fatal: list[Finding],
+    fatal: list[Finding], broken: list[Finding],
 ) -> CheckResult:
+    r"""The result of one distribution check: ``fail`` on any finding, ``skipped`` when nothing was
+    checked, else ``pass`` (``acceptable`` under a declared variant).
+
+    ``broken`` are the calls that gave no usable output (raised, hung, a non-tensor or a wrong shape):
+    a failure's message leads with them. ``fatal`` are contract violations without a statistic (a
+    non-finite draw, noise where the reference has none). Either makes ``observed`` inf.
+    """
     details = dict(details)
     details.update({
         "false_failure_rate": acc.ledger.budget,
@@ -257,21 +283,28 @@ def _verdict_result(
         "ledger": acc.ledger.format().splitlines(),
         "notes": notes,
     })
-    findings = fatal + [f for _, f in sorted(acc.findings, key=lambda p: -p[0])]
-    if fatal:
+    violations = fatal + [f for _, f in sorted(acc.findings, key=lambda p: -p[0])]
+    if fatal or broken:
         acc.worst = math.inf  # a crash, a non-finite output or noise where there must be none
     suffix = (" Notes: " + "; ".join(notes[:2]) + ("; ..." if len(notes) > 2 else "")) if notes else ""
     common = dict(name=name, family=FAMILY, observed=acc.worst, tolerance=1.0, details=details,
-                  reproduce=_reproduce("distribution", function, name, ctx))
-    if findings:
-        return CheckResult(verdict=Verdict.FAIL, message=message_fail + ": " + findings[0].message + "." + suffix,
-                           findings=tuple(findings), consequence=consequence, duration_s=_elapsed(start), **common)
+                  reproduce=reproduce_call("distribution", function, name, ctx))
+    if broken or violations:
+        parts = []
+        if broken:
+            parts.append(f"{len(broken)} call(s) of the target's step gave no usable output, so their draws "
+                         f"could not be tested: {broken[0].message}")
+        if violations:
+            parts.append(message_fail + ": " + violations[0].message)
+        return CheckResult(verdict=Verdict.FAIL, message="; ".join(parts) + "." + suffix,
+                           findings=tuple(broken + violations), consequence=consequence, duration_s=elapsed(start),
+                           **common)
     if checked == 0:
         return CheckResult(name=name, family=FAMILY, verdict=Verdict.SKIPPED,
-                           message="nothing could be checked." + suffix, details=details, duration_s=_elapsed(start))
+                           message="nothing could be checked." + suffix, details=details, duration_s=elapsed(start))
     verdict = Verdict.ACCEPTABLE if consequence else Verdict.PASS
     return CheckResult(verdict=verdict, message=message_ok + suffix, consequence=consequence,
-                       duration_s=_elapsed(start), **common)
+                       duration_s=elapsed(start), **common)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -280,7 +313,7 @@ def _verdict_result(
 
 
 def _step_inputs(
-    ctx: Any, setup: _Setup, t: int, shape: tuple[int, ...], position: int
+    ctx: Any, setup: TargetSetup, t: int, shape: tuple[int, ...], position: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     r"""One plausible (x_t, model output, predicted variance) at index t, shape ``(1, *shape)``.
 
@@ -302,7 +335,7 @@ def _step_inputs(
     else:
         eps_hat = parameterisation.predict_eps_from_x0(x_t, x0_hat, t, betas)
         mo = eps_hat if pt == "epsilon" else parameterisation.v_from_x0_eps(x0_hat, eps_hat, t, betas)
-    pv = _predicted_variance(ctx, setup.conv, (1,) + shape, _OFF_SM_PV + 4 * position)
+    pv = random_predicted_variance(ctx, setup.conv, (1,) + shape, _OFF_SM_PV + 4 * position)
     return ctx.to_target(x_t), ctx.to_target(mo), pv
 
 
@@ -320,41 +353,42 @@ def check_step_moments(ctx: Any) -> list[CheckResult]:
       of μ (no statistics, no α).
     """
     base, start = "distribution.step_moments", time.perf_counter()
-    setup = _setup(ctx, base, FAMILY)
+    setup = setup_target(ctx, base, FAMILY)
     if isinstance(setup, CheckResult):
         return [setup]
-    n_steps = _representative_steps(ctx, setup)
+    n_steps = representative_steps(ctx, setup)
     if n_steps is None:
-        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=_elapsed(start),
+        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=elapsed(start),
                             message=f"no profile step count N <= T = {setup.conv.num_train_timesteps}")]
-    ts, err = _timesteps(ctx, setup, n_steps)
-    if ts is None:
-        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=_elapsed(start),
-                            message=f"cannot run the target: {err}")]
-    pairs = _pairs(setup, ts)
+    run, note, why = plan_for(ctx, setup, n_steps)
+    if run is None:
+        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=elapsed(start),
+                            message=f"cannot run the target: {why}")]
     return [
-        _step_moments_variant(ctx, setup, f"{base}.{label}", vi, eta, n_steps, pairs)
-        for vi, (label, eta) in enumerate(_variants(ctx, setup))
+        _step_moments_variant(ctx, setup, f"{base}.{label}", vi, eta, n_steps, list(run.pairs), run.source, note)
+        for vi, (label, eta) in enumerate(run_variants(ctx, setup))
     ]
 
 
 def _step_moments_variant(
-    ctx: Any, setup: _Setup, name: str, vi: int, eta: float, n_steps: int, pairs: list[tuple[int, int]]
+    ctx: Any, setup: TargetSetup, name: str, vi: int, eta: float, n_steps: int, pairs: list[tuple[int, int]],
+    source: str, note: str | None,
 ) -> CheckResult:
     start = time.perf_counter()
     n = int(ctx.settings.n_single_step_draws)
     shape = tuple(int(s) for s in ctx.settings.sample_shape[1:])
     alpha = float(ctx.settings.false_failure_rate)
-    notes: list[str] = []
+    notes: list[str] = [note] if note else []
     fatal: list[Finding] = []
+    broken: list[Finding] = []
 
     plan = []
-    for pi, k in enumerate(_positions(len(pairs))):
+    for pi, k in enumerate(step_positions(len(pairs))):
         t, tp = pairs[k]
         x1, mo1, pv1 = _step_inputs(ctx, setup, t, shape, pi)
-        x64, mo64 = _np64(x1), _np64(mo1)
-        pv64 = None if pv1 is None else _np64(pv1)
-        ref, why = _reference(setup, mo64, t, tp, x64, eta, None, pv64)
+        x64, mo64 = exact_of(x1), exact_of(mo1)
+        pv64 = None if pv1 is None else exact_of(pv1)
+        ref, why = reference_or_why(setup, mo64, t, tp, x64, eta, None, pv64)
         if ref is None:
             notes.append(f"step {k} (t={t} -> {tp}): skipped, reference {why}")
             continue
@@ -372,14 +406,14 @@ def _step_moments_variant(
         xb = x1.expand((n,) + shape).contiguous()
         mob = mo1.expand((n,) + shape).contiguous()
         pvb = None if pv1 is None else pv1.expand((n,) + shape).contiguous()
-        out, err = _call_step(ctx, setup, mob, t, xb, n_steps, eta,
-                              generator=ctx.generator(_OFF_SM_GEN + 4 * vi + pi), predicted_variance=pvb)
+        out, err = call_step(ctx, setup, mob, t, xb, n_steps, eta,
+                             generator=ctx.generator(_OFF_SM_GEN + 4 * vi + pi), predicted_variance=pvb)
         if err is None and tuple(out.shape) != (n,) + shape:
             err = f"output shape {tuple(out.shape)}, expected {(n,) + shape}"
         if err is not None:
-            fatal.append(Finding(step=k, timestep=t, message=f"{where['what']}: {err}"))
+            broken.append(Finding(step=k, timestep=t, message=f"{where['what']}: {err}"))
             continue
-        draws = _np64(out).reshape(n, -1)
+        draws = exact_of(out).reshape(n, -1)
         bad = ~np.isfinite(draws)
         if bad.any():
             j = int(np.flatnonzero(bad.any(axis=0))[0])
@@ -388,7 +422,7 @@ def _step_moments_variant(
             continue
         det = var == 0.0
         if det.any():
-            bound = _bound(setup, eta, t, tp, mo64, x64, None, pv64).reshape(-1)
+            bound = error_bound(setup, eta, t, tp, mo64, x64, None, pv64).reshape(-1)
             spread = np.any(draws[:, det] != draws[0, det], axis=0)
             if spread.any():
                 j = int(np.flatnonzero(det)[int(np.argmax(spread))])
@@ -414,7 +448,7 @@ def _step_moments_variant(
         sto = ~det
         if sto.any():
             coords = np.flatnonzero(sto)
-            env = _bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, pv64).reshape(-1)[sto]
+            env = error_bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, pv64).reshape(-1)[sto]
             label = f"{name}/N={n_steps}/step={k}/t={t}"
             _mean_part(acc, draws[:, sto], mu[sto], var[sto], alpha_each, env,
                        f"{label}/mean", where, coords, shape)
@@ -423,7 +457,7 @@ def _step_moments_variant(
     consequence = expectation.final_step_consequence(setup.conv, setup.betas)
     tested = ", ".join(f"{p['step']} (t={p['t']}, {p['kind']})" for p in positions)
     details = {
-        "num_steps": n_steps, "eta": eta, "draws": n, "positions": positions,
+        "num_steps": n_steps, "timesteps_source": source, "eta": eta, "draws": n, "positions": positions,
         "alpha_per_test": alpha_each if n_stat else None,
         "bonferroni": f"alpha {alpha:g} split equally over {n_stat} tests (mean and variance of each stochastic step)",
         "rounding_allowance": "tolerances.step_bound at |z| = 2 (sum of the bounds at z = +2 and z = -2); "
@@ -438,6 +472,7 @@ def _step_moments_variant(
                     f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}{detect}."),
         message_fail=f"x_prev from a fixed x_t over {n} draws (N={n_steps}) departs from the reference law",
         notes=notes, details=details, checked=len(positions), consequence=consequence, fatal=fatal,
+        broken=broken,
     )
 
 
@@ -446,17 +481,26 @@ def _step_moments_variant(
 # ---------------------------------------------------------------------------------------------------
 
 
-def data_oracle(clip_range: float | None = None) -> IsotropicGaussian:
+def data_oracle(clip_range: float | None = None, scale: float = 1.0) -> IsotropicGaussian:
     r"""The Gaussian data law of the run check.
 
-    Without clipping: mean (0.5, −0.5, 0.25, 0), variance 0.25 per coordinate. With a clip range r:
-    mean r·(0.1, −0.1, 0.05, 0) and standard deviation 0.1 r, so that x̂₀* stays in [−r, r] with
-    overwhelming probability (the tail is computed, not assumed: see the module docstring).
+    Without clipping: mean (0.5, −0.5, 0.25, 0), variance 0.25 per coordinate (``scale`` unused).
+    With a clip range r: mean λ r·(0.1, −0.1, 0.05, 0) and standard deviation 0.1 λ r, λ = ``scale``
+    in (0, 1], so that x̂₀* stays in [−r, r] with overwhelming probability (the tail is computed,
+    not assumed, and λ chosen per run: see the module docstring).
+
+    Raises:
+        ValueError: ``clip_range`` not > 0, or ``scale`` not in (0, 1].
     """
     if clip_range is None:
         return IsotropicGaussian(_DATA_MEAN.copy(), np.full(DATA_DIM, _DATA_VARIANCE))
     r = float(clip_range)
-    return IsotropicGaussian(r * _CLIP_MEAN, np.full(DATA_DIM, (_CLIP_SD * r) ** 2))
+    if not r > 0:
+        raise ValueError(f"clip_range={clip_range!r}: must be > 0")
+    lam = float(scale)
+    if not 0.0 < lam <= 1.0:
+        raise ValueError(f"scale={scale!r}: must be in (0, 1]")
+    return IsotropicGaussian(lam * r * _CLIP_MEAN, np.full(DATA_DIM, (lam * _CLIP_SD * r) ** 2))
 
 
 def _affine(oracle: IsotropicGaussian, betas: Array, t: int, prediction_type: str) -> tuple[Array, Array]:
@@ -467,19 +511,20 @@ def _affine(oracle: IsotropicGaussian, betas: Array, t: int, prediction_type: st
     return f(np.ones(oracle.dim), t, betas) - b, b
 
 
-def _run_schedule(ctx: Any, setup: _Setup) -> list[int]:
+def _run_schedule(ctx: Any, setup: TargetSetup) -> list[int]:
     """Smallest, middle and largest profile step counts ≤ :data:`MAX_RUN_STEPS`."""
-    counts = [n for n in _step_counts(ctx, setup) if n <= MAX_RUN_STEPS] or _step_counts(ctx, setup)[:1]
+    counts = [n for n in step_counts(ctx, setup) if n <= MAX_RUN_STEPS] or step_counts(ctx, setup)[:1]
     if not counts:
         return []
     return sorted({counts[0], counts[len(counts) // 2], counts[-1]})
 
 
 def _clip_tail(
-    ctx: Any, setup: _Setup, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]],
+    ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]],
     eta: float, variance_type: str, n: int,
 ) -> float:
-    r"""Upper bound on P(some chain's computed x̂₀ leaves [−r, r] at some step).
+    r"""Union bound on the chance that some chain's computed x̂₀ leaves [−r, r] at some step (a
+    probability bound only when ≤ 1; it may exceed 1).
 
     x_t ~ N(m_k, v_k) per coordinate at step k (propagated exactly by
     :func:`~ddspec.reference.oracles.gaussian_step_map` from N(0, I)); x̂₀* = a₀ x_t + b₀; the target's
@@ -528,6 +573,41 @@ def _clip_tail(
     return total
 
 
+def _clipped_oracle(
+    ctx: Any, setup: TargetSetup, r: float, pairs: list[tuple[int, int]], eta: float, variance_type: str,
+    n: int, limit: float,
+) -> tuple[IsotropicGaussian | None, float, float, str | None]:
+    r"""The clipped run's data law: ``(oracle, scale, tail, None)`` for the largest scale of
+    :data:`CLIP_DATA_SCALES` whose clipping tail (:func:`_clip_tail`) is at most ``limit``, else
+    ``(None, smallest scale, its tail, why)``.
+
+    Why a smaller scale helps: x̂₀* = a₀ x_t + b₀ with a₀ = √ᾱ s²/(ᾱ s² + 1 − ᾱ) for data N(μ, s²).
+    When a run's state is wider than the marginal the data law implies (it starts from N(0, I)
+    whatever the first timestep: N = 1 with leading spacing is one step from t = 0; DDPM's
+    ``fixed_large`` variance β' > β̃' widens every later state), x̂₀'s spread a₀ √v exceeds s, and
+    only a smaller s, hence a smaller a₀, keeps x̂₀ inside ±r. λ is chosen from the configuration
+    alone (never from the draws), so the false-failure bound of the union argument stands.
+    """
+    tail = math.inf
+    for scale in CLIP_DATA_SCALES:
+        oracle = data_oracle(r, scale)
+        tail = _clip_tail(ctx, setup, oracle, r, pairs, eta, variance_type, n)
+        if tail <= limit:
+            return oracle, scale, tail, None
+    smallest = CLIP_DATA_SCALES[-1]
+    tried = f"data scales {CLIP_DATA_SCALES[0]:g} to {smallest:g} of the clipped law tried"
+    if math.isinf(tail):
+        return None, smallest, tail, (
+            f"x0 is clipped/thresholded to +-{r:g}, and at some step the margin for the target's rounding of x0 in "
+            f"{ctx.dtype_name} (or a singular x0 conversion) leaves no room inside that range ({tried}): whether x0 "
+            "stays unclipped cannot be bounded, so the output law need not be Gaussian")
+    return None, smallest, tail, (
+        f"x0 is clipped/thresholded to +-{r:g}, and even at the smallest data scale ({tried}) the union bound on "
+        f"the chance that some chain's x0 (or its rounding in {ctx.dtype_name}) leaves +-{r:g} at some step is "
+        f"{tail:.3g} > the budget {limit:.3g} ({CLIP_TAIL_FRACTION:g} of the false-failure rate, split over the "
+        "step counts): the output law need not be Gaussian")
+
+
 def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
     r"""The law of a whole run's output with the exact Gaussian denoiser (see the module docstring).
 
@@ -545,12 +625,12 @@ def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
     ᾱ = 0) skip their N.
     """
     base, start = "distribution.run_output", time.perf_counter()
-    setup = _setup(ctx, base, FAMILY)
+    setup = setup_target(ctx, base, FAMILY)
     if isinstance(setup, CheckResult):
         return [setup]
     conv = setup.conv
     if conv.family == "ddpm":
-        if _learned(conv):
+        if is_learned(conv):
             return [CheckResult.unsupported(
                 base, FAMILY, f"variance_type={conv.variance_type!r}: the closed-form run law covers fixed variances "
                               "only (a learned variance depends on the model's variance output)")]
@@ -562,7 +642,7 @@ def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
         variance_type = "fixed_small"
     counts = _run_schedule(ctx, setup)
     if not counts:
-        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=_elapsed(start),
+        return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=elapsed(start),
                             message=f"no profile step count N <= T = {conv.num_train_timesteps}")]
     clip_range = None
     if conv.thresholding:
@@ -574,20 +654,16 @@ def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
         clip_range = float(conv.clip_sample_range)
         if not clip_range > 0:
             return [CheckResult.skipped(base, FAMILY, f"clip_sample_range={clip_range} <= 0")]
-    oracle = data_oracle(clip_range)
-    runs = []
-    for n_steps in counts:
-        ts, err = _timesteps(ctx, setup, n_steps)
-        runs.append((n_steps, ts, err))
+    runs = [(n_steps, *plan_for(ctx, setup, n_steps)) for n_steps in counts]
     return [
-        _run_variant(ctx, setup, f"{base}.{label}", vi, eta, runs, oracle, clip_range, variance_type)
-        for vi, (label, eta) in enumerate(_variants(ctx, setup))
+        _run_variant(ctx, setup, f"{base}.{label}", vi, eta, runs, clip_range, variance_type)
+        for vi, (label, eta) in enumerate(run_variants(ctx, setup))
     ]
 
 
 def _run_variant(
-    ctx: Any, setup: _Setup, name: str, vi: int, eta: float, runs: list[tuple[int, Any, str | None]],
-    oracle: IsotropicGaussian, clip_range: float | None, variance_type: str,
+    ctx: Any, setup: TargetSetup, name: str, vi: int, eta: float,
+    runs: list[tuple[int, RunPlan | None, str | None, str | None]], clip_range: float | None, variance_type: str,
 ) -> CheckResult:
     start = time.perf_counter()
     conv = setup.conv
@@ -595,31 +671,34 @@ def _run_variant(
     alpha = float(ctx.settings.false_failure_rate)
     notes: list[str] = []
     fatal: list[Finding] = []
+    broken: list[Finding] = []
+    sources: dict[str, str] = {}
     plan = []
-    for n_steps, ts, err in runs:
-        if ts is None:
-            fatal.append(Finding(message=f"N={n_steps}: cannot run the target: {err}"))
+    for n_steps, run, note, why in runs:
+        if run is None:
+            broken.append(Finding(message=f"N={n_steps}: cannot run the target: {why}"))
             continue
-        pairs = _pairs(setup, ts)
+        sources[f"N={n_steps}"] = run.source
+        if note:
+            notes.append(note)
+        ts, pairs = np.asarray(run.timesteps, dtype=np.int64), list(run.pairs)
         if conv.prediction_type == "epsilon" and any(setup.ab(t) == 0.0 for t, _ in pairs):
             notes.append(f"N={n_steps}: skipped, epsilon-prediction is singular at alpha_bar = 0 (zero terminal SNR)")
             continue
+        oracle, scale, tail = data_oracle(), None, 0.0
+        if clip_range is not None:
+            limit = CLIP_TAIL_FRACTION * alpha / len(runs)
+            oracle, scale, tail, why = _clipped_oracle(ctx, setup, clip_range, pairs, eta, variance_type, n, limit)
+            if oracle is None:
+                notes.append(f"N={n_steps}: skipped, {why}")
+                continue
         try:
             law = gaussian_run_output(oracle, setup.betas, ts, family=conv.family, eta=eta,
                                       variance_type=variance_type, final_alpha_bar_is_one=conv.final_alpha_bar_is_one)
         except ValueError as exc:
             notes.append(f"N={n_steps}: skipped, no closed-form law: {exc}")
             continue
-        tail = 0.0
-        if clip_range is not None:
-            tail = _clip_tail(ctx, setup, oracle, clip_range, pairs, eta, variance_type, n)
-            limit = CLIP_TAIL_FRACTION * alpha / len(runs)
-            if not tail <= limit:
-                notes.append(f"N={n_steps}: skipped, x0 is clipped/thresholded to +-{clip_range:g} and the probability "
-                             f"that the oracle's x0 (or its rounding in {ctx.dtype_name}) leaves that range on this run, "
-                             f"{tail:.3g}, exceeds {limit:.3g}: the output law is then not Gaussian")
-                continue
-        plan.append((n_steps, ts, pairs, law, tail))
+        plan.append((n_steps, ts, pairs, law, tail, oracle, scale))
     acc = _Account(name, stats.Ledger(budget=alpha), [], [])
     tail_total = math.fsum(p[4] for p in plan)
     if tail_total > 0:
@@ -627,15 +706,16 @@ def _run_variant(
     n_tests = sum(3 for p in plan if np.any(np.asarray(p[3].variance) > 0))
     alpha_each = (alpha - tail_total) / n_tests if n_tests else alpha
     summaries = []
-    for ni, (n_steps, ts, pairs, law, tail) in enumerate(plan):
+    for ni, (n_steps, ts, pairs, law, tail, oracle, scale) in enumerate(plan):
         where = {"step": len(pairs) - 1, "timestep": pairs[-1][1], "what": f"output of the N={n_steps} run"}
         mu = np.asarray(law.mean, dtype=np.float64)
         var = np.broadcast_to(np.asarray(law.variance, dtype=np.float64), mu.shape)
         det = var == 0.0
-        samples, allow, err = _run_chains(ctx, setup, oracle, n, n_steps, pairs, eta, variance_type,
-                                          _OFF_RUN_X + 8 * vi + ni, _OFF_RUN_GEN + 8 * vi + ni, all_max=bool(det.any()))
+        samples, allow, err, call_broke = _run_chains(
+            ctx, setup, oracle, n, n_steps, pairs, eta, variance_type, _OFF_RUN_X + 8 * vi + ni,
+            _OFF_RUN_GEN + 8 * vi + ni, all_max=bool(det.any()))
         if samples is None:
-            fatal.append(Finding(step=None, message=f"N={n_steps}: {err}"))
+            (broken if call_broke else fatal).append(Finding(step=None, message=f"N={n_steps}: {err}"))
             continue
         b_mean, b_rms, e_max = allow["mean"], allow["rms"], allow["max"]
         label = f"{name}/N={n_steps}"
@@ -664,11 +744,16 @@ def _run_variant(
             _dkw_part(acc, (samples[:, j0] - mu[j0]) / sd0, alpha_each, float(e_max[:, j0 if det.any() else 0].max()) / sd0,
                       f"{label}/dkw", where, j0)
         summaries.append({"num_steps": n_steps, "timesteps": [int(t) for t in ts[:6]] + (["..."] if len(ts) > 6 else []),
+                          "timesteps_source": sources[f"N={n_steps}"], "data_scale": scale,
+                          "data_mean": oracle.mean, "data_variance": oracle.variance,
                           "law_mean": mu, "law_variance": var, "clip_tail_probability": tail,
                           "rounding_allowance_mean": float(b_mean.max()), "rounding_allowance_max": float(e_max.max())})
     consequence = expectation.final_step_consequence(conv, setup.betas)
+    base_oracle = data_oracle(clip_range)
     details = {
-        "oracle": {"mean": oracle.mean, "variance": oracle.variance, "clip_range": clip_range},
+        "oracle": {"mean": base_oracle.mean, "variance": base_oracle.variance, "clip_range": clip_range,
+                   "data_scales_tried": list(CLIP_DATA_SCALES) if clip_range is not None else None},
+        "timesteps_source": sources,
         "chains": n, "eta": eta, "variance_type": variance_type if conv.family == "ddpm" else None,
         "runs": summaries, "alpha_per_test": alpha_each if n_tests else None,
         "bonferroni": (f"alpha {alpha:g}: clipping tail {tail_total:.3g}, the rest split equally over {n_tests} tests "
@@ -684,15 +769,16 @@ def _run_variant(
         message_ok=(f"{n} chains driven by the exact Gaussian denoiser match the closed-form output law for N = {ns}; "
                     f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}{detect}."),
         message_fail=f"{n} chains driven by the exact Gaussian denoiser depart from the closed-form output law",
-        notes=notes, details=details, checked=len(summaries), consequence=consequence, fatal=fatal,
+        notes=notes, details=details, checked=len(summaries), consequence=consequence, fatal=fatal, broken=broken,
     )
 
 
 def _run_chains(
-    ctx: Any, setup: _Setup, oracle: IsotropicGaussian, n: int, n_steps: int, pairs: list[tuple[int, int]],
+    ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, n: int, n_steps: int, pairs: list[tuple[int, int]],
     eta: float, variance_type: str, x_offset: int, gen_offset: int, *, all_max: bool = False,
-) -> tuple[Array | None, dict[str, Any] | None, str | None]:
-    r"""Run n chains through the target: (final samples (n, d), rounding allowances, error).
+) -> tuple[Array | None, dict[str, Any] | None, str | None, bool]:
+    r"""Run n chains through the target: (final samples (n, d), rounding allowances, error, whether
+    the error is a call that gave no usable output rather than a non-finite state).
 
     The allowances propagate the per-step bounds through the exact step maps
     :math:`x_\mathrm{prev} = A x_t + B + \sigma z` (:func:`~ddspec.reference.oracles.gaussian_step_map`):
@@ -711,31 +797,31 @@ def _run_chains(
     e_max = np.zeros((n, cols))
     work = torch.float64 if ctx.device.type != "mps" else torch.float32
     for k, (t, tp) in enumerate(pairs):
-        x64 = _np64(x).reshape(n, DATA_DIM)
+        x64 = exact_of(x).reshape(n, DATA_DIM)
         if k > 0 and not np.all(np.isfinite(x64)):
-            return None, None, f"step {k - 1}: {int((~np.isfinite(x64)).sum())} non-finite output elements"
+            return None, None, f"step {k - 1}: {int((~np.isfinite(x64)).sum())} non-finite output elements", False
         a, b = _affine(oracle, setup.betas, t, conv.prediction_type)
         a_t = torch.as_tensor(a, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         b_t = torch.as_tensor(b, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         mo = (x.to(work) * a_t + b_t).to(ctx.dtype)
-        out, err = _call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator)
+        out, err = call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator)
         if err is None and tuple(out.shape) != shape:
             err = f"output shape {tuple(out.shape)}, expected {shape}"
         if err is not None:
-            return None, None, f"step {k} (t={t}): {err}"
-        mo64 = _np64(mo).reshape(n, DATA_DIM)
+            return None, None, f"step {k} (t={t}): {err}", True
+        mo64 = exact_of(mo).reshape(n, DATA_DIM)
         slope = np.abs(gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta,
                                          variance_type=variance_type).A)
-        b2 = _bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, None)
-        b9 = _bound_envelope(setup, eta, t, tp, mo64[:, :cols], x64[:, :cols], _Z_MAX, None)
+        b2 = error_bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, None)
+        b9 = error_bound_envelope(setup, eta, t, tp, mo64[:, :cols], x64[:, :cols], _Z_MAX, None)
         e_mean = slope * e_mean + b2
         e_rms = slope * e_rms + np.sqrt(np.mean(b2**2, axis=0))
         e_max = slope[:cols] * e_max + b9
         x = out
-    final = _np64(x).reshape(n, DATA_DIM)
+    final = exact_of(x).reshape(n, DATA_DIM)
     if not np.all(np.isfinite(final)):
-        return None, None, f"step {len(pairs) - 1}: {int((~np.isfinite(final)).sum())} non-finite output elements"
-    return final, {"mean": e_mean.mean(axis=0), "rms": e_rms, "max": e_max}, None
+        return None, None, f"step {len(pairs) - 1}: {int((~np.isfinite(final)).sum())} non-finite output elements", False
+    return final, {"mean": e_mean.mean(axis=0), "rms": e_rms, "max": e_max}, None, False
 
 
 #: The distribution checks, in the order they run.

@@ -58,6 +58,7 @@ from ._common import (
     output_array,
     plan_run,
     step_tolerance,
+    tally_result,
     torch_input,
     unsupported_entries,
     unsupported_results,
@@ -269,21 +270,10 @@ def check_point_mass_oracle(ctx: CheckContext) -> list[CheckResult]:
                                        details=details))
             continue
         info = tally.worst_info()
-        if tally.failed:
-            parts = []
-            if tally.n_broken:
-                parts.append(f"{tally.n_broken} step call(s) produced no usable output")
-            if tally.n_exceeding:
-                parts.append(f"{tally.n_exceeding} state elements leave the accumulated tolerance "
-                             f"(worst ratio {tally.worst_ratio:.3g})")
-            message = f"{path}: " + "; ".join(parts)
-        else:
-            message = (f"{path}: every state of {len(per_run)} runs stays within the accumulated tolerance "
-                       f"(worst ratio {tally.worst_ratio:.3g})")
-        results.append(CheckResult(
-            name=name, family=FAMILY, verdict=Verdict.FAIL if tally.failed else Verdict.PASS,
-            observed=tally.observed, tolerance=tally.tolerance, message=message, findings=tally.findings(),
-            reproduce=_reproduce(ctx, name, int(info["N"])) if (tally.failed and info and "N" in info) else None,
+        results.append(tally_result(
+            name, FAMILY, tally, what=path, exceeding="state elements leave the accumulated tolerance",
+            within=f"every state of {len(per_run)} runs stays within the accumulated tolerance",
+            reproduce=_reproduce(ctx, name, int(info["N"])) if (info and "N" in info) else None,
             details=details))
 
     consequence = final_step_consequence(conv, betas)

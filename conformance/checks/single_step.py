@@ -52,6 +52,7 @@ from ._common import (
     output_array,
     plan_run,
     step_tolerance,
+    tally_result,
     torch_input,
     unsupported_entries,
     unsupported_results,
@@ -273,24 +274,11 @@ def check_single_steps(ctx: CheckContext) -> list[CheckResult]:
                                        details=details))
             continue
         info = tally.worst_info()
-        if tally.failed:
-            parts = []
-            if tally.n_broken:
-                parts.append(f"{tally.n_broken} step call(s) produced no usable output")
-            if tally.n_exceeding:
-                parts.append(f"{tally.n_exceeding} of {tally.n_elements} elements exceed the step tolerance "
-                             f"(worst ratio {tally.worst_ratio:.3g})")
-            message = f"{what}: " + "; ".join(parts)
-        else:
-            message = (f"{what}: every element of {tally.n_steps} steps within the step tolerance "
-                       f"(worst ratio {tally.worst_ratio:.3g})")
-        results.append(CheckResult(
-            name=name, family=FAMILY, verdict=Verdict.FAIL if tally.failed else Verdict.PASS,
-            observed=tally.observed, tolerance=tally.tolerance, message=message,
-            findings=tally.findings(),
-            reproduce=_reproduce(ctx, conv, info) if (tally.failed and info) else None,
-            details=details,
-        ))
+        results.append(tally_result(
+            name, FAMILY, tally, what=what,
+            exceeding=f"of {tally.n_elements} elements exceed the step tolerance",
+            within=f"every element of {tally.n_steps} steps within the step tolerance",
+            reproduce=_reproduce(ctx, conv, info) if info else None, details=details))
     return results
 
 

@@ -20,6 +20,7 @@ Everything runs with the ``quick`` profile and its (2, 3, 4, 4) tensors.
 from __future__ import annotations
 
 import math
+import re
 import time
 from typing import Any
 
@@ -369,6 +370,10 @@ class Broken:
 
     def step(self, model_output, t, x_t, **kwargs):
         out = self.port.step(model_output, t, x_t, **kwargs)
+        if self.mode.endswith("raise_last") and int(t) == int(self.port.timesteps(kwargs["num_steps"])[-1]):
+            raise RuntimeError("last step exploded")
+        if self.mode.startswith("bias"):
+            return out + 0.05
         if self.mode == "raise":
             raise RuntimeError("step exploded")
         if self.mode == "nan":
@@ -409,6 +414,76 @@ def test_hanging_step_times_out_once_and_fails() -> None:
     assert results["single_step.eta=0"].verdict is Verdict.FAIL
     assert "timed out" in results["single_step.eta=0"].findings[0].message
     assert "not called" in results["single_step.eta=1"].findings[0].message
+
+
+STEP_RESULTS = ("single_step.eta=0", "single_step.eta=1", "oracle.point_mass.ddim_eta0", "oracle.point_mass.ddim_eta1")
+
+
+def test_a_broken_step_leads_the_message_and_observed_cannot_read_as_a_pass() -> None:
+    """Steps 0-8 of the 10-step run are exact, step 9 raises: every step result fails, its message
+    leads with the broken call and its cause, and ``observed`` is inf (not the small error of the
+    steps that did compare), with no tolerance beside it, in the result and in the text report."""
+    from ddspec.conformance.report import format_check, format_text
+    from ddspec.conformance.results import Report
+
+    results = run(Broken("raise_last"), "float32", steps=(10,))
+    for name in STEP_RESULTS:
+        r = results[name]
+        assert r.verdict is Verdict.FAIL, name
+        assert r.observed == math.inf and r.tolerance is None, (name, r.observed, r.tolerance)
+        head, _, rest = r.message.partition(": ")
+        assert re.match(r"\d+ step call\(s\) produced no usable output \(first: ", rest), r.message
+        assert "RuntimeError: last step exploded" in rest and "exceed" not in rest and "leave" not in rest
+        assert format_check(r).splitlines()[0].endswith("(observed inf, tolerance -)")
+    text = format_text(Report(target="broken", device="cpu", dtype="float32", profile="quick", seed=0,
+                              checks=tuple(results[n] for n in STEP_RESULTS)))
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith(STEP_RESULTS)]
+    assert len(rows) == 4 and all(row[1:] == ["fail", "inf", "-"] for row in rows), rows
+
+
+def test_broken_and_exceeding_steps_are_both_reported_with_a_finite_worst_ratio() -> None:
+    """Every output is off by 0.05 (far beyond a float32 step tolerance of ~1e-5) and the last step
+    raises: the message names the broken call first, then the exceeding elements with the worst
+    ratio of the elements that were compared (finite), not the inf a broken call stands for."""
+    results = run(Broken("bias_raise_last"), "float32", steps=(10,))
+    r = results["single_step.eta=0"]
+    assert r.verdict is Verdict.FAIL and r.observed == math.inf
+    broken_at = r.message.index("produced no usable output")
+    exceed_at = r.message.index("elements exceed the step tolerance (worst ratio ")
+    assert broken_at < exceed_at
+    worst = float(r.message[exceed_at:].split("worst ratio ", 1)[1].split(")", 1)[0])
+    assert 1.0 < worst < math.inf
+    assert worst == pytest.approx(max(f.error / f.tolerance for f in r.findings if f.tolerance), rel=5e-3)
+
+
+def test_tally_result_words_every_outcome() -> None:
+    """The shared verdict of the oracle and single-step checks: a pass quotes the worst ratio; a
+    failure leads with the broken calls (then observed = inf, tolerance None) and quotes the worst
+    ratio of the compared elements, |1.5 - 1| / 0.1 = 5 here, never the inf of a broken call."""
+    from ddspec.conformance.checks._common import tally_result
+
+    def result(tally: Tally) -> CheckResult:
+        return tally_result("single_step.x", "single_step", tally, what="x", exceeding="of 2 elements exceed",
+                            within="all within", reproduce="snippet", details={})
+
+    ok = Tally()
+    ok.compare(np.array([1.0, 2.0]), np.array([1.0, 2.05]), np.array([0.1, 0.1]), step=0, timestep=5, label="k=0")
+    r = result(ok)
+    assert r.verdict is Verdict.PASS and r.message == "x: all within (worst ratio 0.5)"
+    assert r.observed == pytest.approx(0.05) and r.tolerance == 0.1 and r.reproduce is None
+
+    bad = Tally()
+    bad.compare(np.array([1.5, 2.0]), np.array([1.0, 2.0]), np.array([0.1, 0.1]), step=0, timestep=5, label="k=0")
+    r = result(bad)
+    assert r.verdict is Verdict.FAIL and r.message == "x: 1 of 2 elements exceed (worst ratio 5)"
+    assert r.observed == pytest.approx(0.5) and r.tolerance == 0.1 and r.reproduce == "snippet"
+
+    bad.broken(step=1, timestep=3, message="k=1: step raised or hung: RuntimeError: no")
+    r = result(bad)
+    assert r.message == ("x: 1 step call(s) produced no usable output (first: k=1: step raised or hung: "
+                         "RuntimeError: no); 1 of 2 elements exceed (worst ratio 5)")
+    assert r.observed == math.inf and r.tolerance is None
+    assert [f.step for f in r.findings] == [1, 0]
 
 
 def test_unreadable_tables_and_timesteps_fail_the_checks_that_read_them() -> None:

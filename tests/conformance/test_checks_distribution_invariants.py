@@ -110,6 +110,21 @@ def test_reference_port_variants_pass(overrides):
     assert not bad, bad
 
 
+def _one_step_clip_tail(scale, beta_0, n, r=1.0):
+    r"""Union bound on P(some chain's x0* leaves [-r, r]) for the single step t = 0 -> data from
+    x ~ N(0, 1), data N(mu, s^2) with mu = scale r (0.1, -0.1, 0.05, 0), s = 0.1 scale r (closed form):
+    x0* = mu + a0 (x - sqrt(abar) mu), a0 = sqrt(abar) s^2 / (abar s^2 + 1 - abar), abar = 1 - beta_0,
+    so x0* ~ N(mu (1 - sqrt(abar) a0), a0^2) per coordinate; summed over n chains and 4 coordinates."""
+    from scipy.stats import norm
+
+    abar = 1.0 - beta_0
+    mu = scale * r * np.array([0.1, -0.1, 0.05, 0.0])
+    s2 = (0.1 * scale * r) ** 2
+    a0 = math.sqrt(abar) * s2 / (abar * s2 + beta_0)
+    m = mu * (1.0 - math.sqrt(abar) * a0)
+    return n * float(np.sum(norm.sf((r - m) / a0) + norm.cdf((-r - m) / a0)))
+
+
 def test_clipping_uses_the_bounded_oracle_and_charges_its_tail():
     results = _run(make_reference_port(family="ddpm", clip_sample=True), checks=[distribution.check_run_output_distribution])
     r = results["distribution.run_output.ddpm_fixed_small"]
@@ -117,13 +132,56 @@ def test_clipping_uses_the_bounded_oracle_and_charges_its_tail():
     oracle = distribution.data_oracle(1.0)
     assert r.details["oracle"]["clip_range"] == 1.0
     np.testing.assert_array_equal(r.details["oracle"]["mean"], oracle.mean)
-    # leading spacing with N = 1 is the single step t = 0 -> data from N(0, I): x0 ~ 0.99 x_T is clipped
-    # with probability ~0.3 per coordinate, so that run must be skipped, and the longer runs kept
-    assert [run["num_steps"] for run in r.details["runs"]] == [n for n in _quick().steps if n > 1]
-    assert any(note.startswith("N=1: skipped") for note in r.details["notes"])
-    tail = r.details["runs"][0]["clip_tail_probability"]
-    assert 0.0 < tail <= distribution.CLIP_TAIL_FRACTION * _quick().false_failure_rate
+    alpha, n = _quick().false_failure_rate, _quick().n_distribution_samples
+    limit = distribution.CLIP_TAIL_FRACTION * alpha / len(_quick().steps)
+    # every step count is judged, none skipped for clipping
+    runs = {run["num_steps"]: run for run in r.details["runs"]}
+    assert sorted(runs) == sorted(_quick().steps)
+    assert not any("clipped" in note for note in r.details["notes"])
+    # leading spacing with N = 1 is the single step t = 0 -> data from N(0, I): with the default clipped
+    # law x0 ~ 0.99 x_T leaves [-1, 1] with probability ~0.3 per coordinate, so the data law is scaled
+    # down to the largest scale of the ladder whose (closed-form) tail fits the budget
+    scales = distribution.CLIP_DATA_SCALES
+    chosen = runs[1]["data_scale"]
+    i = scales.index(chosen)
+    assert i > 0 and _one_step_clip_tail(chosen, 1e-4, n) < limit / 10
+    assert _one_step_clip_tail(scales[i - 1], 1e-4, n) > 10 * limit
+    assert runs[1]["clip_tail_probability"] == pytest.approx(_one_step_clip_tail(chosen, 1e-4, n), rel=0.05)
+    np.testing.assert_allclose(runs[1]["data_mean"], chosen * oracle.mean, rtol=1e-15)
+    # N = 10 follows the marginals closely: the default clipped law is kept
+    assert runs[10]["data_scale"] == 1.0
+    for run in runs.values():
+        assert 0.0 < run["clip_tail_probability"] <= limit
     assert any("clipping active" in line for line in r.details["ledger"])
+
+
+def test_clipped_fixed_large_ddpm_is_judged_at_every_step_count():
+    # diffusers' DDPMScheduler(variance_type="fixed_large") clips by default: beta' > beta_tilde' widens
+    # the state before the last step beyond the marginal, so the default clipped law leaves [-1, 1] there
+    # (a union bound >> 1); a smaller data scale keeps the check judging every N
+    port = make_reference_port(family="ddpm", variance_type="fixed_large", clip_sample=True)
+    limit = distribution.CLIP_TAIL_FRACTION * _quick().false_failure_rate / len(_quick().steps)
+    for dtype in ("float32", "float64"):
+        r = _run(port, dtype, checks=[distribution.check_run_output_distribution])["distribution.run_output.ddpm_fixed_large"]
+        assert r.verdict is Verdict.PASS, r.message
+        assert [run["num_steps"] for run in r.details["runs"]] == sorted(_quick().steps)
+        for run in r.details["runs"]:
+            assert run["data_scale"] < 1.0 and 0.0 < run["clip_tail_probability"] <= limit
+
+
+def test_clipping_that_no_data_scale_avoids_is_skipped_with_the_union_bound():
+    # beta_0 = 1e-8: at t = 0, a0 = s^2 / (s^2 + 1e-8) ~ 1 down to the smallest scale (s = 1e-3), so the
+    # N = 1 run's x0 ~ N(0, 1) leaves [-1, 1] in ~32 % of the 8000 (chain, coordinate) pairs
+    port = make_reference_port(family="ddim", clip_sample=True, beta_start=1e-8)
+    results = _run(port, "float64", checks=[distribution.check_run_output_distribution], steps=(1,))
+    expected = _one_step_clip_tail(distribution.CLIP_DATA_SCALES[-1], 1e-8, _quick().n_distribution_samples)
+    assert expected > 1000
+    for r in results.values():
+        assert r.verdict is Verdict.SKIPPED, r.message
+        assert "the union bound on the chance that some chain's x0" in r.message and "> the budget" in r.message
+        assert "probability" not in r.message
+        reported = float(r.message.split("at some step is ", 1)[1].split(" ", 1)[0])
+        assert reported == pytest.approx(expected, rel=0.01)
 
 
 def test_clip_range_below_the_rounding_margin_is_skipped():
@@ -133,7 +191,8 @@ def test_clip_range_below_the_rounding_margin_is_skipped():
     results = _run(port, checks=[distribution.check_run_output_distribution])
     for r in results.values():
         assert r.verdict is Verdict.SKIPPED, r.message
-        assert "clipped/thresholded" in r.message
+        assert "clipped/thresholded" in r.message and "leaves no room" in r.message
+        assert "probability" not in r.message
 
 
 def test_point_mass_output_law_is_checked_without_statistics():
@@ -392,6 +451,8 @@ class Broken:
     def step(self, model_output, t, x_t, **kw):
         if self.how == "raise":
             raise RuntimeError("boom")
+        if self.how == "raise_last" and int(t) == int(self.base.timesteps(kw["num_steps"])[-1]):
+            raise RuntimeError("last step boom")
         if self.how == "hang":
             time.sleep(1.0)
         out = self.base.step(model_output, t, x_t, **kw)
@@ -420,6 +481,88 @@ def test_hanging_step_times_out_once_per_check():
     assert all("timed out" in r.message or any("timed out" in f.message for f in r.findings) for r in results.values())
     # one 0.2 s timeout per check function (9), later calls short-circuited: well under the ~100 calls x 0.2 s
     assert elapsed < 9 * 0.2 + 6.0
+
+
+def test_broken_calls_lead_the_message_and_make_observed_inf():
+    """Only the last step of each run raises, so the other cases are checked and hold: every invariant
+    still fails, its message leads with the broken calls, and ``observed`` is inf (for the count-style
+    invariants it would otherwise be the number of violations, 0; for batch_independence the worst
+    ratio of the cases that ran, 0) -- in the result and in the text report."""
+    from ddspec.conformance.report import format_text
+    from ddspec.conformance.results import Report
+
+    results = _run(Broken("raise_last"), checks=invariants.CHECKS)
+    assert set(results) == INVARIANT_NAMES
+    for name, r in results.items():
+        assert r.verdict is Verdict.FAIL, (name, r.message)
+        assert r.message.startswith("the step gave no usable output in "), r.message
+        assert "RuntimeError: last step boom" in r.message and "violated" not in r.message
+        assert r.observed == math.inf, (name, r.observed)
+        assert "last step boom" in r.findings[0].message
+    assert results["invariants.batch_independence"].tolerance == 1.0
+    text = format_text(Report(target="broken", device="cpu", dtype="float32", profile="quick", seed=0,
+                              checks=tuple(results.values())))
+    assert "FAIL        invariants.batch_independence  (observed inf, tolerance 1)" in text
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("  invariants.")}
+    assert all(row[:2] == ["fail", "inf"] for row in rows.values()), rows
+
+
+def test_batch_coupling_reports_its_worst_ratio_against_one():
+    """A genuine violation of a ratio-style invariant: observed is the worst |batched - alone| / 2b (> 1),
+    tolerance 1, and the message names the violation, not a broken call."""
+    r = _run(Planted("batch_mean"), checks=[invariants.check_batch_independence])["invariants.batch_independence"]
+    assert r.verdict is Verdict.FAIL and r.tolerance == 1.0
+    assert 1.0 < r.observed < math.inf
+    assert r.observed == pytest.approx(max(f.error / f.tolerance for f in r.findings), rel=1e-12)
+    assert "violated in" in r.message and "no usable output" not in r.message
+
+
+class ExtraTimestep:
+    """diffusers' trailing N = 61 in miniature: timesteps(N) returns the port's N timesteps plus a
+    trailing -1 (not a valid subsequence); the step itself is the port's, optionally writing into x_t."""
+
+    def __init__(self, mutate: bool = False):
+        self.base = make_reference_port()
+        self.mutate = mutate
+        self.name = "extra-timestep"
+        self.conventions = self.base.conventions
+
+    def betas(self):
+        return self.base.betas()
+
+    def alphas_cumprod(self):
+        return self.base.alphas_cumprod()
+
+    def timesteps(self, num_steps):
+        return np.append(self.base.timesteps(num_steps), -1)
+
+    def step(self, model_output, t, x_t, **kw):
+        out = self.base.step(model_output, t, x_t, **kw)
+        if self.mutate:
+            x_t.copy_(out)
+        return out
+
+
+def test_invalid_target_timesteps_fall_back_to_the_reference_and_are_noted():
+    """The wrong sequence is the timesteps check's to report; the invariants and distribution checks
+    run on the declared rule's timesteps (those of the reference) and pass, saying so."""
+    results = _run(ExtraTimestep())
+    assert set(results) == _expected_names("ddim")
+    bad = {n: (r.verdict.value, r.message) for n, r in results.items() if r.verdict is not Verdict.PASS}
+    assert not bad, bad
+    for name in INVARIANT_NAMES:
+        r = results[name]
+        assert set(r.details["timesteps_source"].values()) == {"reference"}, name
+        assert any("reported by timesteps.sequence.N=" in note for note in r.details["notes"]), name
+    assert results["distribution.step_moments.ddim_eta=0"].details["timesteps_source"] == "reference"
+    assert set(results["distribution.run_output.ddim_eta=0"].details["timesteps_source"].values()) == {"reference"}
+
+
+def test_a_genuine_violation_still_fails_on_the_fallback_timesteps():
+    results = _run(ExtraTimestep(mutate=True), checks=invariants.CHECKS)
+    assert _failing(results) == {"invariants.no_input_mutation"}
+    r = results["invariants.no_input_mutation"]
+    assert "modified x_t in place" in r.message and r.observed >= 1.0 and r.tolerance == 0.0
 
 
 def test_unreadable_conventions_fail_and_unsupported_ones_are_reported():
@@ -477,15 +620,27 @@ def test_run_output_split_and_min_detectable():
 
 
 def test_bound_envelope_covers_every_noise_value_within_it():
-    from ddspec.conformance.checks.invariants import _bound, _bound_envelope, _setup
+    from ddspec.conformance.checks._common import error_bound, error_bound_envelope, setup_target
 
     ctx = CheckContext(make_reference_port(), profile="quick", dtype="float32", seed=0)
-    setup = _setup(ctx, "x", "distribution")
+    setup = setup_target(ctx, "x", "distribution")
     rng = np.random.default_rng(0)
     x, m = rng.normal(size=(2, 64))
-    env = _bound_envelope(setup, 1.0, 900, 800, m, x, 2.0, None)
+    env = error_bound_envelope(setup, 1.0, 900, 800, m, x, 2.0, None)
     for z in (rng.uniform(-2, 2, 64), np.full(64, 2.0), np.full(64, -2.0), np.zeros(64)):
-        assert np.all(_bound(setup, 1.0, 900, 800, m, x, z, None) <= env * (1 + 1e-12))
+        assert np.all(error_bound(setup, 1.0, 900, 800, m, x, z, None) <= env * (1 + 1e-12))
+
+
+def test_distribution_checks_use_no_private_helper_of_the_invariants_module():
+    """The target setup, the step call, the reference step and the error bound the two families share
+    live in checks/_common.py; neither family reaches into the other's private names."""
+    import ast
+    import inspect
+
+    for module, other in ((distribution, "invariants"), (invariants, "distribution")):
+        tree = ast.parse(inspect.getsource(module))
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert other not in imported and f"ddspec.conformance.checks.{other}" not in imported, module.__name__
 
 
 def test_data_oracle_matches_its_documentation():
@@ -494,3 +649,13 @@ def test_data_oracle_matches_its_documentation():
     np.testing.assert_array_equal(plain.variance, np.full(4, 0.25))
     np.testing.assert_array_equal(clipped.mean, 2.0 * np.array([0.1, -0.1, 0.05, 0.0]))
     np.testing.assert_allclose(clipped.variance, np.full(4, 0.2**2), rtol=1e-15)
+    scaled = distribution.data_oracle(2.0, 0.25)
+    np.testing.assert_allclose(scaled.mean, 0.5 * np.array([0.1, -0.1, 0.05, 0.0]), rtol=1e-15)
+    np.testing.assert_allclose(scaled.variance, np.full(4, 0.05**2), rtol=1e-15)
+    assert distribution.CLIP_DATA_SCALES[0] == 1.0 and list(distribution.CLIP_DATA_SCALES) == sorted(
+        distribution.CLIP_DATA_SCALES, reverse=True)
+    for bad in (0.0, -0.5, 1.5, math.nan):
+        with pytest.raises(ValueError, match="scale"):
+            distribution.data_oracle(1.0, bad)
+    with pytest.raises(ValueError, match="clip_range"):
+        distribution.data_oracle(0.0)
