@@ -235,7 +235,7 @@ def _cond(x: float, y: float) -> float:
 def _magnitude(
     spec: StepSpec, a: float, p: float, m: Array, x: Array, z: Array | None, pv: Array | None, u: float
 ) -> tuple[Array, Array, Array]:
-    """(M, C, D): the step with absolute values everywhere, its terms weighted by their coefficients'
+    r"""(M, C, D): the step with absolute values everywhere, its terms weighted by their coefficients'
     conditioning, and the absolute error of a square root taken of a cancelling difference.
 
     ``M`` is the γ_k bound's scale (every subtraction replaced by an addition). ``C`` is
