@@ -18,6 +18,7 @@ stderr (a traceback only with ``--traceback``); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from typing import NoReturn, Sequence
@@ -217,6 +218,12 @@ def _run_check(args: argparse.Namespace) -> int:
         return _error(f"--device {args.device}: {message.split(': ', 1)[-1]}")
     dtype = parse_dtype(args.dtype)
 
+    for opt, path in (("--json", args.json), ("--junit", args.junit)):
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                return _error(f"{opt} {path}: cannot write the report there (no such writable directory: {parent})")
+
     try:
         if args.targets:
             targets = [tuple(reversed(load_target(spec))) for spec in args.targets]
@@ -250,6 +257,11 @@ def _run_check(args: argparse.Namespace) -> int:
             )
         except ValueError as exc:
             return fail_setup(str(exc))
+        T = context.num_train_timesteps
+        if args.steps and T is not None and any(n > T for n in args.steps):
+            too_many = sorted(n for n in args.steps if n > T)
+            return _error(f"--steps {' '.join(map(str, too_many))}: more inference steps than the target's "
+                          f"num_train_timesteps={T} ({label})")
         if context.progress:
             print(f"ddspec: checking {label} ({len(checks)} check functions)", file=sys.stderr)
         report = run_checks(sampler, context, checks, target=label).with_allowances(allow)

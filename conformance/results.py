@@ -27,14 +27,18 @@ Exit codes (:meth:`Report.exit_code`)
 any result is ...       default      ``strict``
 ======================  ===========  ==========
 ``fail`` (not allowed)  1            1
-``unsupported``         0            1
+``unsupported``         1            1
 ``acceptable``          0            1
+``skipped``             0            1
 unused allowance        0            1
-only pass / skipped     0            0
+nothing checked         1            1
+only pass               0            0
 ======================  ===========  ==========
 
-Without ``strict``, ``unsupported`` counts like ``acceptable``: the report shows it, the run does not
-fail. With ``strict``, anything other than ``pass`` and ``skipped`` fails the run.
+``unsupported`` fails even without ``strict``: the harness could not verify that part of the target,
+and a CI gate must not read "could not check" as "conforms". ``acceptable`` (a declared convention
+variant, with its consequence) and ``skipped`` (not applicable, with the reason) pass by default;
+with ``strict`` only ``pass`` does.
 
 Allowances
 ----------
@@ -555,17 +559,23 @@ class Report:
     def exit_code(self, strict: bool = False) -> int:
         r"""0 if the target conforms, 1 if it does not (table in the module docstring).
 
-        Default: 1 if any result fails and no allowance covers it; ``acceptable`` and
-        ``unsupported`` are reported but do not fail the run. ``strict``: also 1 if any result is
-        ``acceptable`` or ``unsupported``, or an allowance is unused; only ``pass``, ``skipped`` and
-        allowed failures give 0.
+        Default: 0 only if every result passes, is ``acceptable`` (a declared variant the reference
+        knows), is ``skipped`` (not applicable, with its reason) or is a failure an allowance covers,
+        and something was checked. ``unsupported`` gives 1: the harness could not verify that
+        part of the target, and a gate must not read that as conformance. ``strict``: only ``pass``
+        and allowed failures give 0 (``acceptable``, ``skipped`` and ``unsupported`` give 1, and so
+        does an unused allowance).
         """
         if not isinstance(strict, bool):
             raise _bad("strict", strict, "must be a bool")
         if self.failures():
             return 1
+        if any(r.verdict is Verdict.UNSUPPORTED for r in self.checks):
+            return 1
+        if all(r.verdict in (Verdict.SKIPPED, Verdict.UNSUPPORTED) for r in self.checks):
+            return 1  # nothing was checked (including an empty report)
         if strict:
-            if any(r.verdict in (Verdict.ACCEPTABLE, Verdict.UNSUPPORTED) for r in self.checks):
+            if any(r.verdict in (Verdict.ACCEPTABLE, Verdict.SKIPPED) for r in self.checks):
                 return 1
             if self.unused_allowances():
                 return 1

@@ -45,13 +45,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         has_cuda = bool(torch.cuda.is_available())
     except Exception:  # torch missing or broken: no CUDA either
         has_cuda = False
-    skip_slow = pytest.mark.skip(reason="slow profile: opt in with --run-slow")
     skip_cuda = pytest.mark.skip(reason="no CUDA device: torch.cuda.is_available() is False on this machine")
+    keep, slow = [], []
     for item in items:
         if "slow" in item.keywords and not run_slow:
-            item.add_marker(skip_slow)
+            slow.append(item)  # opt-in profile: deselected (not skipped), as -m "not slow" would
+            continue
         if "cuda" in item.keywords and not has_cuda:
             item.add_marker(skip_cuda)
+        keep.append(item)
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = keep
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -79,6 +79,39 @@ def _head(seq: np.ndarray, k: int = 12) -> list[int]:
     return [int(v) for v in seq[:k]]
 
 
+def _rule_undefined(ctx: CheckContext, name: str, n: int, T: int, why: str, base: dict) -> CheckResult:
+    """The declared rule has no N-step sequence: nothing to compare with, but the target's must still be valid.
+
+    A sampling sequence must be strictly decreasing inside [0, T − 1] whatever the rule; a target
+    that returns, e.g., timestep T (diffusers' leading spacing with steps_offset=1 at N = T) fails.
+    """
+    outcome = ctx.call(ctx.sampler.timesteps, n)
+    if not outcome.ok:
+        return fail_result(name, FAMILY, f"timesteps({n}) failed: {outcome.error}", **base)
+    got, bad = _as_int_sequence(outcome.value)
+    if got is None:
+        return fail_result(name, FAMILY, f"timesteps({n}) {bad}", **base)
+    out_of_range = [k for k in range(got.size) if not 0 <= int(got[k]) <= T - 1]
+    not_decreasing = [k for k in range(1, got.size) if int(got[k]) >= int(got[k - 1])]
+    details = dict(base, got_head=_head(got), got_length=int(got.size), rule_undefined=why)
+    if out_of_range or not_decreasing:
+        findings = [Finding(step=k, timestep=int(got[k]), got=float(got[k]),
+                            message=f"position {k}: index {int(got[k])} outside [0, {T - 1}]") for k in out_of_range[:3]]
+        findings += [Finding(step=k, timestep=int(got[k]), got=float(got[k]),
+                             message=f"position {k}: {int(got[k])} does not decrease from {int(got[k - 1])}")
+                     for k in not_decreasing[:2]]
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.FAIL, observed=None, tolerance=0.0,
+            message=(f"timesteps({n}) is not a valid sampling sequence ({len(out_of_range)} index(es) outside "
+                     f"[0, {T - 1}], {len(not_decreasing)} not decreasing); the declared rule itself is undefined "
+                     f"for N={n}: {why}"),
+            findings=tuple(findings), reproduce=_reproduce(n), details=details,
+        )
+    return CheckResult(name=name, family=FAMILY, verdict=Verdict.SKIPPED,
+                       message=f"the declared rule is undefined for N={n} ({why}); the target's sequence is valid",
+                       details=details)
+
+
 def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResult:
     name = _name(n)
     T = conv.num_train_timesteps
@@ -89,10 +122,7 @@ def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResu
     except UnsupportedConvention as exc:
         return unsupported_results([name], FAMILY, [str(exc)])[0]
     except ValueError as exc:
-        return CheckResult(
-            name=name, family=FAMILY, verdict=Verdict.SKIPPED,
-            message=f"the declared rule is undefined for N={n}: {exc}", details=base,
-        )
+        return _rule_undefined(ctx, name, n, T, str(exc), base)
     outcome = ctx.call(ctx.sampler.timesteps, n)
     if not outcome.ok:
         return fail_result(name, FAMILY, f"timesteps({n}) failed: {outcome.error}", **base)

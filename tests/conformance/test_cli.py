@@ -60,7 +60,7 @@ def check_acceptable(ctx):
 
 def check_records_context(ctx):
     check_records_context.seen = (ctx.device, ctx.dtype, ctx.profile, ctx.seed, ctx.steps, ctx.timeout_s)
-    return []
+    return check_pass(ctx)
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ def test_unwritable_output_is_exit_2(target, monkeypatch, tmp_path, capsys):
 
 def test_no_checks_installed_warns(target, monkeypatch, capsys):
     monkeypatch.delattr(checks_package, "ALL_CHECKS")
-    assert main(["check", target, "--no-progress"]) == 0
+    assert main(["check", target, "--no-progress"]) == 1  # nothing was checked: not "conforms"
     captured = capsys.readouterr()
     assert "no checks are installed" in captured.err and "no checks were run" in captured.out
 
@@ -240,3 +240,23 @@ def test_audit_is_delegated(monkeypatch):
 
     fake.main = exits
     assert main(["audit", "--help"]) == 0  # the audit's argparse exit becomes a return code
+
+
+def test_steps_above_T_is_an_argument_error(target, monkeypatch, capsys):
+    """More inference steps than training timesteps is the user's mistake, not the target's: exit 2."""
+    use_checks(monkeypatch, check_pass)
+    assert main(["check", target, "--no-progress", "--steps", "5000"]) == 2
+    assert "--steps 5000" in capsys.readouterr().err
+
+
+def test_unwritable_report_path_is_refused_before_running(target, monkeypatch, tmp_path, capsys):
+    """A bad --json/--junit directory is reported before any check runs."""
+    ran = []
+
+    def check_runs(ctx):
+        ran.append(1)
+        return check_pass(ctx)
+
+    use_checks(monkeypatch, check_runs)
+    assert main(["check", target, "--no-progress", "--junit", str(tmp_path / "missing" / "r.xml")]) == 2
+    assert not ran and "--junit" in capsys.readouterr().err

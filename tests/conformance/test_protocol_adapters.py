@@ -26,7 +26,7 @@ from ddspec.conformance.torch_port import make_reference_port
 from ddspec.reference.alphas import alpha_bar
 from ddspec.reference.schedules import scaled_linear_betas
 
-diffusers = pytest.importorskip("diffusers")
+import diffusers  # noqa: E402  (a test dependency: the [test] extra installs it)
 from diffusers import DDIMScheduler, DDPMScheduler  # noqa: E402
 from diffusers.schedulers import scheduling_ddpm  # noqa: E402
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput  # noqa: E402

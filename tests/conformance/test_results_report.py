@@ -108,14 +108,15 @@ def test_json_safe_encodes_non_finite_floats_as_strings():
 @pytest.mark.parametrize(
     "verdicts, expected_default, expected_strict",
     [
-        ((), 0, 0),
+        ((), 1, 1),  # nothing was checked
         (("pass",), 0, 0),
-        (("pass", "skipped"), 0, 0),
+        (("pass", "skipped"), 0, 1),
         (("pass", "acceptable"), 0, 1),
-        (("pass", "unsupported"), 0, 1),
+        (("pass", "unsupported"), 1, 1),  # could not verify: never reads as conforming
         (("pass", "fail"), 1, 1),
         (("acceptable", "unsupported", "fail"), 1, 1),
-        (("skipped", "skipped"), 0, 0),
+        (("skipped", "skipped"), 1, 1),  # nothing was checked
+        (("acceptable",), 0, 1),
     ],
 )
 def test_exit_code_matrix(verdicts, expected_default, expected_strict):

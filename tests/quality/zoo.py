@@ -599,6 +599,8 @@ class Config:
         discrepancy: for a diffusers configuration with a known upstream bug, the bug
             (``"diffusers 0.42: ..."``, used as the xfail reason); None for a correct configuration.
         fails: ``fnmatch`` patterns of the checks that the discrepancy makes fail (only those may fail).
+        allow: (pattern, reason) known deviations of an otherwise correct configuration, declared
+            explicitly as a user's CI would with ``--ddspec-allow``; each reason names the upstream bug.
     """
 
     name: str
@@ -608,6 +610,7 @@ class Config:
     steps: tuple[int, ...] | None = None
     discrepancy: str | None = None
     fails: tuple[str, ...] = ()
+    allow: tuple[tuple[str, str], ...] = ()
 
 
 def diffusers_ddpm_default() -> DDPMScheduler:
@@ -693,12 +696,20 @@ def diffusers_ddim_trailing() -> DDIMScheduler:
 
 _NOISY_LAST_STEP = ("distribution.step_moments.*", "invariants.no_final_noise")
 
+#: diffusers 0.42's leading spacing with steps_offset=1 at N = T returns [1000, 999, ..., 1]: timestep
+#: 1000 lies outside the 1000-entry table and step() raises IndexError there (docs/diffusers.md §6).
+_STEPS_OFFSET_N_EQUALS_T: tuple[tuple[str, str], ...] = (
+    ("timesteps.sequence.N=1000",
+     "diffusers 0.42: leading spacing with steps_offset=1 returns timestep T = 1000 at N = T (IndexError in step)"),
+)
+
 CORRECT_CONFIGS: tuple[Config, ...] = (
     Config("diffusers_ddpm_default", diffusers_ddpm_default, "DDPMScheduler() defaults"),
     Config("diffusers_ddim_default", diffusers_ddim_default, "DDIMScheduler() defaults"),
     Config("diffusers_ddim_stable_diffusion", diffusers_ddim_stable_diffusion,
            "Stable-Diffusion-style DDIM: scaled_linear 0.00085-0.012, set_alpha_to_one=False, steps_offset=1, "
-           "clip_sample=False"),
+           "clip_sample=False",
+           allow=_STEPS_OFFSET_N_EQUALS_T),
     Config("diffusers_ddim_v_prediction", diffusers_ddim_v_prediction, "DDIMScheduler(prediction_type='v_prediction')"),
     Config("diffusers_ddpm_fixed_large", diffusers_ddpm_fixed_large, "DDPMScheduler(variance_type='fixed_large')"),
     Config("diffusers_ddim_cosine", diffusers_ddim_cosine, "DDIMScheduler(beta_schedule='squaredcos_cap_v2')"),
@@ -723,12 +734,12 @@ KNOWN_DISCREPANCIES: tuple[Config, ...] = (
            "DDPMScheduler(variance_type='fixed_large', steps_offset=1)",
            discrepancy="diffusers 0.42: DDPMScheduler.step adds noise when t > 0, not when the previous timestep "
                        "is >= 0, so with steps_offset=1 the last step (t=1 -> data) adds sqrt(beta') z",
-           fails=("oracle.point_mass.ddpm", "single_step.*", *_NOISY_LAST_STEP)),
+           fails=("oracle.point_mass.ddpm", "single_step.*", *_NOISY_LAST_STEP, "timesteps.sequence.N=1000")),
     Config("diffusers_ddpm_steps_offset_1", diffusers_ddpm_steps_offset_1, "DDPMScheduler(steps_offset=1)",
            dtypes=("float64",),
            discrepancy="diffusers 0.42: DDPMScheduler.step adds noise when t > 0, so with steps_offset=1 the last "
                        "step adds noise of std sqrt(1e-20) (beta_tilde = 0 clamped at 1e-20)",
-           fails=_NOISY_LAST_STEP),
+           fails=(*_NOISY_LAST_STEP, "timesteps.sequence.N=1000")),
     Config("diffusers_ddpm_trailing", diffusers_ddpm_trailing, "DDPMScheduler(timestep_spacing='trailing')",
            dtypes=("float64",),
            discrepancy="diffusers 0.42: DDPMScheduler.step adds noise when t > 0, so with trailing spacing the "
