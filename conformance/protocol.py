@@ -29,12 +29,13 @@ The harness checks a *target* (a diffusers scheduler, a hand-written sampler, th
     ``None`` otherwise. ``eta`` is DDIM's η (eq. 16); DDPM targets ignore it. A step must not modify its
     input tensors.
 
-Example: a hand-written deterministic DDIM sampler (η = 0, ε-prediction, DDIM eq. 12) that satisfies
-the protocol. Index −1 is the data, with ᾱ = 1.
+Example: a hand-written DDIM sampler (ε-prediction, DDIM eq. 12 with σ(η) of eq. 16) that satisfies
+the protocol and passes ``ddspec check``. Index −1 is the data, with ᾱ = 1.
 
 .. code-block:: python
 
     import numpy as np
+    import torch
     from ddspec.conformance.protocol import Conventions, declared_timesteps
 
     class MyDDIM:
@@ -58,7 +59,13 @@ the protocol. Index −1 is the data, with ᾱ = 1.
             ab_t = float(ab[t])
             ab_prev = float(ab[ts[k + 1]]) if k + 1 < len(ts) else 1.0
             x0 = (x_t - (1 - ab_t) ** 0.5 * model_output) / ab_t ** 0.5
-            return ab_prev ** 0.5 * x0 + (1 - ab_prev) ** 0.5 * model_output
+            var = eta**2 * (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
+            out = ab_prev ** 0.5 * x0 + max(1 - ab_prev - var, 0.0) ** 0.5 * model_output
+            if var > 0:
+                z = noise if noise is not None else torch.randn(
+                    x_t.shape, generator=generator, dtype=x_t.dtype, device=x_t.device)
+                out = out + var ** 0.5 * z
+            return out
 
 :func:`ddspec.conformance.adapters.adapt` accepts such an object as it is, wraps diffusers
 ``DDPMScheduler``/``DDIMScheduler`` instances, and calls a zero-argument factory once. For a plain

@@ -1,4 +1,11 @@
-r"""``ddspec audit``: every reference quantity against its mpmath twin, over the standard schedules.
+r"""``ddspec audit``: the schedule, posterior and σ(η) tables against their mpmath twins, at every timestep.
+
+These are the quantities with a documented ULP bound (docs/accuracy.md): β of every named schedule,
+ᾱ, 1 − ᾱ, their square roots, SNR, log-SNR, β̃, both posterior mean coefficients, the clipped log
+posterior variance, respaced β′ and σ(η). The other equations (forward process, parameterisations,
+steps, likelihood, guidance, …) are expressions in these tables; each is measured against its twin in
+its unit tests (tests/reference/), with a bound relative to the magnitude of its terms, since
+their inputs (x_t, ε, …) are arbitrary arrays rather than a fixed table.
 
 For each standard schedule (linear, scaled_linear and cosine at T ∈ {10, 1000, 4000}, cosine at
 T = 100000, and the other named schedules at T = 1000) and each quantity, the audit evaluates the

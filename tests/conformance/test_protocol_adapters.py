@@ -429,3 +429,20 @@ def test_adapters_import_without_diffusers() -> None:
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "ok"
+
+
+def test_docstring_example_passes_the_harness() -> None:
+    """The protocol's own example conforms: ddspec check's quick profile finds nothing wrong with it."""
+    from ddspec.conformance.checks import ALL_CHECKS
+    from ddspec.conformance.context import CheckContext
+    from ddspec.conformance.runner import run_checks
+
+    code = re.search(r"\.\. code-block:: python\n\n(.*?)\n\n(?=\S)", protocol.__doc__ or "", re.S)
+    assert code is not None
+    namespace: dict[str, object] = {}
+    exec(compile("\n".join(line[4:] for line in code.group(1).splitlines()), "<protocol example>", "exec"), namespace)
+    sampler = namespace["MyDDIM"]()  # type: ignore[operator]
+    report = run_checks(sampler, CheckContext(sampler, dtype="float64", profile="quick", seed=0), ALL_CHECKS,
+                        target="protocol-example")
+    assert report.exit_code() == 0, {r.name: (r.verdict.value, r.message[:200]) for r in report.checks
+                                     if r.verdict.value != "pass"}
