@@ -16,7 +16,7 @@ and eq. 16:
 Notation: the DDIM paper writes :math:`\alpha_t` for what DDPM (and this package) calls
 :math:`\bar\alpha_t`; we use ᾱ throughout. On a subsequence τ the "previous" state is the previous
 element of τ (eq. 12 with t − 1 replaced by τ_{i−1}); functions take ``t`` and ``t_prev`` as 0-based
-indices, ``t_prev = -1`` being the data (ᾱ = 1). ``t_prev == t`` is accepted for the last step of
+indices, ``t_prev = -1`` being the data (ᾱ = 1). ``t_prev == t`` (only at t = 0: the step 0 → 0) is accepted for the last step of
 diffusers' ``set_alpha_to_one=False`` variant (it "steps" to ᾱ at index 0 from index 0).
 
 Admissible σ: the mean's square root needs :math:`\sigma_t^2 \le 1 - \bar\alpha_{t-1}`.
@@ -41,7 +41,8 @@ _U = 2.0**-53
 def _indices(betas: ArrayLike, t: int, t_prev: int) -> tuple[NDArray[np.float64], int, int]:
     b = as_betas(betas)
     tt = as_timestep(t, b.size, "t")
-    tp = as_int(t_prev, "t_prev", low=-1, high=tt)
+    # t_prev == t only as the ᾱ_0-variant final step 0 -> 0 (diffusers set_alpha_to_one=False)
+    tp = as_int(t_prev, "t_prev", low=-1, high=tt if tt == 0 else tt - 1)
     return b, tt, tp
 
 

@@ -301,7 +301,8 @@ def gaussian_step_map(
         fail("oracle", oracle, "the closed-form propagation needs an IsotropicGaussian oracle")
     b = as_betas(betas)
     tt = as_timestep(t, b.size, "t")
-    tp = as_int(t_prev, "t_prev", low=-1, high=tt)
+    # t_prev == t only as the ᾱ_0-variant final step 0 -> 0 (diffusers set_alpha_to_one=False)
+    tp = as_int(t_prev, "t_prev", low=-1, high=tt if tt == 0 else tt - 1)
     ab, c = _signal_noise(b, tt)
     V = ab * oracle.variance + c
     a0 = np.sqrt(ab) * oracle.variance / V

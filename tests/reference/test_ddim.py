@@ -229,7 +229,7 @@ def test_validation_names_the_argument():
         D.q_sigma(x, x, 1, 0, 0.0, [0.1, -0.1])
 
 
-@pytest.mark.parametrize("t,t_prev", [(999, 979), (600, 300), (20, 0), (5, -1), (0, -1), (40, 40)])
+@pytest.mark.parametrize("t,t_prev", [(999, 979), (600, 300), (20, 0), (5, -1), (0, -1), (0, 0)])
 @pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
 def test_direction_coefficient_against_twin(t: int, t_prev: int, eta: float) -> None:
     """sqrt(1 − ᾱ_s − σ(η)²) (DDIM eq. 12 with eq. 16) from η directly is within 4 ULP of the twin."""
@@ -245,3 +245,11 @@ def test_direction_coefficient_against_twin(t: int, t_prev: int, eta: float) -> 
         sig = t_ddim.ddim_sigma(betas, t, t_prev, eta, dps=40) if t_prev < t else mpmath.mpf(0)
         exact = mpmath.sqrt(c_s - sig**2)
     assert ulp_error([got], [exact])[0] <= 4.0
+
+
+def test_t_prev_equal_to_t_only_for_the_step_0_to_0() -> None:
+    """t_prev == t is the ᾱ_0-variant final step (0 → 0) only; elsewhere it is an error naming t_prev."""
+    betas = np.linspace(1e-4, 0.02, 1000)
+    assert D.ddim_sigma(betas, 0, 0, 1.0) == 0.0
+    with pytest.raises(ValueError, match="t_prev"):
+        D.ddim_sigma(betas, 5, 5, 0.5)

@@ -86,7 +86,7 @@ def test_ddpm_step_with_clipping_matches_twin() -> None:
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_ddim_step_matches_twin(prediction_type: str) -> None:
     rng = np.random.default_rng(13)
-    for t, t_prev in STEPS + [(0, 0), (40, 40)]:
+    for t, t_prev in STEPS + [(0, 0)]:
         for eta in (0.0, 0.5, 1.0):
             for use_clipped in (False, True):
                 x = rng.standard_normal(6)
