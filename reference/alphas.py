@@ -79,6 +79,12 @@ def _dd_tables(betas: ArrayLike) -> tuple[Array, Array, Array, Array]:
     return _tables(np.ascontiguousarray(b).tobytes())
 
 
+def _zero_by_a_beta_of_one(betas: ArrayLike, i: int) -> bool:
+    """Whether ᾱ reaches 0 at index ``i`` because a β up to there is exactly 1 (rather than underflow)."""
+    b = as_betas(betas)
+    return bool(np.any(b[: i + 1] == 1.0))
+
+
 def alphas(betas: ArrayLike) -> Array:
     r"""Per-step signal retention :math:`\alpha_t = 1 - \beta_t` (Ho et al. 2020, §2).
 
@@ -162,7 +168,9 @@ def log_snr(betas: ArrayLike) -> Array:
     hi, lo, c_hi, c_lo = _dd_tables(betas)
     if np.any(hi <= 0.0):
         i = int(np.argmax(hi <= 0.0))
-        raise SingularError(f"log_snr: alpha_bar[{i}] = 0 (zero terminal SNR), so log-SNR is -inf there")
+        why = ("a beta of 1 there: zero terminal SNR" if _zero_by_a_beta_of_one(betas, i)
+               else "the running product underflowed float64 (total log-decay beyond ~745)")
+        raise SingularError(f"log_snr: alpha_bar[{i}] = 0 ({why}), so log-SNR is -inf there")
     ratio = (hi + lo) / (c_hi + c_lo)
     near_one = (ratio > 0.5) & (ratio < 2.0)
     dh, dl = _dd.dd_add(hi, lo, -c_hi, -c_lo)
@@ -204,7 +212,8 @@ def _ratio_dd(betas: ArrayLike, t: ArrayLike, s: ArrayLike) -> tuple[Array, Arra
     sh = np.where(ss < 0, 1.0, hi[np.maximum(ss, 0)])
     sl = np.where(ss < 0, 0.0, lo[np.maximum(ss, 0)])
     if np.any(sh <= 0.0):
-        fail("s", s, "alpha_bar at s is 0, so the ratio alpha_bar_t / alpha_bar_s is undefined")
+        fail("s", s, "alpha_bar at s is 0 (a beta of 1, or a running product that underflowed float64), "
+                     "so the ratio alpha_bar_t / alpha_bar_s is undefined")
     qh, ql = _dd.dd_div(th, tl, sh, sl)
     return np.asarray(qh), np.asarray(ql), tt, ss
 
