@@ -39,6 +39,14 @@ subsequence, else the declared rule's from the reference (``details["timesteps_s
 say so): a wrong sequence is reported by ``timesteps.sequence.N=<N>``, and the invariants still judge
 the step.
 
+Targets without a reference. When the declared conventions have no reference (``unsupported``
+entries, e.g. an ``__init__`` parameter the adapter does not know, or an unknown ``beta_schedule``),
+the invariants that compare the target only with itself (``no_input_mutation``,
+``output_shape_dtype_device``, ``deterministic``, ``no_global_rng``) still run, on the target's own
+``timesteps(N)`` and ``alphas_cumprod()`` table, and a note says so. ``finite`` and
+``no_final_noise`` need the reference step (its finiteness, its variance) and ``batch_independence``
+needs the error model of the declared step: they are ``unsupported``, quoting the entries.
+
 Verdicts: ``fail`` when the contract is violated, or when a call raises, hangs or returns no usable
 tensor (such a call is a finding, and the message leads with it), except where the reference itself
 is singular (ε-prediction at ᾱ = 0), which is skipped and said so. ``observed``/``tolerance``: the
@@ -52,6 +60,7 @@ The target is read once per check (:func:`~._common.setup_target`) and called th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -64,15 +73,18 @@ from numpy.typing import NDArray
 from .. import expectation
 from ..results import CheckResult, Finding, Verdict
 from ..runner import restore_rng_state, rng_leaked, rng_state_snapshot
+from ..tolerances import unit_roundoff
 from ._common import (
     MAX_REPRESENTATIVE_STEPS,
     TargetSetup,
     call_step,
+    conventions_of,
     elapsed,
     error_bound,
     exact_of,
     plan_for,
     random_predicted_variance,
+    read_table,
     reference_or_why,
     representative_steps,
     reproduce_call,
@@ -156,19 +168,63 @@ class _Run:
     broken: list[Finding] = field(default_factory=list)
     violations: list[Finding] = field(default_factory=list)
     checked: int = 0
+    reference_free: bool = False
 
     def break_at(self, cfg: _Config, mode: str, why: str) -> None:
         """Record a call that raised, hung or returned no usable tensor."""
         self.broken.append(Finding(step=cfg.k, timestep=cfg.t, message=f"{_where(cfg, mode)}: {why}"))
 
 
-def _begin(ctx: Any, name: str, *, every_step: bool = False, min_batch: int = 1) -> _Run | CheckResult:
+def _target_only_setup(ctx: Any, unsupported: CheckResult) -> tuple[TargetSetup | None, str]:
+    r"""A :class:`~._common.TargetSetup` built from the target alone, for a reference-free invariant
+    on a target whose conventions have no reference (``unsupported`` is :func:`~._common.setup_target`'s
+    result saying why): ``alpha_bar`` is the target's own ``alphas_cumprod()`` (NaN when unreadable),
+    ``betas`` follow from it (:math:`\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}`, Ho et al. 2020,
+    §2), and ``delta`` is 0 (nothing here is compared with an exact value). Returns ``(setup, note)``,
+    or ``(None, why)`` when even the conventions' step count is unusable.
+    """
+    conv, why = conventions_of(ctx)
+    if conv is None:
+        return None, why
+    T = int(conv.num_train_timesteps)
+    if T < 1:
+        return None, f"num_train_timesteps={T}"
+    table, why = read_table(ctx, "alphas_cumprod", T)
+    if table is None:
+        table = np.full(T, np.nan)
+        table_note = f"{why}; no singular step can be recognised"
+    else:
+        table_note = "the target's own alphas_cumprod() table"
+    with np.errstate(divide="ignore", invalid="ignore"):
+        betas = 1.0 - table / np.concatenate(([1.0], table[:-1]))
+    u_compute = unit_roundoff(ctx.dtype)
+    setup = TargetSetup(ctx.sampler, conv, betas, table, u_compute, u_compute, np.zeros(T), table_note)
+    note = (f"reference-free: {unsupported.message}; this invariant needs no reference, so it runs on the "
+            f"target's own timesteps(N) and {table_note}")
+    return setup, note
+
+
+def _begin(
+    ctx: Any, name: str, *, every_step: bool = False, min_batch: int = 1, reference_free: bool = False,
+) -> _Run | CheckResult:
     r"""Read the target and lay out the configurations of the representative run, or the result that
-    ends the check at once (conventions unreadable or unsupported, a batch too small, no run)."""
+    ends the check at once (conventions unreadable or unsupported, a batch too small, no run).
+
+    With ``reference_free`` (an invariant that compares the target only with itself), a target whose
+    conventions have no reference is still checked, on its own timesteps and ᾱ table
+    (:func:`_target_only_setup`), and the result's notes say so; it stays ``unsupported`` only when
+    the run cannot be laid out without the reference.
+    """
     start = time.perf_counter()
     setup = setup_target(ctx, name, FAMILY)
+    free_note = None
     if isinstance(setup, CheckResult):
-        return setup
+        if not (reference_free and setup.verdict is Verdict.UNSUPPORTED):
+            return setup
+        unsupported = setup
+        setup, free_note = _target_only_setup(ctx, unsupported)
+        if setup is None:
+            return dataclasses.replace(unsupported, message=f"{unsupported.message}; and {free_note}")
     shape = tuple(ctx.settings.sample_shape)
     if shape[0] < min_batch:
         return CheckResult.skipped(name, FAMILY, f"the profile's sample_shape {shape} has a batch of {shape[0]}")
@@ -178,12 +234,18 @@ def _begin(ctx: Any, name: str, *, every_step: bool = False, min_batch: int = 1)
         return _fatal(name, start, f"cannot run the target: no profile step count N <= T = {T}")
     plan, note, why = plan_for(ctx, setup, n)
     if plan is None:
+        if free_note is not None:
+            return dataclasses.replace(unsupported, message=f"{unsupported.message}; and the target's own "
+                                       f"timesteps cannot be run: {why}", duration_s=elapsed(start))
         return _fatal(name, start, f"cannot run the target: {why}")
     ks = range(len(plan.pairs)) if every_step else step_positions(len(plan.pairs))
     cfgs = [_Config(label, eta, n, k, plan.pairs[k][0], plan.pairs[k][1])
             for label, eta in run_variants(ctx, setup) for k in ks]
-    run = _Run(name, start, setup, cfgs, _inputs(ctx, setup, shape))
+    run = _Run(name, start, setup, cfgs, _inputs(ctx, setup, shape), reference_free=free_note is not None)
     run.details["timesteps_source"] = {f"N={n}": plan.source}
+    if free_note is not None:
+        run.notes.append(free_note)
+        run.details["reference"] = "none: the target's own timesteps and alphas_cumprod() table"
     if note:
         run.notes.append(note)
     return run
@@ -191,8 +253,19 @@ def _begin(ctx: Any, name: str, *, every_step: bool = False, min_batch: int = 1)
 
 def _cases(ctx: Any, run: _Run) -> Iterator[tuple[_Config, str]]:
     """(configuration, noise mode) for every configuration where the reference can state the step,
-    each with every mode of :func:`_modes`; the other configurations are noted and skipped."""
+    each with every mode of :func:`_modes`; the other configurations are noted and skipped.
+
+    A reference-free run has no reference to ask: it skips only ε-prediction at the target's own
+    ᾱ_t = 0, where the step is singular by definition (ε-parameterisation, Ho et al. 2020, eq. 11).
+    """
     for cfg in run.cfgs:
+        if run.reference_free:
+            if run.setup.conv.prediction_type == "epsilon" and run.setup.ab(cfg.t) == 0.0:
+                run.notes.append(f"{_where(cfg, '-')}: skipped, epsilon prediction at the target's alpha_bar_t = 0")
+                continue
+            for mode in _modes(ctx, run.setup):
+                yield cfg, mode
+            continue
         _, why = reference_or_why(run.setup, run.inp.mo64, cfg.t, cfg.t_prev, run.inp.x64, cfg.eta,
                                   run.inp.z64, run.inp.pv64)
         if why:
@@ -304,7 +377,7 @@ def check_no_input_mutation(ctx: Any) -> list[CheckResult]:
     (exact equality, NaN-aware). First, middle and last step of the representative run, every η,
     with injected noise and with a generator.
     """
-    run = _begin(ctx, "invariants.no_input_mutation")
+    run = _begin(ctx, "invariants.no_input_mutation", reference_free=True)
     if isinstance(run, CheckResult):
         return [run]
     inp = run.inp
@@ -345,7 +418,7 @@ def check_no_input_mutation(ctx: Any) -> list[CheckResult]:
 def check_output_shape_dtype_device(ctx: Any) -> list[CheckResult]:
     r"""``invariants.output_shape_dtype_device``: the step returns a tensor with ``x_t``'s shape,
     dtype and device (a float64 run must not come back in float32, a CUDA run not on the CPU)."""
-    run = _begin(ctx, "invariants.output_shape_dtype_device")
+    run = _begin(ctx, "invariants.output_shape_dtype_device", reference_free=True)
     if isinstance(run, CheckResult):
         return [run]
     inp = run.inp
@@ -405,7 +478,7 @@ def check_deterministic(ctx: Any) -> list[CheckResult]:
     A step that draws from a global RNG instead of its generator, or ignores the injected noise,
     fails here (and in ``invariants.no_global_rng``).
     """
-    run = _begin(ctx, "invariants.deterministic")
+    run = _begin(ctx, "invariants.deterministic", reference_free=True)
     if isinstance(run, CheckResult):
         return [run]
     inp = run.inp
@@ -581,7 +654,7 @@ def check_no_global_rng(ctx: Any) -> list[CheckResult]:
     (:func:`~ddspec.conformance.runner.rng_leaked`); a leak is reported and the states are restored
     (:func:`~ddspec.conformance.runner.restore_rng_state`) at once.
     """
-    run = _begin(ctx, "invariants.no_global_rng")
+    run = _begin(ctx, "invariants.no_global_rng", reference_free=True)
     if isinstance(run, CheckResult):
         return [run]
     inp = run.inp

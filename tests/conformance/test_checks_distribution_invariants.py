@@ -573,8 +573,66 @@ def test_unreadable_conventions_fail_and_unsupported_ones_are_reported():
     assert all("conventions" in r.message for r in results.values())
     conv = Conventions(family="ddim", num_train_timesteps=1000, unsupported=("magic_knob=3: not interpreted",))
     results = _run(Broken("none", conventions=conv))
-    assert results and all(r.verdict is Verdict.UNSUPPORTED for r in results.values())
-    assert all("magic_knob=3" in r.message for r in results.values())
+    assert results and all(r.verdict is Verdict.UNSUPPORTED for n, r in results.items()
+                            if n not in REFERENCE_FREE), _verdicts(results)
+    assert all("magic_knob=3" in r.message for n, r in results.items() if n not in REFERENCE_FREE)
+    # the reference-free invariants still judge the target, on its own timesteps and table, and say why
+    assert all(results[n].verdict is Verdict.PASS for n in REFERENCE_FREE), _verdicts(results)
+    assert all(any("magic_knob=3" in note for note in results[n].details["notes"]) for n in REFERENCE_FREE)
+
+
+#: The invariants that compare the target only with itself (no reference equation needed).
+REFERENCE_FREE = {
+    "invariants.no_input_mutation",
+    "invariants.output_shape_dtype_device",
+    "invariants.deterministic",
+    "invariants.no_global_rng",
+}
+
+
+def _knob_ddim(mutate: bool = False):
+    """A diffusers DDIMScheduler subclass whose ``__init__`` has one parameter the adapter does not
+    know (hence an ``unsupported`` entry); with ``mutate`` its step also overwrites the caller's sample."""
+    d = _diffusers()
+
+    class KnobDDIM(d.DDIMScheduler):
+        def __init__(self, knob: float = 0.5, **kwargs):
+            super().__init__(**kwargs)
+            self.knob = knob
+
+        def step(self, model_output, timestep, sample, *args, **kwargs):
+            out = super().step(model_output, timestep, sample, *args, **kwargs)
+            if mutate:
+                sample.copy_(out.prev_sample if hasattr(out, "prev_sample") else out[0])
+            return out
+
+    return _adapt(KnobDDIM())
+
+
+def test_unsupported_target_still_runs_the_reference_free_invariants():
+    sampler = _knob_ddim()
+    assert any(e.startswith("knob") for e in sampler.conventions.unsupported), sampler.conventions.unsupported
+    results = _run(sampler)
+    verdicts = _verdicts(results)
+    assert {n for n, v in verdicts.items() if v is Verdict.PASS} == REFERENCE_FREE, verdicts
+    others = set(results) - REFERENCE_FREE
+    assert {"invariants.finite", "invariants.no_final_noise", "invariants.batch_independence"} <= others
+    for name in others:
+        assert verdicts[name] is Verdict.UNSUPPORTED and "knob" in results[name].message, (name, results[name].message)
+    for name in REFERENCE_FREE:
+        r = results[name]
+        assert r.details["configurations_checked"] > 0, r.details
+        assert set(r.details["timesteps_source"].values()) == {"target"}, r.details
+        assert any(note.startswith("reference-free") and "knob" in note for note in r.details["notes"]), r.details
+
+
+def test_unsupported_target_with_an_in_place_step_fails_no_input_mutation():
+    results = _run(_knob_ddim(mutate=True), checks=invariants.CHECKS)
+    r = results["invariants.no_input_mutation"]
+    assert r.verdict is Verdict.FAIL and "modified x_t in place" in r.message, r.message
+    assert r.findings and r.observed >= 1.0 and r.tolerance == 0.0
+    for name in ("invariants.finite", "invariants.no_final_noise", "invariants.batch_independence"):
+        assert results[name].verdict is Verdict.UNSUPPORTED, name
 
 
 # ---------------------------------------------------------------------------------------------------
