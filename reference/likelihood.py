@@ -11,7 +11,8 @@ discretized decoder :math:`p_\theta(x_0 \mid x_1)` (eq. 13, :func:`discretized_g
 the prior term (:func:`prior_kl`, :func:`prior_bpd`), one term of the sum (:func:`vlb_term`), the whole
 bound (:func:`vlb_terms_bpd`, :func:`total_vlb_bpd`), the simple and hybrid losses (eq. 14,
 :func:`l_simple`; Nichol & Dhariwal 2021 eq. 16, :func:`l_hybrid`) and the ε-form of a KL term
-(eq. 12, :func:`eps_kl_weight`, :func:`eps_kl_constant`).
+(eq. 8's mean part in the ε form of eq. 12, :func:`eps_kl_weight`, and eq. 8's constant C,
+:func:`eps_kl_constant`).
 
 Index convention (``docs/conventions.md``): a timestep argument is the 0-based index; index ``t``
 is the papers' t + 1. :func:`vlb_term` at index ``t >= 1`` is the papers' :math:`L_{t}` (the KL
@@ -185,7 +186,7 @@ def normal_kl(mean1: ArrayLike, logvar1: ArrayLike, mean2: ArrayLike, logvar2: A
           = \tfrac12\Big(-1 + \ell_2 - \ell_1 + e^{\ell_1-\ell_2} + (\mu_1-\mu_2)^2 e^{-\ell_2}\Big)
           = \tfrac12\Big(h(\ell_1 - \ell_2) + (\mu_1-\mu_2)^2 e^{-\ell_2}\Big),\quad h(d) = e^{d} - 1 - d .
 
-    Source: the closed form used for every KL term of Ho et al. 2020 (§3.3, "Rao–Blackwellized
+    Source: the closed form used for every KL term of Ho et al. 2020 (§2, after eq. 7: "Rao–Blackwellized
     fashion with closed form expressions"); anchors "Likelihood" (same formula, log-variances).
 
     Accuracy. Both parts are non-negative and are evaluated without cancellation:
@@ -782,8 +783,12 @@ def eps_kl_constant(betas: ArrayLike, t: int, sigma2: float) -> float:
     splits into the mean part :math:`(\tilde\mu_t - \mu_\theta)^2/(2\sigma_t^2) = w_t(\epsilon-\epsilon_\theta)^2`
     (see :func:`eps_kl_weight`) and the variance part :math:`\tfrac12(-1 + \ell_2 - \ell_1 + e^{\ell_1-\ell_2})`,
     which does not depend on ε or ε_θ: it is the KL between two Gaussians with equal means and
-    variances β̃_t and σ_t². It is the "C" of Ho et al. 2020, eq. 12 (a constant independent of θ
-    for fixed σ_t), is >= 0, and is 0 exactly when :math:`\sigma_t^2 = \tilde\beta_t` ("fixed small").
+    variances β̃_t and σ_t². It is the constant C of Ho et al. 2020, eq. 8,
+
+    .. math:: L_{t-1} = \mathbb E_q\Big[\frac{1}{2\sigma_t^2}\|\tilde\mu_t(x_t, x_0) - \mu_\theta(x_t, t)\|^2\Big] + C
+
+    (independent of θ for fixed σ_t; eqs. 10–12 rewrite only the mean part, into the ε form with
+    weight :math:`w_t`, and drop C). It is >= 0, and 0 exactly when :math:`\sigma_t^2 = \tilde\beta_t` ("fixed small").
 
     Computed as :math:`\tfrac12(r - \log(1+r))` with :math:`r = (\tilde\beta_t - \sigma_t^2)/\sigma_t^2`, β̃
     in double-double, so that C keeps its relative accuracy also when σ² is close to β̃ (e.g.

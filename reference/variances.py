@@ -27,8 +27,17 @@ The DDPM authors' code and improved-diffusion replace the log by that of the *ne
 ``posterior_log_variance_clipped``: log β̃ at index 1 for index 0); diffusers and lucidrains clamp β̃
 at 1e-20 instead (``docs/conventions.md``; a known variant for the harness). For a respaced schedule
 improved-diffusion's "next step" is the step from the next element of the subsequence, ``t_next``,
-down to ``t``: pass ``t_next`` to reproduce it; the default is ``t + 1`` (the unstrided schedule,
-where it equals :func:`~ddspec.reference.posterior.posterior_log_variance_clipped`).
+down to ``t``. The reference cannot tell a respaced schedule from the unstrided one at the final step
+(its own stride, ``t`` → −1, says nothing about the stride above ``t``), so ``t_next`` is never
+guessed for a step the caller spells out:
+
+* ``t_prev`` omitted: the call describes the unstrided schedule (``t_prev = t - 1``), and ``t_next``
+  defaults to ``t + 1``, where the clipped log equals
+  :func:`~ddspec.reference.posterior.posterior_log_variance_clipped`;
+* ``t_prev`` given (a step of a possibly respaced schedule): where the final step needs the clipped
+  value, ``t_next`` must be given too (``t_next = t + 1`` for the unstrided schedule), else a
+  ``ValueError`` names ``t_next``. A silent ``t + 1`` would make a respaced variational bound use
+  the wrong step's β̃.
 """
 
 from __future__ import annotations
@@ -161,11 +170,17 @@ def reverse_variance(
     * ``"learned_range"``: Nichol & Dhariwal 2021, eq. 15, with the network output
       :math:`m \in [-1, 1]` mapped to the paper's v ∈ [0, 1] by v = (m + 1)/2 (as improved-diffusion
       and diffusers do). :math:`\tilde\beta'_\mathrm{clip}` is β̃′ except at the final step, where it is
-      the clipped value; diffusers uses log(1e-20) there instead.
+      the clipped value; diffusers uses log(1e-20) there instead. The ends are the fixed types' values
+      exactly, :math:`\Sigma(m{=}1) = \beta'` and :math:`\Sigma(m{=}{-1}) = \tilde\beta'_\mathrm{clip}`
+      (not :math:`\exp(\log\beta')`, which is about |log β′| ULP off).
 
-    ``t_next`` (default ``t + 1``) only matters at the final step, for the clipped value
-    :math:`\tilde\beta(t_\mathrm{next} \to t)`; it must satisfy t < t_next ≤ T − 1. Raises
-    :class:`SingularError` when the clipped value is needed and there is no index above ``t`` (T = 1).
+    ``t_next`` only matters at the final step (``t_prev = -1``), for the clipped value
+    :math:`\tilde\beta(t_\mathrm{next} \to t)` of ``fixed_small``'s log, ``fixed_large_improved`` and
+    ``learned_range``: the next index of the sampling subsequence above ``t``, t < t_next ≤ T − 1.
+    It defaults to ``t + 1`` only when ``t_prev`` is omitted (the unstrided schedule); with an explicit
+    ``t_prev = -1`` it is required where the clipped value is needed (ValueError naming ``t_next``;
+    module docstring). Elsewhere it is validated and ignored. Raises :class:`SingularError` when the
+    clipped value is needed and there is no index above ``t`` (T = 1).
     ``model_var_output`` is required for the learned types and refused for the fixed ones.
 
     Accuracy: β′ comes from :func:`~ddspec.reference.alphas.one_minus_alpha_bar_ratio` and β̃′ from
@@ -174,7 +189,10 @@ def reverse_variance(
     schedule's capped last step): log β′ is formed from the double-double 1 − ᾱ_t/ᾱ_s and
     :math:`\log\tilde\beta' = \log\beta' + \log(1-\bar\alpha_s) - \log(1-\bar\alpha_t)` from the
     double-double tables, so each is within a few ULP. learned_range's exp then turns the absolute
-    error of its log into a relative one (about |log Σ| units of roundoff).
+    error of its log into a relative one (about |log Σ| units of roundoff) inside the range; at its
+    endpoints the interpolation is not evaluated through exp(log): ``m = 1`` returns fixed_large's β′
+    and ``m = -1`` the (clipped) β̃′ of ``fixed_small`` / ``fixed_large_improved``, bit for bit, and
+    the log-variance there is exactly the endpoint's log (v·a + (1 − v)·b is exact for v ∈ {0, 1}).
     """
     b = as_betas(betas)
     n = b.size
@@ -191,13 +209,19 @@ def reverse_variance(
         """The step whose β̃ replaces the final step's (module docstring): (t, t_prev), or (t_next, t) at the final step."""
         if not final:
             return tt, s
-        upper = tt + 1 if nxt is None else nxt
-        if upper > n - 1:
+        if nxt is not None:
+            return nxt, tt
+        if tt + 1 > n - 1:
             raise SingularError(
                 f"reverse_variance: t={tt} is the final step (t_prev=-1), where beta_tilde = 0 and its log is -inf, "
                 f"and there is no later index (T={n}) whose beta_tilde could replace it (posterior_log_variance_clipped)"
             )
-        return upper, tt
+        if t_prev is not None:
+            fail("t_next", t_next, f"variance_type={vt!r} at the final step t={tt} -> t_prev=-1 needs the next index "
+                 "of the sampling subsequence above t, whose step t_next -> t gives the clipped beta_tilde "
+                 "(posterior_log_variance_clipped); with an explicit t_prev it is not guessed: pass "
+                 f"t_next={tt + 1} for the unstrided schedule, or the next timestep of a respaced one")
+        return tt + 1, tt
 
     if vt == "fixed_small":
         var = float(posterior_coefficients(b, tt, s).variance)
@@ -220,8 +244,15 @@ def reverse_variance(
     else:  # learned_range
         assert m is not None
         frac = (m + 1.0) / 2.0
-        min_log = _log_beta_tilde(b, *clipped_step())
+        up, low = clipped_step()
+        min_log = _log_beta_tilde(b, up, low)
         max_log = _log_beta_prime(b, tt, s)
-        log_v = frac * max_log + (1.0 - frac) * min_log
-        return ReverseVariance(np.exp(log_v), log_v)
+        log_v = frac * max_log + (1.0 - frac) * min_log  # exactly max_log at m = 1 and min_log at m = -1
+        var_v = np.exp(log_v)
+        # the endpoints are the fixed types' values themselves, not exp(log) of them (~|log Σ| ULP off)
+        if np.any(m == 1.0):
+            var_v = np.where(m == 1.0, float(one_minus_alpha_bar_ratio(b, tt, s)), var_v)
+        if np.any(m == -1.0):
+            var_v = np.where(m == -1.0, float(posterior_coefficients(b, up, low).variance), var_v)
+        return ReverseVariance(np.asarray(var_v, dtype=np.float64), log_v)
     return ReverseVariance(np.asarray(var, dtype=np.float64), np.asarray(log_var, dtype=np.float64))

@@ -66,27 +66,37 @@ def reverse_variance(
     fixed_small: β̃′ (log of β̃(t_next → t) at t_prev = −1); fixed_large: β′; fixed_large_improved:
     β′, or β̃(t_next → t) at t_prev = −1; learned: exp(m), m; learned_range:
     exp(v log β′ + (1 − v) log β̃_clip), v = (m + 1)/2.
+
+    ``t_next`` as in the reference: it defaults to t + 1 only when ``t_prev`` is omitted; with an
+    explicit ``t_prev = -1`` the types that need β̃(t_next → t) raise ``ValueError`` without it.
     """
     s = t - 1 if t_prev is None else t_prev
-    up = t + 1 if t_next is None else t_next
     with mpmath.workdps(DEFAULT_DPS):
         bp = step_beta(betas, t, s)
         bt = step_beta_tilde(betas, t, s)
-        bt_clip = step_beta_tilde(betas, up, t) if s == -1 else bt
+
+        def bt_clip() -> Any:
+            if s != -1:
+                return bt
+            if t_next is None and t_prev is not None:
+                raise ValueError(f"t_next=None: {variance_type} at the final step t={t} -> -1 needs t_next")
+            return step_beta_tilde(betas, t + 1 if t_next is None else t_next, t)
+
         if variance_type == "fixed_small":
-            return bt, mpmath.log(bt_clip)
+            return bt, mpmath.log(bt_clip())
         if variance_type == "fixed_large":
             return bp, mpmath.log(bp)
         if variance_type == "fixed_large_improved":
-            v = bt_clip if s == -1 else bp
+            v = bt_clip() if s == -1 else bp
             return v, mpmath.log(v)
         ms = mpf_list([] if model_var_output is None else model_var_output)
         if variance_type == "learned":
             return [mpmath.exp(m) for m in ms], ms
         if variance_type == "learned_range":
+            log_large, log_small = mpmath.log(bp), mpmath.log(bt_clip())
             logs = []
             for m in ms:
                 frac = (m + 1) / 2
-                logs.append(frac * mpmath.log(bp) + (1 - frac) * mpmath.log(bt_clip))
+                logs.append(frac * log_large + (1 - frac) * log_small)
             return [mpmath.exp(lv) for lv in logs], logs
         raise ValueError(f"variance_type={variance_type!r}: unknown")

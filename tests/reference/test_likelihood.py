@@ -30,6 +30,7 @@ sum of the bins.
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 
 import mpmath
@@ -337,7 +338,8 @@ def _beta_tilde_exact(betas: np.ndarray, t: int) -> float:
 @pytest.mark.parametrize("t", [1, 2, 10, 500, 999])
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde", "other"])
 def test_eps_kl_decomposition(t: int, variance: str) -> None:
-    """vlb_term with μ_θ = (x_t − β/√(1−ᾱ) ε_θ)/√α equals w (ε − ε_θ)² + C, elementwise (Ho et al. 2020, eq. 12)."""
+    """vlb_term with μ_θ = (x_t − β/√(1−ᾱ) ε_θ)/√α equals w (ε − ε_θ)² + C, elementwise (Ho et al. 2020,
+    eq. 8 for the split into the mean part and C, eq. 12 for the mean part's ε form)."""
     b = LINEAR_1000
     rng = np.random.default_rng(t)
     x0 = rng.uniform(-1, 1, size=(3, 5))
@@ -376,6 +378,16 @@ def test_eps_kl_weight_and_constant_ulp(t: int) -> None:
         # σ² = fl(β̃): the exact constant is ~1e-33, not 0; absolute agreement
         c = L.eps_kl_constant(b, t, bt)
         assert c < 1e-30 and abs(c - float(TW.eps_kl_constant(b, t, bt))) < 1e-45
+
+
+def test_eps_kl_constant_cites_eq_8_for_c() -> None:
+    """Ho et al. 2020 introduce C in eq. 8, L_{t−1} = E_q[‖μ̃_t − μ_θ‖²/(2σ_t²)] + C; eq. 12 is the ε form
+    of the mean part, which has no C (the docstring used to cite eq. 12 for C)."""
+    doc = L.eps_kl_constant.__doc__ or ""
+    assert re.search(r"constant C of Ho et al\. 2020, eq\. 8\b", doc), doc
+    assert not re.search(r"C\W+of Ho et al\. 2020, eq\. 12", doc)
+    weight_doc = L.eps_kl_weight.__doc__ or ""
+    assert "Ho et al. 2020, eq. 12" in weight_doc and "(eq. 11)" in weight_doc and "eq. 4" in weight_doc
 
 
 def test_eps_kl_weight_closed_form_first_step() -> None:
