@@ -33,6 +33,19 @@ _default_profile = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "ye
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_profile))
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Name the CPU kernel torch runs with: the README's test command runs tests/quality a second time
+    under ``ATEN_CPU_CAPABILITY=default``, and a log must say which run is which."""
+    try:
+        import torch
+
+        capability = torch.backends.cpu.get_cpu_capability()
+    except Exception as exc:  # torch missing or broken
+        capability = f"unknown ({type(exc).__name__})"
+    requested = os.environ.get("ATEN_CPU_CAPABILITY", "(unset: native)")
+    return f"torch CPU kernel: {capability} (ATEN_CPU_CAPABILITY={requested})"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", default=False, help="run tests marked slow (opt-in)")
 
