@@ -97,7 +97,14 @@ class DiffusersDDIMAdapter:
     def _ensure_timesteps(self, num_steps: int) -> NDArray[np.int64]:
         n = as_int(num_steps, "num_steps", low=1, high=self.conventions.num_train_timesteps)
         if self.scheduler.num_inference_steps != n:
-            self.scheduler.set_timesteps(n)
+            try:
+                self.scheduler.set_timesteps(n)
+            except BaseException:
+                # a set_timesteps that raised may have set num_inference_steps before failing: forget
+                # it, so that the next call with the same N raises again instead of running on a
+                # half-built scheduler (one root crash stays one failure, reported every time)
+                self.scheduler.num_inference_steps = None
+                raise
         return self.scheduler.timesteps.detach().to("cpu").numpy().astype(np.int64)
 
     def timesteps(self, num_steps: int) -> NDArray[np.int64]:

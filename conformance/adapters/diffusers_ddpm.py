@@ -204,7 +204,12 @@ class DiffusersDDPMAdapter:
         n = as_int(num_steps, "num_steps", low=1, high=self.conventions.num_train_timesteps)
         s = self.scheduler
         if s.num_inference_steps != n or getattr(s, "custom_timesteps", False):
-            s.set_timesteps(n)
+            try:
+                s.set_timesteps(n)
+            except BaseException:
+                # see DiffusersDDIMAdapter._ensure_timesteps: forget the half-set N so that it raises again
+                s.num_inference_steps = None
+                raise
         return s.timesteps.detach().to("cpu").numpy().astype(np.int64)
 
     def timesteps(self, num_steps: int) -> NDArray[np.int64]:

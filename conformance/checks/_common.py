@@ -11,10 +11,15 @@ module only
   check judges the rule), else the reference's;
 * calls the target's ``step`` (:class:`TargetCaller`) and validates what comes back
   (:func:`output_array`: a tensor of x_t's shape, dtype and device);
-* compares per element against a per-element bound and keeps the worst findings (:class:`Tally`);
+* compares per element against a per-element bound and keeps the worst findings (:class:`Tally`),
+  and keeps the calls that gave no usable output apart, one finding per step count and reason
+  (:class:`BrokenCalls`): a step count that raises is one finding, ``"N=1: step raised IndexError: …"``,
+  its exception goes to ``details["errors"]`` (``[{"num_steps": n, "error": "<ExcType>: <message>"}]``,
+  the runner's one-line description, :func:`call_error`), and the other step counts keep their numbers;
 * derives reproducible input seeds (:func:`offset_for`) and the per-step tolerance
   (:class:`StepTolerance`);
-* turns a :class:`Tally` into a verdict (:func:`tally_result`), leading with the calls that broke.
+* turns a :class:`Tally` into a verdict (:func:`tally_result`), leading with the calls that broke
+  and stating the observed error of the elements that were compared.
 
 The invariant and distribution checks read the target once into a :class:`TargetSetup`
 (:func:`setup_target`) and call its step through :func:`call_step`; their expected values come from
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -71,6 +77,9 @@ __all__ = [
     "RunPlan",
     "plan_run",
     "TargetCaller",
+    "call_error",
+    "failed_call",
+    "BrokenCalls",
     "Tally",
     "tally_result",
     "StepTolerance",
@@ -282,17 +291,26 @@ class TargetCaller:
 
     A timed-out call keeps running in the background (Python cannot kill a thread), so after the first
     timeout every further call is refused (``timed_out`` is set and :meth:`step` returns the reason),
-    instead of piling up hung threads.
+    instead of piling up hung threads. ``last_error`` is the runner's one-line description of what
+    went wrong in the last failed call (``"<ExcType>: <message>"``, or the timeout; for a refused
+    call, the timeout that made it refused), None when that call failed without raising.
     """
 
     def __init__(self, ctx: CheckContext) -> None:
         self.ctx = ctx
         self.timed_out: str | None = None
+        self.last_error: str | None = None
 
     def step(self, **kwargs: Any) -> tuple[Any, str | None]:
-        r"""``(value, None)`` or ``(None, why)``; ``kwargs`` are the protocol's step arguments."""
+        r"""``(value, None)`` or ``(None, why)``; ``kwargs`` are the protocol's step arguments.
+
+        ``why`` reads ``"step raised <ExcType>: <message>"``, ``"step timed out after ..."`` or
+        ``"step not called: an earlier call timed out (...)"`` (:func:`failed_call`).
+        """
+        self.last_error = None
         if self.timed_out is not None:
-            return None, f"not called: an earlier call timed out ({self.timed_out})"
+            self.last_error = self.timed_out
+            return None, f"step not called: an earlier call timed out ({self.timed_out})"
         fn = getattr(self.ctx.sampler, "step", None)
         if not callable(fn):
             return None, "sampler.step is not callable"
@@ -301,8 +319,128 @@ class TargetCaller:
         if outcome.timed_out:
             self.timed_out = outcome.error
         if not outcome.ok:
-            return None, f"step raised or hung: {outcome.error}"
+            self.last_error = outcome.describe()
+            return None, failed_call("step", self.last_error)
         return outcome.value, None
+
+
+_TIMED_OUT = "timed out"
+_NOT_CALLED = "not called: an earlier call timed out ("
+_CALL_FAILED = re.compile(r"step\(t=[^()]*\) failed: (?P<error>.*)\Z", re.S)
+
+
+def failed_call(call: str, error: str) -> str:
+    r"""``"step raised IndexError: …"`` (or ``"step timed out after …"``): a failed call of the target
+    in words, ``error`` being the runner's description (:meth:`ddspec.conformance.runner.CallOutcome.describe`)."""
+    return f"{call} {error}" if error.startswith(_TIMED_OUT) else f"{call} raised {error}"
+
+
+def call_error(why: str | None) -> str | None:
+    r"""The runner's ``"<ExcType>: <message>"`` (or timeout) description inside a reason returned by
+    :func:`call_step`, or None when the call did not raise or hang (e.g. it returned no tensor).
+
+    A call refused after a timeout (``"not called: an earlier call timed out (...)"``) gives the
+    timeout's description: that timeout is its root cause. Used for ``details["errors"]``, whose
+    strings must be equal wherever one exception recurs, so that the report can group them.
+    """
+    if not why:
+        return None
+    text = why
+    start = text.find(_NOT_CALLED)
+    if start >= 0 and text.endswith(")"):
+        text = text[start + len(_NOT_CALLED):-1]
+    match = _CALL_FAILED.search(text)
+    return match.group("error") if match else None
+
+
+@dataclass
+class _BrokenEntry:
+    num_steps: int | None
+    reason: str
+    error: str | None
+    where: str | None
+    step: int | None
+    timestep: int | None
+    info: dict[str, Any]
+    calls: int = 1
+    refused: int = 0
+
+
+@dataclass
+class BrokenCalls:
+    r"""The calls of one check that gave no usable output, one entry per (step count, reason).
+
+    A step count whose calls raise gives one entry, however many of its calls raised alike (every
+    step, every point, every noise mode): a root crash is one finding, not one per call. An entry's
+    finding reads ``"N=<n>: <reason> (first at <where>; <k> calls)"``. ``errors()`` is the contract
+    with the report (``details["errors"]``): one ``{"num_steps", "error"}`` per distinct step count
+    and exception (or timeout), ``error`` the runner's ``"<ExcType>: <message>"``; calls that failed
+    without raising (a wrong shape, no tensor) are findings but not errors.
+    """
+
+    entries: dict[tuple[int | None, str], _BrokenEntry] = field(default_factory=dict)
+    n_calls: int = 0
+
+    def add(
+        self, *, num_steps: int | None, reason: str, error: str | None = None, where: str | None = None,
+        step: int | None = None, timestep: int | None = None, info: dict[str, Any] | None = None,
+        refused: bool = False,
+    ) -> None:
+        r"""Record one failed call; a repeat of an entry's (step count, reason) only counts.
+
+        ``refused``: the call was not made because an earlier one timed out (``error`` is that
+        timeout); when this check recorded the timeout itself, the refusal is counted there.
+        """
+        self.n_calls += 1
+        if refused:
+            cause = next((e for e in self.entries.values() if error is not None and e.error == error), None)
+            if cause is not None:
+                cause.refused += 1
+                return
+        key = (num_steps, reason)
+        entry = self.entries.get(key)
+        if entry is not None:
+            entry.calls += 1
+            return
+        self.entries[key] = _BrokenEntry(num_steps, reason, error, where, step, timestep, dict(info or {}))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @staticmethod
+    def _text(entry: _BrokenEntry) -> str:
+        head = entry.reason if entry.num_steps is None else f"N={entry.num_steps}: {entry.reason}"
+        extra = []
+        if entry.where:
+            extra.append(f"first at {entry.where}" if entry.calls > 1 else f"at {entry.where}")
+        if entry.calls > 1:
+            extra.append(f"{entry.calls} calls")
+        if entry.refused:
+            extra.append(f"{entry.refused} later call(s) not made")
+        return head + (f" ({'; '.join(extra)})" if extra else "")
+
+    def findings(self) -> list[Finding]:
+        """One finding per entry, in the order they were first met."""
+        return [Finding(step=e.step, timestep=e.timestep, message=self._text(e)) for e in self.entries.values()]
+
+    def errors(self) -> list[dict[str, Any]]:
+        """``details["errors"]``: ``[{"num_steps": N or None, "error": "<ExcType>: <message>"}, ...]``, distinct."""
+        out: list[dict[str, Any]] = []
+        for e in self.entries.values():
+            item = {"num_steps": e.num_steps, "error": e.error}
+            if e.error is not None and item not in out:
+                out.append(item)
+        return out
+
+    def summary(self, limit: int = 3) -> str:
+        """The first ``limit`` entries as text, ``"; "``-separated (and how many more)."""
+        texts = [self._text(e) for e in self.entries.values()]
+        more = len(texts) - limit
+        return "; ".join(texts[:limit]) + (f"; and {more} more" if more > 0 else "")
+
+    def first_info(self) -> dict[str, Any] | None:
+        """The ``info`` of the first entry, or None."""
+        return next(iter(self.entries.values())).info if self.entries else None
 
 
 # -- comparisons -------------------------------------------------------------------------------------
@@ -319,11 +457,14 @@ class _Candidate:
 class Tally:
     r"""Per-element comparisons of one check result, across every step and run it covers.
 
-    ``compare`` records ``|got − expected|`` against a per-element bound; ``broken`` records a step
+    ``compare`` records ``|got − expected|`` against a per-element bound; ``broken`` records a call
     that produced no comparable number (an exception, a timeout, a wrong shape). The worst
-    :data:`~ddspec.conformance.results.MAX_FINDINGS` places are kept, worst first; a broken step
-    counts as an infinite ratio. ``info`` travels with a finding so that the check can write a
-    reproduce snippet for the worst one.
+    :data:`~ddspec.conformance.results.MAX_FINDINGS` compared places are kept, worst first; ``info``
+    travels with a finding so that the check can write a reproduce snippet for the worst one.
+
+    Broken calls are kept apart (:class:`BrokenCalls`), one entry per step count and reason: a step
+    count that cannot be run is one finding, and the numbers (``observed``, ``tolerance``,
+    ``worst_ratio``) stay those of the elements that were compared, from the step counts that worked.
     """
 
     worst_ratio: float = 0.0
@@ -337,6 +478,7 @@ class Tally:
     first_broken: str | None = None
     _worst_compared: float = 0.0
     candidates: list[_Candidate] = field(default_factory=list)
+    calls: BrokenCalls = field(default_factory=BrokenCalls)
 
     def _keep(self, ratio: float, finding: Finding, info: dict[str, Any]) -> None:
         self.candidates.append(_Candidate(ratio, finding, info))
@@ -395,13 +537,30 @@ class Tally:
         self.worst_ratio = max(self.worst_ratio, top)
         return top
 
-    def broken(self, *, step: int | None, timestep: int | None, message: str, info: dict[str, Any] | None = None) -> None:
-        """Record a step that gave nothing to compare (the message says why); it counts as a failure."""
+    def broken(
+        self,
+        *,
+        step: int | None,
+        timestep: int | None,
+        message: str,
+        info: dict[str, Any] | None = None,
+        num_steps: int | None = None,
+        error: str | None = None,
+        where: str | None = None,
+    ) -> None:
+        r"""Record a call that gave nothing to compare; it fails the result.
+
+        ``message`` says what went wrong (``"step raised IndexError: …"``, :func:`failed_call`),
+        ``num_steps`` the step count whose run it belongs to, ``error`` the runner's
+        ``"<ExcType>: <message>"`` when the call raised or hung (:attr:`TargetCaller.last_error`,
+        :func:`call_error`), ``where`` the place of the call (step, timestep, …). Calls of one step
+        count that fail alike (same ``message``) make one finding (:class:`BrokenCalls`).
+        """
         self.n_broken += 1
         if self.first_broken is None:
             self.first_broken = message
-        self.worst_ratio = float("inf")
-        self._keep(float("inf"), Finding(step=step, timestep=timestep, message=message), dict(info or {}))
+        self.calls.add(num_steps=num_steps, reason=message, error=error, where=where, step=step,
+                       timestep=timestep, info=info)
 
     @property
     def failed(self) -> bool:
@@ -409,20 +568,24 @@ class Tally:
 
     @property
     def worst_compared_ratio(self) -> float:
-        """The worst ratio among the compared elements (broken steps, which compared nothing, left out)."""
+        """The worst ratio among the compared elements (broken calls, which compared nothing, left out)."""
         return self._worst_compared
 
     def findings(self) -> tuple[Finding, ...]:
-        """The worst places, worst first (failures only when the result fails, else the single worst)."""
+        r"""One finding per broken (step count, reason) first, then the worst compared places (those
+        beyond their tolerance when the result fails, else the single worst)."""
         ordered = sorted(self.candidates, key=lambda c: -c.ratio)
         if self.failed:
             ordered = [c for c in ordered if c.ratio > 1.0]
         else:
             ordered = ordered[:1]
-        return tuple(c.finding for c in ordered[:MAX_FINDINGS])
+        out = self.calls.findings() + [c.finding for c in ordered]
+        return tuple(out[:MAX_FINDINGS])
 
     def worst_info(self) -> dict[str, Any] | None:
-        """The ``info`` of the worst place, or None when nothing was compared."""
+        """The ``info`` of the first broken call, else of the worst compared place; None when neither."""
+        if self.calls.entries:
+            return self.calls.first_info()
         if not self.candidates:
             return None
         return max(self.candidates, key=lambda c: c.ratio).info
@@ -439,26 +602,34 @@ def tally_result(
     reproduce: str | None,
     details: dict[str, Any],
 ) -> CheckResult:
-    r"""The verdict of a :class:`Tally`: ``fail`` when a step broke or an element left its tolerance.
+    r"""The verdict of a :class:`Tally`: ``fail`` when a call broke or an element left its tolerance.
 
-    The message is ``"<what>: ..."``. A failure leads with the calls that broke (how many, and the
-    first one's reason), then the ``n_exceeding`` elements beyond their tolerance (``exceeding``
-    names them); a pass says ``within``. ``observed`` and ``tolerance`` are those of the worst
-    compared element, except when a call broke: nothing comparable came back there (an unbounded
-    error), so ``observed`` is inf and ``tolerance`` None, and the report cannot read as a success.
-    ``reproduce`` is attached to a failure only.
+    The message is ``"<what>: ..."``. A failure leads with the calls that broke, one entry per step
+    count and reason (``"N=1: step raised IndexError: …"``), then the ``n_exceeding`` elements beyond
+    their tolerance (``exceeding`` names them) or, when none is, ``within`` for the calls that
+    worked; either way with the worst ratio of the compared elements. A pass says ``within``.
+    ``observed`` and ``tolerance`` are those of the worst compared element, also when a call broke
+    (the verdict says fail); only when nothing at all could be compared is ``observed`` inf and
+    ``tolerance`` None. The exceptions behind the broken calls go to ``details["errors"]``
+    (:meth:`BrokenCalls.errors`). ``reproduce`` is attached to a failure only.
     """
     observed, tolerance = tally.observed, tally.tolerance
     if tally.failed:
         parts = []
         if tally.n_broken:
-            parts.append(f"{tally.n_broken} step call(s) produced no usable output (first: {tally.first_broken})")
-            observed, tolerance = math.inf, None
+            parts.append(f"{tally.n_broken} step call(s) produced no usable output: {tally.calls.summary()}")
+            if tally.n_steps == 0:
+                observed, tolerance = math.inf, None
         if tally.n_exceeding:
             parts.append(f"{tally.n_exceeding} {exceeding} (worst ratio {tally.worst_compared_ratio:.3g})")
+        elif tally.n_steps:
+            parts.append(f"where the calls worked, {within} (worst ratio {tally.worst_compared_ratio:.3g})")
         message = f"{what}: " + "; ".join(parts)
     else:
         message = f"{what}: {within} (worst ratio {tally.worst_ratio:.3g})"
+    errors = tally.calls.errors()
+    if errors:
+        details = dict(details, errors=errors)
     return CheckResult(
         name=name, family=family, verdict=Verdict.FAIL if tally.failed else Verdict.PASS,
         observed=observed, tolerance=tolerance, message=message, findings=tally.findings(),

@@ -48,11 +48,12 @@ the invariants that compare the target only with itself (``no_input_mutation``,
 needs the error model of the declared step: they are ``unsupported``, quoting the entries.
 
 Verdicts: ``fail`` when the contract is violated, or when a call raises, hangs or returns no usable
-tensor (such a call is a finding, and the message leads with it), except where the reference itself
-is singular (ε-prediction at ᾱ = 0), which is skipped and said so. ``observed``/``tolerance``: the
-number of violating cases against 0, or for ``batch_independence`` the worst
-``|batched − alone| / (2 · step_bound)`` against 1; inf when a call gave no usable output, since
-the invariant could not be measured there.
+tensor (the message leads with it; the calls of one step count that fail alike are one finding,
+``"N=<n>: step raised <ExcType>: …"``, and the exception is recorded in ``details["errors"]``),
+except where the reference itself is singular (ε-prediction at ᾱ = 0), which is skipped and said
+so. ``observed``/``tolerance``: the number of violating cases against 0, or for
+``batch_independence`` the worst ``|batched − alone| / (2 · step_bound)`` against 1, over the cases
+whose calls worked; inf only when no call worked, since nothing could be measured.
 
 The target is read once per check (:func:`~._common.setup_target`) and called through
 :func:`~._common.call_step`; these helpers are shared with :mod:`.distribution`.
@@ -76,12 +77,15 @@ from ..runner import restore_rng_state, rng_leaked, rng_state_snapshot
 from ..tolerances import unit_roundoff
 from ._common import (
     MAX_REPRESENTATIVE_STEPS,
+    BrokenCalls,
     TargetSetup,
+    call_error,
     call_step,
     conventions_of,
     elapsed,
     error_bound,
     exact_of,
+    failed_call,
     plan_for,
     random_predicted_variance,
     read_table,
@@ -165,14 +169,29 @@ class _Run:
     inp: _Inputs
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
-    broken: list[Finding] = field(default_factory=list)
+    broken: BrokenCalls = field(default_factory=BrokenCalls)
     violations: list[Finding] = field(default_factory=list)
     checked: int = 0
     reference_free: bool = False
 
-    def break_at(self, cfg: _Config, mode: str, why: str) -> None:
-        """Record a call that raised, hung or returned no usable tensor."""
-        self.broken.append(Finding(step=cfg.k, timestep=cfg.t, message=f"{_where(cfg, mode)}: {why}"))
+    def break_at(self, cfg: _Config, mode: str, why: str, *, part: str | None = None) -> None:
+        r"""Record a call that raised, hung or returned no usable tensor (``why``, from
+        :func:`~._common.call_step` or a shape test; ``part`` names the call within the case).
+
+        Calls of one step count that fail alike make one finding, ``"N=<n>: step raised <ExcType>: …"``,
+        and the exception goes to ``details["errors"]`` (:class:`~._common.BrokenCalls`).
+        """
+        error = call_error(why)
+        refused = why.startswith("not called")
+        if refused:
+            reason = f"step {why}"
+        elif error is not None:
+            reason = failed_call("step", error)
+        else:
+            reason = why
+        where = f"{cfg.label}, step {cfg.k} (t={cfg.t} -> {cfg.t_prev}), {mode}" + (f", {part}" if part else "")
+        self.broken.add(num_steps=cfg.num_steps, reason=reason, error=error, where=where, step=cfg.k,
+                        timestep=cfg.t, refused=refused)
 
 
 def _target_only_setup(ctx: Any, unsupported: CheckResult) -> tuple[TargetSetup | None, str]:
@@ -325,31 +344,40 @@ def _finish(
     ``pass`` (``acceptable`` with its consequence when a declared variant applies).
 
     A failure's message leads with the calls that broke (they left the invariant unchecked there),
-    then the violations; its findings are listed in the same order. ``observed`` defaults to the
-    number of violating cases (against ``tolerance`` 0); when a call broke it is inf: nothing could
-    be measured there, and the header must not read as a success.
+    one entry per step count and reason (``"N=10: step raised RuntimeError: …"``), then the
+    violations; its findings are listed in the same order, and the exceptions go to
+    ``details["errors"]``. ``observed`` defaults to the number of violating cases (against
+    ``tolerance`` 0), counted over the cases where the calls worked; it is inf only when no call
+    worked at all (nothing could be measured).
     """
     det: dict[str, Any] = {"configurations_checked": run.checked, "notes": run.notes}
     det.update(run.details)
     notes = run.notes
     suffix = (" Notes: " + "; ".join(notes[:3]) + ("; ..." if len(notes) > 3 else "")) if notes else ""
+    n_broken = run.broken.n_calls
+    worked = run.checked - n_broken
     if observed is None:
         observed = float(len(run.violations))
-    if run.broken:
+    if n_broken and worked <= 0:
         observed = math.inf
+    errors = run.broken.errors()
+    if errors:
+        det["errors"] = errors
     reproduce = reproduce_call("invariants", function, run.name, ctx)
     if run.broken or run.violations:
         parts = []
         if run.broken:
-            parts.append(f"the step gave no usable output in {len(run.broken)} of {run.checked} case(s), where it "
-                         f"could not be checked that {what} (first: {run.broken[0].message})")
+            parts.append(f"the step gave no usable output in {n_broken} of {run.checked} case(s), where it "
+                         f"could not be checked that {what}: {run.broken.summary()}")
         if run.violations:
             parts.append(f"{what}: violated in {len(run.violations)} case(s) of {run.checked}: "
                          f"{run.violations[0].message}")
+        elif worked > 0:
+            parts.append(f"in the other {worked} case(s) it holds")
         return CheckResult(
             name=run.name, family=FAMILY, verdict=Verdict.FAIL, observed=observed, tolerance=tolerance,
             message="; ".join(parts) + "." + suffix,
-            findings=tuple(run.broken + run.violations), reproduce=reproduce,
+            findings=tuple(run.broken.findings() + run.violations), reproduce=reproduce,
             details=det, duration_s=elapsed(run.start),
         )
     if run.checked == 0:
@@ -540,7 +568,7 @@ def check_batch_independence(ctx: Any) -> list[CheckResult]:
         full, call_err = _call_mode(ctx, setup, inp, cfg, mode)
         if call_err or tuple(full.shape) != shape:
             run.checked += 1
-            run.break_at(cfg, mode, f"batched call: {call_err or f'output shape {tuple(full.shape)}'}")
+            run.break_at(cfg, mode, call_err or f"output shape {tuple(full.shape)}", part="batched call")
             continue
         for i in sorted({0, shape[0] - 1}):
             sl = slice(i, i + 1)
@@ -548,7 +576,7 @@ def check_batch_independence(ctx: Any) -> list[CheckResult]:
                                        pv=None if inp.pv is None else inp.pv[sl])
             run.checked += 1
             if call_err or tuple(one.shape) != (1,) + shape[1:]:
-                run.break_at(cfg, mode, f"sample {i} alone: {call_err or f'output shape {tuple(one.shape)}'}")
+                run.break_at(cfg, mode, call_err or f"output shape {tuple(one.shape)}", part=f"sample {i} alone")
                 continue
             bound = 2.0 * error_bound(setup, cfg.eta, cfg.t, cfg.t_prev, inp.mo64[sl], inp.x64[sl],
                                       inp.z64[sl] if mode == "noise" else None,

@@ -18,7 +18,9 @@ evaluated on exactly the values the target was given (cast back to float64):
 The model output is read with the target's declared ``prediction_type`` (reported in ``details``).
 Every element must satisfy ``|got − expected| ≤ step_bound`` (:func:`ddspec.conformance.tolerances.step_bound`,
 ``u_table = max(table_roundoff(target ᾱ), u_compute)``); an exception, a timeout, NaN/inf, or a tensor
-of the wrong shape, dtype or device fails. The steps are those of the target's own ``timesteps(N)``
+of the wrong shape, dtype or device fails. Every N is sampled on its own: the calls of one N that fail
+alike are one finding, ``"N=<n>: step raised <ExcType>: …"`` (the exception recorded in
+``details["errors"]``), and ``observed``/``tolerance`` remain those of the steps that were compared. The steps are those of the target's own ``timesteps(N)``
 when that is a valid subsequence (the timesteps check judges the rule itself), the step pairs those of
 :func:`~ddspec.conformance.expectation.step_pairs` (the next timestep, then −1, or 0 for
 ``final_alpha_bar_is_one=False``).
@@ -130,8 +132,12 @@ def _run_variant(
     rejected: list[str] = []
     no_injection = 0
     per_run: dict[str, float] = {}
+    not_run: list[int] = []
     for plan in plans:
         N = plan.num_steps
+        if caller.timed_out and tally.n_broken:  # an abandoned call may still be running: no more calls
+            not_run.append(N)
+            continue
         rng = np.random.default_rng([ctx.seed, offset_for("single_step", "choose", N)])
         chosen = choose_steps(len(plan.pairs), ctx.settings.n_timesteps, rng)
         worst = 0.0
@@ -177,16 +183,17 @@ def _run_variant(
             if why is None:
                 got, why = output_array(value, x)
             if why is not None:
-                tally.broken(step=k, timestep=t, message=f"{label}: {why}", info=info)
+                tally.broken(step=k, timestep=t, message=why, info=info, num_steps=N, error=caller.last_error,
+                             where=f"step {k} (t={t} -> t_prev={t_prev})")
                 worst = float("inf")
                 if caller.timed_out:
                     break
                 continue
             worst = max(worst, tally.compare(got, ref.prev_sample, bound, step=k, timestep=t, label=label, info=info))
         per_run[f"N={N}"] = worst
-        if caller.timed_out:
-            break
     extra: dict[str, Any] = {"worst_ratio_per_run": per_run}
+    if not_run:
+        extra["steps_not_run_after_timeout"] = not_run
     if singular:
         extra["singular_steps_skipped"] = singular[:10]
         extra["n_singular_steps_skipped"] = len(singular)

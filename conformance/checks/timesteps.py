@@ -16,6 +16,8 @@ Verdicts:
   moves: one index changes ᾱ by the factor :math:`1-\beta`, i.e. relatively by β at the larger index;
 * anything else (another length, such as diffusers' trailing spacing returning N + 1 timesteps ending
   in −1 for some N; an off-by-one away from a tie; a value out of range) → ``fail`` with the positions;
+* ``timesteps(N)`` raises or hangs → ``fail`` with one finding, ``"N=<N>: timesteps(N) raised
+  <ExcType>: <message>"``, the exception recorded in ``details["errors"]``;
 * the reference rule itself undefined for N (``leading`` with ``steps_offset`` running past T − 1)
   → ``skipped`` with the reason.
 
@@ -32,7 +34,7 @@ import torch
 from ..context import CheckContext
 from ..expectation import UnsupportedConvention, reference_betas, reference_timesteps
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
-from ._common import conventions_of, fail_result, unsupported_entries, unsupported_results
+from ._common import conventions_of, fail_result, failed_call, unsupported_entries, unsupported_results
 
 __all__ = ["check_timesteps", "CHECKS", "TIMESTEP_FIELDS", "tie_positions"]
 
@@ -63,6 +65,16 @@ def _reproduce(n: int) -> str:
     )
 
 
+def _call_failed(name: str, n: int, error: str, base: dict) -> CheckResult:
+    r"""``fail``: ``timesteps(N)`` raised or hung. One finding, ``"N=<N>: timesteps(N) raised <ExcType>: …"``,
+    and the exception in ``details["errors"]`` (the report groups the checks one exception made fail)."""
+    message = f"N={n}: {failed_call(f'timesteps({n})', error)}"
+    return CheckResult(
+        name=name, family=FAMILY, verdict=Verdict.FAIL, message=message, findings=(Finding(message=message),),
+        reproduce=_reproduce(n), details=dict(base, errors=[{"num_steps": n, "error": error}]),
+    )
+
+
 def _as_int_sequence(value: object) -> tuple[np.ndarray | None, str | None]:
     try:
         arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
@@ -87,7 +99,7 @@ def _rule_undefined(ctx: CheckContext, name: str, n: int, T: int, why: str, base
     """
     outcome = ctx.call(ctx.sampler.timesteps, n)
     if not outcome.ok:
-        return fail_result(name, FAMILY, f"timesteps({n}) failed: {outcome.error}", **base)
+        return _call_failed(name, n, outcome.describe(), base)
     got, bad = _as_int_sequence(outcome.value)
     if got is None:
         return fail_result(name, FAMILY, f"timesteps({n}) {bad}", **base)
@@ -125,7 +137,7 @@ def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResu
         return _rule_undefined(ctx, name, n, T, str(exc), base)
     outcome = ctx.call(ctx.sampler.timesteps, n)
     if not outcome.ok:
-        return fail_result(name, FAMILY, f"timesteps({n}) failed: {outcome.error}", **base)
+        return _call_failed(name, n, outcome.describe(), base)
     got, why = _as_int_sequence(outcome.value)
     if got is None:
         return fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)

@@ -413,18 +413,24 @@ def test_hanging_step_times_out_once_and_fails() -> None:
     results = {r.name: r for r in single_step.check_single_steps(ctx)}
     # one timed-out call, then no more: 16 calls (8 steps × 2 etas) would take >= 1.6 s
     assert time.perf_counter() - start < 1.0
-    assert results["single_step.eta=0"].verdict is Verdict.FAIL
-    assert "timed out" in results["single_step.eta=0"].findings[0].message
-    assert "not called" in results["single_step.eta=1"].findings[0].message
+    r0, r1 = results["single_step.eta=0"], results["single_step.eta=1"]
+    assert r0.verdict is Verdict.FAIL and r1.verdict is Verdict.FAIL
+    assert len(r0.findings) == 1 and r0.findings[0].message.startswith("N=10: step timed out after 0.1 s")
+    assert len(r1.findings) == 1 and "not called" in r1.findings[0].message
+    # one root cause: both record the same timeout, so that the report groups them
+    [e0], [e1] = r0.details["errors"], r1.details["errors"]
+    assert e0["error"].startswith("timed out after 0.1 s") and e1["error"] == e0["error"]
 
 
 STEP_RESULTS = ("single_step.eta=0", "single_step.eta=1", "oracle.point_mass.ddim_eta0", "oracle.point_mass.ddim_eta1")
 
 
-def test_a_broken_step_leads_the_message_and_observed_cannot_read_as_a_pass() -> None:
+def test_a_broken_step_count_is_one_finding_and_the_working_steps_keep_their_numbers() -> None:
     """Steps 0-8 of the 10-step run are exact, step 9 raises: every step result fails, its message
-    leads with the broken call and its cause, and ``observed`` is inf (not the small error of the
-    steps that did compare), with no tolerance beside it, in the result and in the text report."""
+    leads with the broken step count and its cause, the calls that raised alike (one per oracle
+    point) are one finding, the exception is recorded in ``details["errors"]``, and ``observed`` /
+    ``tolerance`` are those of the steps that were compared (finite, within the tolerance: the
+    port is exact there), in the result and in the text report, whose verdict still says fail."""
     from ddspec.conformance.report import format_check, format_text
     from ddspec.conformance.results import Report
 
@@ -432,24 +438,34 @@ def test_a_broken_step_leads_the_message_and_observed_cannot_read_as_a_pass() ->
     for name in STEP_RESULTS:
         r = results[name]
         assert r.verdict is Verdict.FAIL, name
-        assert r.observed == math.inf and r.tolerance is None, (name, r.observed, r.tolerance)
+        assert r.details["errors"] == [{"num_steps": 10, "error": "RuntimeError: last step exploded"}], name
+        broken = [f for f in r.findings if "raised" in f.message]
+        assert len(broken) == 1 and broken[0].message.startswith(
+            "N=10: step raised RuntimeError: last step exploded ("), (name, broken)
+        assert broken[0].step == 9 and broken[0].timestep == 0  # leading, N = 10: the last step is t = 0
+        assert r.observed is not None and r.tolerance is not None, name
+        assert 0.0 <= r.observed <= r.tolerance < math.inf, (name, r.observed, r.tolerance)
         head, _, rest = r.message.partition(": ")
-        assert re.match(r"\d+ step call\(s\) produced no usable output \(first: ", rest), r.message
-        assert "RuntimeError: last step exploded" in rest and "exceed" not in rest and "leave" not in rest
-        assert format_check(r).splitlines()[0].endswith("(observed inf, tolerance -)")
+        assert re.match(r"\d+ step call\(s\) produced no usable output: N=10: step raised ", rest), r.message
+        assert "where the calls worked" in rest and "exceed" not in rest and "leave" not in rest
+        assert format_check(r).splitlines()[0].startswith(f"FAIL        {name}  (observed ")
+    # the oracle drives two points per run, both end at the raising step: one finding for both calls
+    assert "2 calls" in results["oracle.point_mass.ddim_eta0"].findings[0].message
     text = format_text(Report(target="broken", device="cpu", dtype="float32", profile="quick", seed=0,
                               checks=tuple(results[n] for n in STEP_RESULTS)))
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(STEP_RESULTS)]
-    assert len(rows) == 4 and all(row[1:] == ["fail", "inf", "-"] for row in rows), rows
+    assert len(rows) == 4 and all(row[1] == "fail" and row[2] not in ("inf", "-") for row in rows), rows
 
 
 def test_broken_and_exceeding_steps_are_both_reported_with_a_finite_worst_ratio() -> None:
     """Every output is off by 0.05 (far beyond a float32 step tolerance of ~1e-5) and the last step
     raises: the message names the broken call first, then the exceeding elements with the worst
-    ratio of the elements that were compared (finite), not the inf a broken call stands for."""
+    ratio of the elements that were compared (finite); ``observed`` is the planted 0.05 of the
+    compared elements (up to the float32 step error), not the inf a broken call stands for."""
     results = run(Broken("bias_raise_last"), "float32", steps=(10,))
     r = results["single_step.eta=0"]
-    assert r.verdict is Verdict.FAIL and r.observed == math.inf
+    assert r.verdict is Verdict.FAIL
+    assert r.observed == pytest.approx(0.05, rel=1e-3) and r.tolerance is not None and r.tolerance < 1e-3
     broken_at = r.message.index("produced no usable output")
     exceed_at = r.message.index("elements exceed the step tolerance (worst ratio ")
     assert broken_at < exceed_at
@@ -460,8 +476,9 @@ def test_broken_and_exceeding_steps_are_both_reported_with_a_finite_worst_ratio(
 
 def test_tally_result_words_every_outcome() -> None:
     """The shared verdict of the oracle and single-step checks: a pass quotes the worst ratio; a
-    failure leads with the broken calls (then observed = inf, tolerance None) and quotes the worst
-    ratio of the compared elements, |1.5 - 1| / 0.1 = 5 here, never the inf of a broken call."""
+    failure leads with the broken calls, one entry per step count and reason, quotes the worst
+    ratio of the compared elements, |1.5 - 1| / 0.1 = 5 here, and keeps their observed error and
+    tolerance; only when nothing was compared is observed inf (and tolerance None)."""
     from ddspec.conformance.checks._common import tally_result
 
     def result(tally: Tally) -> CheckResult:
@@ -473,6 +490,7 @@ def test_tally_result_words_every_outcome() -> None:
     r = result(ok)
     assert r.verdict is Verdict.PASS and r.message == "x: all within (worst ratio 0.5)"
     assert r.observed == pytest.approx(0.05) and r.tolerance == 0.1 and r.reproduce is None
+    assert "errors" not in r.details
 
     bad = Tally()
     bad.compare(np.array([1.5, 2.0]), np.array([1.0, 2.0]), np.array([0.1, 0.1]), step=0, timestep=5, label="k=0")
@@ -480,12 +498,30 @@ def test_tally_result_words_every_outcome() -> None:
     assert r.verdict is Verdict.FAIL and r.message == "x: 1 of 2 elements exceed (worst ratio 5)"
     assert r.observed == pytest.approx(0.5) and r.tolerance == 0.1 and r.reproduce == "snippet"
 
-    bad.broken(step=1, timestep=3, message="k=1: step raised or hung: RuntimeError: no")
+    for k in (1, 2):  # two calls of the 3-step run raise alike: one entry
+        bad.broken(step=k, timestep=3 - k, message="step raised RuntimeError: no", num_steps=3,
+                   error="RuntimeError: no", where=f"step {k}")
     r = result(bad)
-    assert r.message == ("x: 1 step call(s) produced no usable output (first: k=1: step raised or hung: "
-                         "RuntimeError: no); 1 of 2 elements exceed (worst ratio 5)")
-    assert r.observed == math.inf and r.tolerance is None
+    assert r.message == ("x: 2 step call(s) produced no usable output: N=3: step raised RuntimeError: no "
+                         "(first at step 1; 2 calls); 1 of 2 elements exceed (worst ratio 5)")
+    assert r.observed == pytest.approx(0.5) and r.tolerance == 0.1
     assert [f.step for f in r.findings] == [1, 0]
+    assert r.details["errors"] == [{"num_steps": 3, "error": "RuntimeError: no"}]
+
+    within = Tally()
+    within.compare(np.array([1.0]), np.array([1.02]), np.array([0.1]), step=0, timestep=5, label="k=0")
+    within.broken(step=0, timestep=9, message="step returned a list, expected a torch.Tensor", num_steps=1)
+    r = result(within)
+    assert r.verdict is Verdict.FAIL
+    assert r.message == ("x: 1 step call(s) produced no usable output: N=1: step returned a list, expected a "
+                         "torch.Tensor; where the calls worked, all within (worst ratio 0.2)")
+    assert r.observed == pytest.approx(0.02) and r.tolerance == 0.1
+    assert "errors" not in r.details  # no exception: a contract failure, not a root crash
+
+    none = Tally()
+    none.broken(step=0, timestep=9, message="step raised RuntimeError: no", num_steps=1, error="RuntimeError: no")
+    r = result(none)
+    assert r.verdict is Verdict.FAIL and r.observed == math.inf and r.tolerance is None
 
 
 def test_unreadable_tables_and_timesteps_fail_the_checks_that_read_them() -> None:
@@ -582,3 +618,48 @@ def test_offsets_are_stable_and_distinct() -> None:
 
     assert offset_for("a", 1, "x") == zlib.crc32(b"a|1|x")
     assert offset_for("a", 1, "x") != offset_for("a", 1, "z")
+
+
+def test_call_error_extracts_the_runners_description_of_a_failed_call() -> None:
+    """``details["errors"]`` must hold the same ``"<ExcType>: <message>"`` wherever one exception recurs:
+    :func:`call_error` takes it out of :func:`call_step`'s reasons (and a refused call's timeout), and
+    gives None for a call that did not raise (no root crash)."""
+    from ddspec.conformance.checks._common import call_error, failed_call
+    from ddspec.conformance.runner import call_with_timeout
+
+    outcome = call_with_timeout(lambda: [0.5][1], timeout_s=5.0)
+    error = outcome.describe()
+    assert error == "IndexError: list index out of range"
+    why = f"step(t=0, num_steps=1, eta=0) failed: {error}"
+    assert call_error(why) == error
+    assert call_error(f"sample 0 alone: {why}") == error
+    hung = "timed out after 0.1 s (call abandoned, still running in the background)"
+    assert call_error(f"not called: an earlier call timed out (step(t=3, num_steps=10, eta=1) failed: {hung})") == hung
+    assert call_error("step(t=0, num_steps=1, eta=0) returned list, not a tensor") is None
+    assert call_error(None) is None
+    assert failed_call("step", error) == "step raised IndexError: list index out of range"
+    assert failed_call("timesteps(1)", hung) == f"timesteps(1) {hung}"
+
+
+def test_broken_calls_make_one_finding_per_step_count_and_reason() -> None:
+    from ddspec.conformance.checks._common import BrokenCalls
+
+    calls = BrokenCalls()
+    for k in range(3):
+        calls.add(num_steps=1, reason="step raised E: x", error="E: x", where=f"step {k}", step=k)
+    calls.add(num_steps=7, reason="step raised E: x", error="E: x", where="step 6", step=6)
+    calls.add(num_steps=7, reason="step returned shape (1,)", where="step 2", step=2)
+    assert calls.n_calls == 5 and len(calls) == 3
+    assert [f.message for f in calls.findings()] == [
+        "N=1: step raised E: x (first at step 0; 3 calls)",
+        "N=7: step raised E: x (at step 6)",
+        "N=7: step returned shape (1,) (at step 2)",
+    ]
+    assert calls.errors() == [{"num_steps": 1, "error": "E: x"}, {"num_steps": 7, "error": "E: x"}]
+    assert calls.summary(limit=1) == "N=1: step raised E: x (first at step 0; 3 calls); and 2 more"
+    # a call refused after this check's own timeout counts under that timeout, not as a new finding
+    hang = BrokenCalls()
+    hang.add(num_steps=10, reason="step timed out after 1 s", error="timed out after 1 s", where="step 3")
+    hang.add(num_steps=10, reason="step not called: ...", error="timed out after 1 s", refused=True)
+    assert len(hang) == 1 and hang.n_calls == 2
+    assert hang.findings()[0].message == "N=10: step timed out after 1 s (at step 3; 1 later call(s) not made)"

@@ -446,3 +446,23 @@ def test_docstring_example_passes_the_harness() -> None:
                         target="protocol-example")
     assert report.exit_code() == 0, {r.name: (r.verdict.value, r.message[:200]) for r in report.checks
                                      if r.verdict.value != "pass"}
+
+
+@pytest.mark.parametrize("base", ["DDIMScheduler", "DDPMScheduler"])
+def test_set_timesteps_that_raised_raises_again(base: str) -> None:
+    """A ``set_timesteps`` that raises after setting ``num_inference_steps`` must not leave the adapter
+    believing N is set: the next call with the same N raises again (one root crash is reported at
+    every call, never replaced by steps on a half-built scheduler)."""
+    import diffusers
+
+    from ddspec.conformance.adapters import adapt
+
+    class HalfBuilt(getattr(diffusers, base)):  # type: ignore[misc, valid-type]
+        def set_timesteps(self, num_inference_steps: int, device: object = None) -> None:
+            self.num_inference_steps = num_inference_steps
+            raise RuntimeError("half-built")
+
+    sampler = adapt(HalfBuilt())
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="half-built"):
+            sampler.timesteps(10)
