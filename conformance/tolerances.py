@@ -41,6 +41,11 @@ __all__ = [
     "unit_roundoff",
     "table_roundoff",
     "gamma",
+    "ELEMENTARY_U",
+    "LINSPACE_U",
+    "LINSPACE_SQRT_U",
+    "LINSPACE_ABS_U",
+    "COSINE_ANGLE_U",
     "beta_relative_bound",
     "alpha_bar_relative_bound",
     "StepSpec",
@@ -99,43 +104,177 @@ def table_roundoff(table: Array) -> float:
     return UNIT_ROUNDOFF["float64"]
 
 
-def beta_relative_bound(betas: Array, schedule: str, u_table: float, *, zero_snr_original: Array | None = None) -> Array:
-    r"""Relative error bound of a target's β table built in a dtype of unit roundoff ``u_table``.
+# -- β tables: the textbook evaluation of every named schedule (docs/tolerances.md, "Error in the tables")
 
-    * linear / scaled_linear / sigmoid / custom: a linspace (and a square, or a sigmoid) of a few
-      roundings: :math:`\gamma_4(u)`.
-    * cosine: the anchors evaluate the textbook :math:`1 - \bar\alpha(t+1)/\bar\alpha(t)` in float64, which
-      cancels: relative error :math:`\approx 4u_{64}(1-\beta)/\beta`, then round to the table's dtype.
-    * zero-terminal-SNR rescaling (Lin et al. 2023, Algorithm 1), as the anchors do it, in the table's
-      dtype, given the schedule before rescaling as ``zero_snr_original``: see :func:`_zero_snr_term`.
+#: Relative error of an elementary function (cos, exp, pow) in units of u: at most 1 ULP = 2u
+#: (glibc's libm and SLEEF's ``_u10`` kernels, which torch uses on CPU, are within 1 ULP).
+ELEMENTARY_U = 2.0
+#: Relative error of a ``linspace`` point between end points of one sign whose own relative error is
+#: at most u (a float64 end point rounded to the table's dtype): 3u + 4u (derivation in the docs;
+#: it holds for ``start + i·step``, ``end − j·step`` past the middle, and ``start + (end − start)·i/(T−1)``).
+LINSPACE_U = 7.0
+#: ... the same with end points of relative error 2u (a square root, then a rounding): 3·2u + 4u.
+LINSPACE_SQRT_U = 10.0
+#: Absolute error of a ``linspace`` point in units of u·(|start| + |end|), for end points of either sign.
+LINSPACE_ABS_U = 4.0
+#: Relative error of the textbook cosine angle θ = (i/T + s)/(1 + s)·π/2, in units of u: i/T + s
+#: (2: i/T and s rounded, positive terms, and the sum), 1 + s (2), the quotient (1), π rounded and
+#: the product (2; the halving is exact): 7, plus one spare for another association of the formula.
+COSINE_ANGLE_U = 8.0
+#: The offset s of the cosine schedule the harness declares (``ddspec.reference.schedules.cosine_betas``).
+COSINE_S = 0.008
+#: The defaults of the sigmoid schedule's argument range (``ddspec.reference.schedules.sigmoid_betas``).
+SIGMOID_RANGE = (-6.0, 6.0)
+
+
+def _cosine_f_bound(T: int, u: float) -> Array:
+    r"""Relative error bound of the textbook :math:`f(i) = \cos^2\theta_i`, i = 0 … T, in a dtype of roundoff u.
+
+    .. math::
+
+        \delta c_i = \theta_i\tan\theta_i\,c_\theta u + 2u,\qquad \delta f_i = 2\delta c_i + 3u
+
+    with :math:`\theta_i = (i/T + s)/(1+s)\cdot\pi/2`: the angle is rounded (relative error
+    :math:`c_\theta u`, :data:`COSINE_ANGLE_U`), which cos amplifies by its condition number
+    :math:`\theta\tan\theta` (about 10³ next to π/2 at T = 1000), cos itself is within 1 ULP (2u),
+    the square (pow, 1 ULP) and a normalisation f/f(0) add 3u. ``inf`` at i = T (cos(π/2) = 0).
+    """
+    i = np.arange(T + 1, dtype=np.float64)
+    theta = (i / T + COSINE_S) / (1.0 + COSINE_S) * (np.pi / 2.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cond = np.where(i < T, theta * np.tan(np.minimum(theta, np.nextafter(np.pi / 2.0, 0.0))), np.inf)
+    d_cos = COSINE_ANGLE_U * u * cond + ELEMENTARY_U * u
+    return 2.0 * d_cos + (ELEMENTARY_U + 1.0) * u
+
+
+def _cosine_relative_bound(betas: Array, u: float) -> Array:
+    r"""δβ of the textbook cosine schedule (Nichol & Dhariwal 2021, eq. 17) in a dtype of roundoff u.
+
+    .. math::
+
+        \delta\beta_i = \frac{1-\beta_i}{\beta_i}\,(\delta f_{i+1} + \delta f_i + u) + 2u
+
+    (``betas[i]`` uses f(i+1)/f(i), 0-based; :func:`_cosine_f_bound`): the quotient adds u, and
+    1 − quotient amplifies the quotient's relative error by (1 − β)/β; the subtraction and a final
+    rounding into the table add 2u. The last entry is the clip constant (f(T) = cos²(π/2) = 0): 2u.
+    """
+    T = betas.size
+    d_f = _cosine_f_bound(T, u)
+    d_q = d_f[1:] + d_f[:-1] + u
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = np.where(betas > 0, (1.0 - betas) / betas, np.inf) * d_q + 2.0 * u
+    return np.where(np.arange(T) == T - 1, 2.0 * u, out)
+
+
+def _cosine_alpha_bar_bound(betas: Array, u: float) -> Array:
+    r"""δᾱ of cumprod(1 − β) over a textbook cosine β table, in a dtype of roundoff u.
+
+    The product telescopes: :math:`\prod_{i\le t} f(i+1)/f(i) = f(t+1)/f(0)`, so the errors of the
+    intermediate f cancel, and what is left is :math:`\delta f_{t+1} + \delta f_0` plus, per factor,
+    the quotient (u), 1 − β̂ of a β̂ with relative error 2u (:math:`2u\,\beta_i/(1-\beta_i)`), the
+    subtraction (u) and the product (u). The clipped last entry breaks the telescoping: it adds
+    :math:`2u + 2u\,\beta/(1-\beta)` to the previous bound (β = 0.999 rounded).
+    """
+    T = betas.size
+    d_f = _cosine_f_bound(T, u)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sens = np.where(betas < 1.0, betas / (1.0 - betas), 0.0)
+    steps = np.cumsum(3.0 * u + 2.0 * u * sens)
+    out = d_f[1:] + d_f[0] + steps
+    prev = out[T - 2] if T >= 2 else 0.0
+    out[T - 1] = prev + 2.0 * u + 2.0 * u * sens[T - 1]
+    return out
+
+
+def _sigmoid_relative_bound(betas: Array, u: float) -> Array:
+    r"""δβ of diffusers' sigmoid schedule :math:`\sigma(x_i)(\beta_{\rm end}-\beta_{\rm start}) + \beta_{\rm start}`.
+
+    :math:`x_i` = ``linspace(-6, 6, T)`` has absolute error :math:`\Delta x \le 4u(|x_0|+|x_1|)`; σ moves
+    by :math:`(1-\sigma)\Delta x` relative and is evaluated as 1/(1 + exp(−x)) within 4u; the rest
+    (end points rounded, their difference, the product and the sum) costs 6u:
+    :math:`\delta\beta \le \Delta x + 10u`.
+    """
+    x0, x1 = SIGMOID_RANGE
+    return np.full(betas.shape, LINSPACE_ABS_U * u * (abs(x0) + abs(x1)) + 10.0 * u)
+
+
+def _base_relative_bound(betas: Array, schedule: str, u: float) -> Array:
+    """δβ of a schedule before any zero-terminal-SNR rescaling (see :func:`beta_relative_bound`)."""
+    if schedule == "linear":
+        return np.full(betas.shape, LINSPACE_U * u)
+    if schedule == "scaled_linear":
+        # the square doubles the linspace's error and adds one rounding of pow (1 ULP)
+        return np.full(betas.shape, 2.0 * LINSPACE_SQRT_U * u + ELEMENTARY_U * u)
+    if schedule == "cosine":
+        return _cosine_relative_bound(betas, u)
+    if schedule == "sigmoid":
+        return _sigmoid_relative_bound(betas, u)
+    # custom (a given table, rounded once to the table's dtype) and anything else: a few roundings
+    return np.full(betas.shape, float(gamma(4, u)))
+
+
+def beta_relative_bound(betas: Array, schedule: str, u_table: float, *, zero_snr_original: Array | None = None) -> Array:
+    r"""Relative error bound of a target's β table, evaluated the textbook way in a dtype of roundoff ``u_table``.
+
+    Every operation is assumed to run in the table's dtype (the worst case: a wider intermediate,
+    e.g. Python's ``math.cos`` before a cast to float32, only lowers each term), and the result to be
+    rounded into the table once more. First order in u; ``docs/tolerances.md`` derives each line.
+
+    * linear: a ``linspace`` of float64 end points, :math:`\delta\beta \le 7u`.
+    * scaled_linear: ``linspace(√β_start, √β_end, T)²``, :math:`\delta\beta \le 2\cdot 10u + 2u`.
+    * sigmoid: :func:`_sigmoid_relative_bound`, 58u for the default range ±6.
+    * cosine: :math:`1 - f(i+1)/f(i)` with :math:`f = \cos^2\theta`; cos of a rounded angle near π/2
+      has relative error :math:`\theta\tan\theta\cdot\delta\theta`, and 1 − ratio amplifies the
+      ratio's error by (1 − β)/β: :func:`_cosine_relative_bound`.
+    * custom: the given table rounded, :math:`\gamma_4(u)`.
+    * zero-terminal-SNR rescaling (Lin et al. 2023, Algorithm 1) of the textbook base schedule
+      ``zero_snr_original``, in the same dtype: :func:`_zero_snr_relative_bound`.
     """
     b = np.asarray(betas, dtype=np.float64)
-    base = np.full(b.shape, float(gamma(4, u_table)))
-    if schedule == "cosine":
-        base = base + 4.0 * UNIT_ROUNDOFF["float64"] * (1.0 - b) / b
-    if zero_snr_original is not None:
-        base = base + _zero_snr_term(np.asarray(zero_snr_original, dtype=np.float64), b, u_table)
-    return base
+    if zero_snr_original is None:
+        return _base_relative_bound(b, schedule, u_table)
+    original = np.asarray(zero_snr_original, dtype=np.float64)
+    return _zero_snr_relative_bound(original, b, _base_relative_bound(original, schedule, u_table), u_table)
 
 
-def _zero_snr_term(original: Array, rescaled: Array, u: float) -> Array:
-    r"""Extra relative error of β' when the zero-terminal-SNR rescaling runs in a dtype of roundoff u.
+def _zero_snr_relative_bound(original: Array, rescaled: Array, base: Array, u: float) -> Array:
+    r"""δβ′ of Algorithm 1 of Lin et al. 2023 run on a textbook base table (relative error ``base``).
 
-    Algorithm 1 of Lin et al. 2023 forms :math:`r'_t = (r_t - r_T)\,r_1/(r_1 - r_T)` with
-    :math:`r = \sqrt{\bar\alpha}`; the shift cancels where :math:`r_t \approx r_T`, so
-    :math:`\delta r'_t \le u\,(3 + r_T/(r_t - r_T))`. Then :math:`\beta'_t = 1 - (r'_t/r'_{t-1})^2`
-    cancels too: :math:`\delta\beta'_t \le \frac{1-\beta'_t}{\beta'_t}\,\big(2(\delta r'_t + \delta r'_{t-1}) + 4u\big)`.
-    The last β' is exactly 1 (r'_T = 0 is set, not computed).
+    Algorithm 1 forms ᾱ = cumprod(1 − β), r = √ᾱ, :math:`d_t = r_t - r_T`,
+    :math:`r'_t = d_t \cdot r_1/(r_1 - r_T)`, ᾱ′ = r′², α′_t = ᾱ′_t/ᾱ′_{t−1} (α′_1 = ᾱ′_1) and β′ = 1 − α′.
+    The common factor cancels from α′_t, and so does the error shared by r_t and r_{t−1} (the running
+    product up to t − 1). With :math:`\varepsilon_i \le 2u + \beta_i\delta\beta_i/(1-\beta_i)` the error
+    the running product picks up at i and :math:`B_t = \sum_{i \ge t}\varepsilon_i`, the relative
+    error of :math:`d_t/d_{t-1}` is at most
+
+    .. math::
+
+        P_t = \frac{r_t\varepsilon_t}{2d_t} + \Big(\frac{B_t}{2} + u\Big)\frac{r_T\,(d_{t-1}-d_t)}{d_t\,d_{t-1}}
+              + u\Big(\frac{r_t}{d_t} + \frac{r_{t-1}}{d_{t-1}}\Big) + 2u,
+
+    and :math:`\delta\beta'_t \le \frac{1-\beta'_t}{\beta'_t}(2P_t + 9u) + 2u`. The first entry keeps
+    its β (the same rounded :math:`r_1 - r_T` is multiplied and divided):
+    :math:`\delta\beta'_1 \le \delta\beta_1 + 9u(1-\beta_1)/\beta_1 + 2u`. The last is exactly 1 (u).
     """
     from ddspec.reference import alphas as ref_alphas
 
+    n = original.size
     r = np.sqrt(ref_alphas.alpha_bar(original))
     r_T = r[-1]
+    d = r - r_T
     with np.errstate(divide="ignore", invalid="ignore"):
-        dr = u * (3.0 + np.where(r > r_T, r_T / (r - r_T), 0.0))
-        dr_prev = np.concatenate([[u], dr[:-1]])
-        ratio = np.where(rescaled < 1.0, (1.0 - rescaled) / rescaled, 0.0)
-    return ratio * (2.0 * (dr + dr_prev) + 4.0 * u)
+        eps = 2.0 * u + np.where(original < 1.0, original / (1.0 - original), 0.0) * base
+    B = np.cumsum(eps[::-1])[::-1]
+    out = np.full(n, u)
+    if n >= 3:
+        t = np.arange(1, n - 1)
+        dt, dp = d[t], d[t - 1]
+        P = (r[t] * eps[t] / (2.0 * dt) + (B[t] / 2.0 + u) * r_T * (dp - dt) / (dt * dp)
+             + u * (r[t] / dt + r[t - 1] / dp) + 2.0 * u)
+        bt = rescaled[t]
+        out[t] = (1.0 - bt) / bt * (2.0 * P + 9.0 * u) + 2.0 * u
+    out[0] = base[0] + 9.0 * u * (1.0 - original[0]) / original[0] + 2.0 * u
+    return out
 
 
 def alpha_bar_relative_bound(betas: Array, schedule: str, u_table: float, *, zero_snr_original: Array | None = None) -> Array:
@@ -149,8 +288,14 @@ def alpha_bar_relative_bound(betas: Array, schedule: str, u_table: float, *, zer
     applied to a product of 2(t+1) rounded factors); the second propagates the error of β itself
     (:func:`beta_relative_bound`), since :math:`\partial\ln\bar\alpha_t/\partial\ln\beta_i = -\beta_i/(1-\beta_i)`.
     A β of exactly 1 (ᾱ = 0 afterwards) contributes nothing: 1 − 1 is exact.
+
+    The cosine schedule (without rescaling) is the exception: its β are quotients of one sequence
+    f, so the product telescopes and the errors of the intermediate f cancel
+    (:func:`_cosine_alpha_bar_bound`); the sum above would count each of them twice over.
     """
     b = np.asarray(betas, dtype=np.float64)
+    if schedule == "cosine" and zero_snr_original is None:
+        return _cosine_alpha_bar_bound(b, u_table)
     db = beta_relative_bound(b, schedule, u_table, zero_snr_original=zero_snr_original)
     with np.errstate(divide="ignore", invalid="ignore"):
         sens = np.where(b < 1.0, b / (1.0 - b), 0.0)

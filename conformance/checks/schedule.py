@@ -12,6 +12,15 @@ r"""Schedule checks: the target's β and ᾱ tables against the reference schedu
     entry of a zero-terminal-SNR schedule, β_T = 1) the error is absolute and the bound is the first-order
     effect of β_T's error, :math:`\bar\alpha_{T-1}\,\delta\beta_T`.
 
+What the bounds cover. :math:`\delta\beta` and :math:`\delta\bar\alpha` bound the error of the
+*textbook* evaluation of the declared schedule with every operation in the table's dtype
+(``docs/tolerances.md``, "The textbook evaluation, in the table's dtype"): ``linspace`` for the
+linear family, :math:`1 - f(i+1)/f(i)` with :math:`f = \cos^2` for the cosine schedule (whose
+error near π/2 is the condition number θ tan θ of cos times the angle's rounding), Algorithm 1 of
+Lin et al. 2023 for the zero-terminal-SNR rescale, and a running product for ᾱ. An honest table,
+however it is written, passes; a table off by more than a few times its rounding fails
+(``tests/quality/test_textbook_schedules.py``).
+
 Which unit roundoff the bounds use. A table reveals the dtype it is held in
 (:func:`~ddspec.conformance.tolerances.table_roundoff`: the narrowest dtype in which every entry is
 exact), reported in ``details["table_dtype"]``. The bound is evaluated at
