@@ -56,6 +56,11 @@ __all__ = [
     "two_sample_variance_test",
     "two_sample_dkw_test",
     "gaussian_moments_test",
+    "POOLED_KINDS",
+    "pooled_min_detectable",
+    "pooled_mean_test",
+    "pooled_variance_test",
+    "mean_pattern_test",
     "dkw_epsilon",
     "two_sample_dkw_epsilon",
     "min_detectable",
@@ -100,7 +105,9 @@ class StatResult:
     Attributes:
         name: the test's name (the ledger key).
         kind: which test (``"mean"``, ``"variance"``, ``"cdf"``, ``"two_sample_mean"``,
-            ``"two_sample_variance"``, ``"two_sample_cdf"``, ``"gaussian_moments"``).
+            ``"two_sample_variance"``, ``"two_sample_cdf"``, ``"gaussian_moments"``, or a pooled kind
+            of :data:`POOLED_KINDS`, whose ``min_detectable`` is in units of each coordinate's σ and
+            whose single p-value is compared with α itself, not α/d).
         passed: ``True`` when no coordinate rejects the null hypothesis.
         statistic: the test statistic of the worst coordinate (the one with the smallest p-value),
             in the test's natural units (z, variance ratio, sup-distance, ...).
@@ -152,6 +159,12 @@ class StatResult:
             return f"|Δmean| ≥ {v:.3g}"
         if self.kind in ("variance", "two_sample_variance"):
             return f"var ratio ∉ (1/{v:.4g}, {v:.4g})"
+        if self.kind == "pooled_mean":
+            return f"common |Δmean| ≥ {v:.3g} σ"
+        if self.kind == "pooled_variance":
+            return f"var ratio ∉ (1/{v:.6g}, {v:.6g}) (std error ≥ {100 * (math.sqrt(v) - 1):.3g} %)"
+        if self.kind == "mean_pattern":
+            return f"RMS |Δmean| ≥ {v:.3g} σ"
         return f"sup|ΔF| ≥ {v:.3g}"
 
 
@@ -926,6 +939,183 @@ def gaussian_moments_test(
         false_failure_rate=alpha, power=mean_part.power, min_detectable=mean_part.min_detectable,
         n=mean_part.n, m=None, dims=mean_part.dims, worst_coordinate=j, detail=detail, p_values=p,
         parts=(mean_part, var_part),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pooled tests: many coordinates with one law up to location and scale
+# ---------------------------------------------------------------------------------------------------
+
+POOLED_KINDS: tuple[str, ...] = ("pooled_mean", "pooled_variance", "mean_pattern")
+"""Kinds accepted by :func:`pooled_min_detectable` (the pooled tests below)."""
+
+
+def _standardised_means(x: NDArray[np.float64], mu: NDArray[np.float64], var: NDArray[np.float64]) -> NDArray[np.float64]:
+    r""":math:`\bar y_j = (\bar x_j - \mu_j)/\sigma_j`, shape ``(d,)``."""
+    return (x.mean(axis=0) - mu) / np.sqrt(var)
+
+
+def pooled_min_detectable(n: int, dims: int, alpha: float, power: float, kind: str) -> float:
+    r"""Smallest discrepancy that a pooled test of ``n`` draws of ``dims`` coordinates detects with
+    probability ≥ ``power`` at level ``alpha``; in standardised units (the coordinates' own σ_j).
+
+    With :math:`N = n d` standardised draws :math:`y_{ij} = (x_{ij} - \mu_j)/\sigma_j`,
+    :math:`\beta = 1 - \text{power}`:
+
+    ``"pooled_mean"`` (the same shift :math:`\delta\sigma_j` in every coordinate; :func:`pooled_mean_test`):
+
+    .. math:: \delta_{\min} = \frac{z_{\alpha/2} + z_\beta}{\sqrt{n d}}
+
+    ``"pooled_variance"`` (the same variance ratio r in every coordinate; :func:`pooled_variance_test`,
+    :math:`k = d(n-1)` degrees of freedom): the ratio
+    :math:`\rho = \max(\chi^2_{k;1-\alpha/2}/\chi^2_{k;\beta},\ \chi^2_{k;1-\beta}/\chi^2_{k;\alpha/2})`
+    (every r ≥ ρ or r ≤ 1/ρ is detected), i.e. ``min_detectable(d (n - 1) + 1, alpha, power, "variance")``.
+
+    ``"mean_pattern"`` (any shifts :math:`\delta_j\sigma_j`, of any signs; :func:`mean_pattern_test`):
+    the root mean square :math:`\delta_{\mathrm{rms}} = \sqrt{\textstyle\sum_j \delta_j^2/d}` at which
+    the noncentral :math:`\chi^2_d(\lambda)`, :math:`\lambda = n d\,\delta_{\mathrm{rms}}^2`, exceeds
+    the critical value :math:`\chi^2_{d;1-\alpha}` with probability :math:`1-\beta`.
+
+    All three are exact for Gaussian draws.
+    """
+    n = as_int(n, "n", low=2)
+    dims = as_int(dims, "dims", low=1)
+    alpha = _alpha(alpha)
+    beta = 1.0 - _power(power)
+    if kind not in POOLED_KINDS:
+        fail("kind", kind, f"expected one of {POOLED_KINDS}")
+    if kind == "pooled_mean":
+        return _mean_factor(alpha, beta) / math.sqrt(n * dims)
+    if kind == "pooled_variance":
+        return _ratio_min_detectable(sps.chi2(dims * (n - 1)), alpha, beta)
+    crit = float(sps.chi2.isf(alpha, dims))
+
+    def miss(lam: float) -> float:
+        return float(sps.ncx2.cdf(crit, dims, lam)) - beta
+
+    hi = (math.sqrt(crit) + float(sps.norm.isf(beta)) + 1.0) ** 2
+    while miss(hi) > 0.0:
+        hi *= 2.0
+    lam = float(brentq(miss, 1e-12, hi, xtol=1e-10, rtol=1e-12))
+    return math.sqrt(lam / (n * dims))
+
+
+def _pooled_inputs(
+    samples: ArrayLike, mean: ArrayLike | None, variance: ArrayLike, alpha: float, power: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64] | None, NDArray[np.float64], float, float]:
+    x, shape = _samples(samples, "samples")
+    mu = None if mean is None else _param(mean, "mean", shape, positive=False)
+    var = _param(variance, "variance", shape, positive=True)
+    return x, mu, var, _alpha(alpha), _power(power)
+
+
+def pooled_mean_test(
+    samples: ArrayLike, mean: ArrayLike, variance: ArrayLike, alpha: float, *,
+    power: float = DEFAULT_POWER, name: str | None = None,
+) -> StatResult:
+    r"""One z-test of the mean over all coordinates pooled, each standardised by its own law.
+
+    For draws :math:`x_{ij}` (i = 1..n draws, j = 1..d coordinates) with the coordinates independent
+    and :math:`x_{ij} \sim \mathcal N(\mu_j, \sigma_j^2)` under the null:
+
+    .. math::
+
+        z = \sqrt{n d}\;\frac{1}{d}\sum_j \frac{\bar x_j - \mu_j}{\sigma_j} \sim \mathcal N(0, 1),
+        \qquad \text{fail} \iff |z| > z_{\alpha/2}
+
+    One test at level α (no Bonferroni split over the coordinates): it sees a shift of the same
+    size in every coordinate, :math:`\delta\sigma_j`, down to
+    ``pooled_min_detectable(n, d, alpha, power, "pooled_mean")`` σ; shifts of mixed signs cancel
+    (:func:`mean_pattern_test` sees those). ``statistic`` is |z|, ``min_detectable`` in σ units.
+    """
+    x, mu, var, alpha, power = _pooled_inputs(samples, mean, variance, alpha, power)
+    name = _name(name, "pooled_mean_test")
+    n, d = x.shape
+    ybar = _standardised_means(x, mu, var)
+    z = math.sqrt(n * d) * float(ybar.mean())
+    p = float(2.0 * sps.norm.sf(abs(z)))
+    crit = float(sps.norm.isf(alpha / 2.0))
+    delta = pooled_min_detectable(n, d, alpha, power, "pooled_mean")
+    j = int(np.argmax(np.abs(ybar)))
+    detail = (f"pooled z-test over {n} x {d} standardised draws: z = {z:.4g}, pass iff |z| <= {crit:.4g} "
+              f"(alpha {alpha:.3g}); mean shift {ybar.mean():.4g} σ; detects a common shift >= {delta:.4g} σ "
+              f"with probability >= {power}")
+    return StatResult(
+        name=name, kind="pooled_mean", passed=bool(abs(z) <= crit), statistic=abs(z), threshold=crit,
+        p_value=p, false_failure_rate=alpha, power=power, min_detectable=delta, n=n, m=None, dims=d,
+        worst_coordinate=j, detail=detail, p_values=np.array([p]),
+    )
+
+
+def pooled_variance_test(
+    samples: ArrayLike, variance: ArrayLike, alpha: float, *,
+    power: float = DEFAULT_POWER, name: str | None = None,
+) -> StatResult:
+    r"""One chi-square test of the variance over all coordinates pooled (each coordinate's mean estimated).
+
+    .. math::
+
+        S = \sum_j \frac{\sum_i (x_{ij} - \bar x_j)^2}{\sigma_j^2} \sim \chi^2_k,\quad k = d(n-1),
+        \qquad \text{fail} \iff S \notin [\chi^2_{k;\alpha/2},\ \chi^2_{k;1-\alpha/2}]
+
+    (Cochran's theorem per coordinate; the d independent chi-squares add.) Estimating each
+    coordinate's mean keeps mean shifts out of this test. ``statistic`` is the pooled variance ratio
+    S/k, ``min_detectable`` the ratio ρ of ``pooled_min_detectable(..., "pooled_variance")``.
+    """
+    x, _, var, alpha, power = _pooled_inputs(samples, None, variance, alpha, power)
+    name = _name(name, "pooled_variance_test")
+    n, d = x.shape
+    k = d * (n - 1)
+    per = x.var(axis=0, ddof=1) / var
+    s = float(per.sum() * (n - 1))
+    dist = sps.chi2(k)
+    p = float(min(1.0, 2.0 * min(dist.cdf(s), dist.sf(s))))
+    c_lo, c_hi = float(dist.ppf(alpha / 2.0)), float(dist.isf(alpha / 2.0))
+    ratio = s / k
+    rho = pooled_min_detectable(n, d, alpha, power, "pooled_variance")
+    j = int(np.argmax(np.abs(np.log(per))))
+    detail = (f"pooled chi-square test over {n} x {d} draws ({k} dof, means estimated): variance ratio "
+              f"{ratio:.6g}, pass iff in [{c_lo / k:.6g}, {c_hi / k:.6g}] (alpha {alpha:.3g}); detects a ratio "
+              f">= {rho:.6g} or <= 1/{rho:.6g} with probability >= {power}")
+    return StatResult(
+        name=name, kind="pooled_variance", passed=bool(c_lo <= s <= c_hi), statistic=ratio,
+        threshold=(c_hi if s > dist.median() else c_lo) / k, p_value=p, false_failure_rate=alpha, power=power,
+        min_detectable=rho, n=n, m=None, dims=d, worst_coordinate=j, detail=detail, p_values=np.array([p]),
+    )
+
+
+def mean_pattern_test(
+    samples: ArrayLike, mean: ArrayLike, variance: ArrayLike, alpha: float, *,
+    power: float = DEFAULT_POWER, name: str | None = None,
+) -> StatResult:
+    r"""One chi-square test of all coordinate means together: shifts of any pattern of signs.
+
+    .. math::
+
+        Q = n \sum_j \Big(\frac{\bar x_j - \mu_j}{\sigma_j}\Big)^2 \sim \chi^2_d, \qquad
+        \text{fail} \iff Q > \chi^2_{d;1-\alpha}
+
+    (exact for independent Gaussian coordinates). Under shifts :math:`\delta_j\sigma_j`,
+    :math:`Q \sim \chi^2_d(\lambda)` with :math:`\lambda = n\sum_j\delta_j^2`; ``min_detectable`` is
+    the root-mean-square standardised shift of ``pooled_min_detectable(..., "mean_pattern")``.
+    ``statistic`` is Q.
+    """
+    x, mu, var, alpha, power = _pooled_inputs(samples, mean, variance, alpha, power)
+    name = _name(name, "mean_pattern_test")
+    n, d = x.shape
+    ybar = _standardised_means(x, mu, var)
+    q = float(n * np.sum(ybar**2))
+    crit = float(sps.chi2.isf(alpha, d))
+    p = float(sps.chi2.sf(q, d))
+    delta = pooled_min_detectable(n, d, alpha, power, "mean_pattern")
+    j = int(np.argmax(np.abs(ybar)))
+    detail = (f"chi-square test of the {d} standardised coordinate means of {n} draws: Q = {q:.4g}, pass iff "
+              f"Q <= {crit:.4g} (alpha {alpha:.3g}); RMS shift {math.sqrt(float(np.mean(ybar**2))):.4g} σ; "
+              f"detects an RMS shift >= {delta:.4g} σ with probability >= {power}")
+    return StatResult(
+        name=name, kind="mean_pattern", passed=bool(q <= crit), statistic=q, threshold=crit, p_value=p,
+        false_failure_rate=alpha, power=power, min_detectable=delta, n=n, m=None, dims=d, worst_coordinate=j,
+        detail=detail, p_values=np.array([p]),
     )
 
 

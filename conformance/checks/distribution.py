@@ -10,9 +10,15 @@ declared DDPM variance (``..ddpm_<variance_type>``):
     :math:`x_\mathrm{prev} \sim \mathcal N(\mu, \Sigma)` with μ the reference's ``StepResult.mean``
     and Σ its ``variance`` (σ² of DDIM eq. 12/16; β̃′, β′ or the learned variance of Ho et al.
     Algorithm 2 / Nichol & Dhariwal eq. 15). At the first, middle and last step of the N-step run
-    (N = the profile's largest step count ≤ 50) the per-coordinate mean and variance are tested.
-    Where Σ = 0 (the final step to the data, DDIM η = 0) every draw must be **bitwise equal** and
-    within the error model's bound of μ: noise added at the final step fails here.
+    (N = the profile's largest step count ≤ 50) the mean and variance are tested **pooled over the
+    elements**: given the fixed inputs the elements are independent, element j ~ N(μ_j, σ_j²), so
+    the n·d draws standardised by their own element's law, :math:`y_{ij} = (x_{ij}-\mu_j)/\sigma_j`,
+    are n·d i.i.d. N(0, 1) draws (d = elements of one sample; default n·d = 16 384 · 192 ≈ 3.1·10⁶ per
+    step). Three tests per stochastic step (:func:`_pooled_parts`): the common mean (z), the variance
+    (χ² with d(n − 1) dof, each element's mean estimated) and the pattern of element means (χ²_d,
+    which sees shifts of mixed signs). Where Σ = 0 (the final step to the data, DDIM η = 0) every
+    draw must be **bitwise equal** and within the error model's bound of μ: noise added at the final
+    step fails here.
 ``distribution.run_output.<variant>`` (:func:`check_run_output_distribution`)
     A whole run driven by the exact denoiser of Gaussian data,
     :class:`ddspec.reference.oracles.IsotropicGaussian` in d = 4 dimensions, from x_T ~ N(0, I),
@@ -27,9 +33,11 @@ Statistics (``docs/statistics.md``; every test is one of :mod:`ddspec.conformanc
 ------------------------------------------------------------------------------------------
 * **False-failure rate.** Each *result* has false-failure rate at most α =
   ``ctx.settings.false_failure_rate``, split by **Bonferroni** over its statistical tests: equally
-  over the (mean, variance) pairs of its stochastic steps (step moments), or over (mean, variance,
-  DKW) × step counts after the clipping tail (run output, below). Each test splits its share again
-  over its d coordinates (:mod:`~ddspec.conformance.stats`). By the union bound a correct sampler
+  over the (common mean, variance, mean pattern) triples of its stochastic steps (step moments; the
+  pattern test is dropped where a step has a single stochastic element), or over (mean, variance,
+  DKW) × step counts after the clipping tail (run output, below). A run-output test splits its share
+  again over its d coordinates (:mod:`~ddspec.conformance.stats`); the pooled step tests do not
+  (one statistic each). By the union bound a correct sampler
   fails a result with probability ≤ α; a report with R statistical results has false-failure
   probability ≤ R α.
 * **Ledger.** Every result keeps its own :class:`~ddspec.conformance.stats.Ledger` with budget α,
@@ -38,18 +46,29 @@ Statistics (``docs/statistics.md``; every test is one of :mod:`ddspec.conformanc
   run's, while the harness runs the same check on several targets, dtypes and seeds in one process,
   each report with its own budget.
 * **Power.** ``details["tests"]`` lists, per test, its α, n, the minimum detectable discrepancy at
-  power 0.999 (:func:`~ddspec.conformance.stats.min_detectable`) plus the rounding allowance below.
+  power 0.999 (:func:`~ddspec.conformance.stats.min_detectable`,
+  :func:`~ddspec.conformance.stats.pooled_min_detectable`) plus the rounding allowance below; the
+  message states, and ``details["min_detectable"]`` holds, the smallest std error, mean shift (in σ)
+  and, for the run output, sup-CDF error detected at power 0.999 at *every* tested step (the worst
+  over steps), rounding allowance included: a discrepancy is the departure of the target's computed
+  law, its rounding included, so the allowance b adds once. The allowance limits what can be seen:
+  in the default profile the statistical part is 0.47 % of σ (mean) and 0.34 % (std), and a target
+  that keeps ᾱ in float32 (diffusers, in a float32 or a float64 run) adds b ≈ 0.4 % of σ at the
+  tested steps, for about 0.9 % and 0.8 %; with a float64 table b is below 10⁻⁹ σ.
 * **Rounding allowance.** A correct target in dtype d is off the exact law by its deterministic
   rounding, bounded per element by :func:`ddspec.conformance.tolerances.step_bound` (the error model
   of ``docs/tolerances.md``; it includes the target's ᾱ-table error, and its rounding term is charged
   at the coarser of the compute and the table dtype, since a target may form its coefficients in its
   table's dtype: diffusers does, in float32, in a float64 run). The tests are widened by it:
-  the mean test passes iff :math:`|\bar x - \mu| \le z_{\alpha_c/2}\,\sigma/\sqrt n + b`
+  the run-output mean test passes iff :math:`|\bar x - \mu| \le z_{\alpha_c/2}\,\sigma/\sqrt n + b`
   (b = mean of the per-draw bounds); the variance test passes iff the sample standard deviation is
   within :math:`[\sqrt{L}\,\sigma - b_2,\ \sqrt{U}\,\sigma + b_2]` ([L, U] the chi-square acceptance
   ratios, b₂ the RMS of the bounds: by Minkowski's inequality a perturbation e moves the sample
   standard deviation by at most RMS(e)); the DKW test passes iff
   :math:`\sup|F_n - \Phi| \le \varepsilon + \varphi(0)\, b_\infty/\sigma` (b∞ the largest bound).
+  The pooled step tests are widened the same way in standardised units, a_j = b_j/σ_j: the common
+  mean by the mean of a_j, the pooled standard-deviation ratio by √(n/(n−1))·RMS(a_j) (Minkowski
+  over all n·d draws), √Q of the mean pattern by √n‖a‖₂ (Minkowski in R^d).
   The bounds depend on |z|: they are evaluated at an envelope (|z| ≤ 2 for the mean and RMS
   allowances, which holds for the mean of |z| and the RMS of z over n ≥ 512 draws except with
   probability < 1e-100 by Chernoff's bound; |z| ≤ 9 for the largest bound of the DKW allowance,
@@ -81,8 +100,12 @@ Targets are run on ``ctx.device``; only the test statistics are computed on the 
 The runs use the target's own timesteps where they form a valid subsequence, else the declared
 rule's from the reference (``details["timesteps_source"]``, and a note naming the
 ``timesteps.sequence.N=<N>`` check that reports the wrong sequence); β and ᾱ are those of the
-declared schedule. A call that raises, hangs or returns no tensor of the right shape fails the
-result, and its message leads with it; ``observed`` is then inf.
+declared schedule. Each step count is evaluated on its own: a call that raises, hangs or returns
+no tensor of the right shape gives one finding prefixed ``"N=<n>: "`` for its step count, the
+result carries ``details["errors"] = [{"num_steps": n, "error": "<ExcType>: <message>"}]``, fails,
+and its message leads with it; the statistics of the step counts (and positions) that worked are
+still computed and reported, and ``observed`` is their worst observed/allowed (inf only when
+nothing could be tested, or for a non-finite draw).
 """
 
 from __future__ import annotations
@@ -165,10 +188,16 @@ class _Account:
     tests: list[dict[str, Any]]
     findings: list[tuple[float, Finding]]
     worst: float = 0.0
+    measured: bool = False  # whether any statistic or deterministic comparison was made
+
+    def see(self, ratio: float) -> None:
+        """Count one observed/allowed ratio."""
+        self.worst = max(self.worst, ratio)
+        self.measured = True
 
     def add(self, result: stats.StatResult, ratio: float, allowance: float, extra: str = "") -> None:
         self.ledger.record(result)
-        self.worst = max(self.worst, ratio)
+        self.see(ratio)
         self.tests.append({
             "name": result.name, "kind": result.kind, "alpha": result.false_failure_rate, "n": result.n,
             "dims": result.dims, "passed": result.passed, "observed_over_allowed": ratio,
@@ -259,6 +288,117 @@ def _dkw_part(acc: _Account, u: Array, alpha: float, shift: float, name: str, wh
         )))
 
 
+def _pooled_parts(acc: _Account, draws: Array, mu: Array, var: Array, alpha: float, allowance: Array,
+                  label: str, where: dict[str, Any], coords: NDArray[np.int64],
+                  coord_shape: tuple[int, ...]) -> dict[str, Any]:
+    r"""The pooled tests of one stochastic step (the module docstring), widened by the rounding
+    allowance; returns what they detect at power :data:`~ddspec.conformance.stats.DEFAULT_POWER`.
+
+    With :math:`y_{ij} = (x_{ij} - \mu_j)/\sigma_j` (n draws, d tested elements) and
+    :math:`a_j = b_j/\sigma_j` the standardised allowance (``allowance`` = b, the |z| ≤ 2 envelope):
+
+    * common mean (z): pass iff :math:`|\bar y| \le z_{\alpha/2}/\sqrt{nd} + \bar a`;
+    * variance (χ², each element's mean estimated, k = d(n − 1)): with
+      :math:`s = \sqrt{S/k}` the pooled standard-deviation ratio, pass iff
+      :math:`\sqrt{L} - a_2 \le s \le \sqrt{U} + a_2`, :math:`a_2 = \sqrt{n/(n-1)}\,\mathrm{RMS}_j(a_j)`
+      (Minkowski over all nd centred, standardised draws; centring does not increase the norm);
+    * mean pattern (χ²_d of the element means), only for d ≥ 2: pass iff
+      :math:`\sqrt{Q} \le \sqrt{\chi^2_{d;1-\alpha}} + \sqrt n\,\lVert a\rVert_2` (Minkowski in R^d).
+    """
+    n, d = draws.shape
+    sd0 = np.sqrt(var)
+    a = allowance / sd0
+    big_n = n * d
+    out: dict[str, Any] = {"step": where.get("step"), "t": where.get("timestep"), "elements": d, "draws": n}
+    # common mean
+    r = stats.pooled_mean_test(draws, mu, var, alpha, name=f"{label}/mean")
+    ybar = (draws.mean(axis=0) - mu) / sd0
+    shift = float(ybar.mean())
+    a_mean = float(a.mean())
+    allowed = float(r.threshold) / math.sqrt(big_n) + a_mean
+    ratio = abs(shift) / allowed
+    acc.add(replace(r, passed=ratio <= 1.0), ratio, a_mean,
+            f"; widened by the rounding allowance {a_mean:.3g} σ: pass iff |mean shift| <= {allowed:.4g} σ")
+    out["mean_shift_sigma"] = r.min_detectable + a_mean
+    if ratio > 1.0:
+        j = int(np.argmax(np.abs(ybar)))
+        acc.findings.append((ratio, Finding(
+            step=where.get("step"), timestep=where.get("timestep"), element=None, expected=0.0, got=shift,
+            tolerance=allowed,
+            message=f"{where['what']}: the mean of the {n} x {d} draws, each standardised by its element's reference "
+                    f"mean and σ, is {shift:+.4g} σ off the reference (allowed {allowed:.4g} σ = {r.threshold:.3g}/sqrt({big_n}) "
+                    f"+ rounding {a_mean:.3g} σ); element {_element(int(coords[j]), coord_shape)} is off by "
+                    f"{float(ybar[j]):+.3g} σ")))
+    # variance
+    r = stats.pooled_variance_test(draws, var, alpha, name=f"{label}/variance")
+    k = d * (n - 1)
+    lo = float(sps.chi2.ppf(alpha / 2.0, k)) / k
+    hi = float(sps.chi2.isf(alpha / 2.0, k)) / k
+    a2 = math.sqrt(n / (n - 1.0)) * math.sqrt(float(np.mean(a**2)))
+    s = math.sqrt(float(r.statistic))
+    s_lo, s_hi = max(math.sqrt(lo) - a2, 0.0), math.sqrt(hi) + a2
+    ratio = (s - 1.0) / (s_hi - 1.0) if s >= 1.0 else (1.0 - s) / (1.0 - s_lo)
+    acc.add(replace(r, passed=s_lo <= s <= s_hi), ratio, a2,
+            f"; widened by the rounding allowance {a2:.3g} on the standard-deviation ratio: sd ratio {s:.6g}, "
+            f"allowed [{s_lo:.6g}, {s_hi:.6g}]")
+    rho_sd = math.sqrt(r.min_detectable)
+    out["std_error"] = max(rho_sd - 1.0, 1.0 - 1.0 / rho_sd) + a2
+    if not s_lo <= s <= s_hi:
+        v_ref = float(var.mean())
+        limit = s_hi if s > 1.0 else s_lo
+        acc.findings.append((ratio, Finding(
+            step=where.get("step"), timestep=where.get("timestep"), element=None, expected=v_ref,
+            got=v_ref * s * s, tolerance=v_ref * abs(limit * limit - 1.0),
+            message=f"{where['what']}: the variance of the {n} x {d} draws, pooled over the elements with each "
+                    f"standardised by its reference σ, is {s * s:.6g} times the reference (standard deviation "
+                    f"{100 * (s - 1.0):+.3g} %; allowed standard-deviation ratio [{s_lo:.6g}, {s_hi:.6g}], "
+                    f"rounding {a2:.3g} included)")))
+    if d >= 2:
+        r = stats.mean_pattern_test(draws, mu, var, alpha, name=f"{label}/mean_pattern")
+        a_pat = math.sqrt(n) * float(np.linalg.norm(a))
+        root_q, root_c, root_d = math.sqrt(r.statistic), math.sqrt(r.threshold), math.sqrt(d)
+        limit = root_c + a_pat
+        ratio = max(root_q - root_d, 0.0) / (limit - root_d)
+        a_rms = a_pat / math.sqrt(big_n)
+        acc.add(replace(r, passed=root_q <= limit), ratio, a_rms,
+                f"; widened by the rounding allowance: pass iff sqrt(Q) <= {limit:.4g}; observed/allowed is "
+                f"(sqrt(Q) - sqrt(d))/(allowed - sqrt(d))")
+        out["mean_pattern_rms_sigma"] = r.min_detectable + a_rms
+        if root_q > limit:
+            j = int(np.argmax(np.abs(ybar)))
+            rms = math.sqrt(float(np.mean(ybar**2)))
+            acc.findings.append((ratio, Finding(
+                step=where.get("step"), timestep=where.get("timestep"), element=_element(int(coords[j]), coord_shape),
+                expected=float(mu[j]), got=float(draws[:, j].mean()), tolerance=float(limit / math.sqrt(n) * sd0[j]),
+                message=f"{where['what']}: the element means of {n} draws are off the reference by an RMS of {rms:.4g} σ "
+                        f"(chi-square Q = {r.statistic:.4g} over {d} elements, allowed sqrt(Q) <= {limit:.4g}, "
+                        f"rounding included); worst element off by {float(ybar[j]):+.3g} σ")))
+    out["rounding_allowance_sigma"] = {"mean": a_mean, "std": a2}
+    return out
+
+
+def _pct(x: float) -> str:
+    """A fraction as a percentage with two significant digits (``0.0091`` -> ``"0.91"``)."""
+    return f"{100 * x:.2g}" if 100 * x < 100 else f"{100 * x:.0f}"
+
+
+def _detect_text(detect: dict[str, float], power: float) -> str:
+    """``"detects a std error ≥ 0.9 % and a mean shift ≥ 0.8 % of σ ... at power 0.999"``."""
+    text = (f"detects a std error >= {_pct(detect['std_error'])} % and a common mean shift >= "
+            f"{_pct(detect['mean_shift_sigma'])} % of σ")
+    if "mean_pattern_rms_sigma" in detect:
+        text += f" (mean shifts of mixed signs: RMS >= {_pct(detect['mean_pattern_rms_sigma'])} % of σ)"
+    return text + f" at every tested step, at power {power:g}, rounding allowance included"
+
+
+def _call_error(err: str) -> str:
+    """``"<ExcType>: <message>"`` of a failed call (the part after ``failed: ``), else the whole reason."""
+    if err.startswith("not called: "):
+        return err
+    head, sep, tail = err.partition(" failed: ")
+    return tail if sep else err
+
+
 def _element(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else (flat,)
 
@@ -266,14 +406,16 @@ def _element(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
 def _verdict_result(
     ctx: Any, name: str, function: str, start: float, acc: _Account, *, message_ok: str, message_fail: str,
     notes: list[str], details: dict[str, Any], checked: int, consequence: str | None,
-    fatal: list[Finding], broken: list[Finding],
+    fatal: list[Finding], broken: list[Finding], detect: str = "",
 ) -> CheckResult:
     r"""The result of one distribution check: ``fail`` on any finding, ``skipped`` when nothing was
     checked, else ``pass`` (``acceptable`` under a declared variant).
 
-    ``broken`` are the calls that gave no usable output (raised, hung, a non-tensor or a wrong shape):
-    a failure's message leads with them. ``fatal`` are contract violations without a statistic (a
-    non-finite draw, noise where the reference has none). Either makes ``observed`` inf.
+    ``broken`` are the calls that gave no usable output (raised, hung, a non-tensor or a wrong shape),
+    one per step count: a failure's message leads with them, and ``observed`` stays the worst
+    observed/allowed of what could be tested (inf when nothing could). ``fatal`` are contract
+    violations without a statistic (a non-finite draw, noise where the reference has none): they make
+    ``observed`` inf. ``detect`` (what the tests detect) ends the message of a failure too.
     """
     details = dict(details)
     details.update({
@@ -284,8 +426,8 @@ def _verdict_result(
         "notes": notes,
     })
     violations = fatal + [f for _, f in sorted(acc.findings, key=lambda p: -p[0])]
-    if fatal or broken:
-        acc.worst = math.inf  # a crash, a non-finite output or noise where there must be none
+    if fatal or (broken and not acc.measured):
+        acc.worst = math.inf  # a non-finite output, noise where there must be none, or nothing ran
     suffix = (" Notes: " + "; ".join(notes[:2]) + ("; ..." if len(notes) > 2 else "")) if notes else ""
     common = dict(name=name, family=FAMILY, observed=acc.worst, tolerance=1.0, details=details,
                   reproduce=reproduce_call("distribution", function, name, ctx))
@@ -296,7 +438,7 @@ def _verdict_result(
                          f"could not be tested: {broken[0].message}")
         if violations:
             parts.append(message_fail + ": " + violations[0].message)
-        return CheckResult(verdict=Verdict.FAIL, message="; ".join(parts) + "." + suffix,
+        return CheckResult(verdict=Verdict.FAIL, message="; ".join(parts) + "." + detect + suffix,
                            findings=tuple(broken + violations), consequence=consequence, duration_s=elapsed(start),
                            **common)
     if checked == 0:
@@ -347,8 +489,11 @@ def check_step_moments(ctx: Any) -> list[CheckResult]:
     reference :math:`\mathcal N(\mu, \Sigma)` comes from :func:`ddspec.conformance.expectation.reference_step`
     (with zero noise its ``prev_sample`` is μ; Σ is its ``variance``).
 
-    * Σ > 0: mean z-test and variance χ²-test on the n draws, each at α/(2 S) for S stochastic steps
-      (Bonferroni), widened by the rounding allowance.
+    * Σ > 0: the pooled common-mean z-test, variance χ²-test and mean-pattern χ²-test on the n draws
+      of d elements (:func:`_pooled_parts`), each at α/(3 S) for S stochastic steps (Bonferroni),
+      widened by the rounding allowance.
+    * A call that raises: one finding ``"N=<n>: ..."`` and ``details["errors"]``; the other
+      positions are still tested.
     * Σ = 0: all n draws must be bitwise equal, and within :func:`~ddspec.conformance.tolerances.step_bound`
       of μ (no statistics, no α).
     """
@@ -394,10 +539,12 @@ def _step_moments_variant(
             continue
         var = np.broadcast_to(np.asarray(ref.variance, dtype=np.float64), x64.shape).reshape(-1)
         plan.append((pi, k, t, tp, ref.mean.reshape(-1), var, (x1, mo1, pv1, x64, mo64, pv64)))
-    n_stat = sum(2 for p in plan if np.any(p[5] > 0))
+    n_stat = sum(_n_step_tests(int(np.count_nonzero(p[5] > 0))) for p in plan)
     alpha_each = alpha / n_stat if n_stat else alpha
     acc = _Account(name, stats.Ledger(budget=alpha), [], [])
     positions = []
+    detects: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
 
     for pi, k, t, tp, mu, var, (x1, mo1, pv1, x64, mo64, pv64) in plan:
         where = {"step": k, "timestep": t, "what": f"step {k} of N={n_steps} (t={t} -> {tp})"}
@@ -411,7 +558,10 @@ def _step_moments_variant(
         if err is None and tuple(out.shape) != (n,) + shape:
             err = f"output shape {tuple(out.shape)}, expected {(n,) + shape}"
         if err is not None:
-            broken.append(Finding(step=k, timestep=t, message=f"{where['what']}: {err}"))
+            # one finding per step count (issue 7 section 3); the other positions are still tested
+            if not errors:
+                errors.append({"num_steps": n_steps, "error": _call_error(err)})
+                broken.append(Finding(step=k, timestep=t, message=f"N={n_steps}: {where['what']}: {err}"))
             continue
         draws = exact_of(out).reshape(n, -1)
         bad = ~np.isfinite(draws)
@@ -437,7 +587,7 @@ def _step_moments_variant(
             else:
                 errs = np.abs(draws[0, det] - mu[det])
                 ratio = errs / np.maximum(bound[det], 1e-300)
-                acc.worst = max(acc.worst, float(ratio.max()) if ratio.size else 0.0)
+                acc.see(float(ratio.max()) if ratio.size else 0.0)
                 if np.any(errs > bound[det]):
                     i = int(np.argmax(ratio))
                     j = int(np.flatnonzero(det)[i])
@@ -450,30 +600,44 @@ def _step_moments_variant(
             coords = np.flatnonzero(sto)
             env = error_bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, pv64).reshape(-1)[sto]
             label = f"{name}/N={n_steps}/step={k}/t={t}"
-            _mean_part(acc, draws[:, sto], mu[sto], var[sto], alpha_each, env,
-                       f"{label}/mean", where, coords, shape)
-            _variance_part(acc, draws[:, sto], var[sto], alpha_each, env, f"{label}/variance", where, coords, shape)
+            detects.append(_pooled_parts(acc, draws[:, sto], mu[sto], var[sto], alpha_each, env, label, where,
+                                         coords, shape))
 
     consequence = expectation.final_step_consequence(setup.conv, setup.betas)
     tested = ", ".join(f"{p['step']} (t={p['t']}, {p['kind']})" for p in positions)
+    power = stats.DEFAULT_POWER
+    worst_detect = {key: max(dt[key] for dt in detects) for key in ("mean_shift_sigma", "std_error",
+                                                                   "mean_pattern_rms_sigma")
+                    if detects and all(key in dt for dt in detects)}
     details = {
         "num_steps": n_steps, "timesteps_source": source, "eta": eta, "draws": n, "positions": positions,
+        "elements": math.prod(shape), "scalar_draws_per_step": n * math.prod(shape),
         "alpha_per_test": alpha_each if n_stat else None,
-        "bonferroni": f"alpha {alpha:g} split equally over {n_stat} tests (mean and variance of each stochastic step)",
+        "bonferroni": (f"alpha {alpha:g} split equally over {n_stat} tests (pooled mean, pooled variance and mean "
+                       "pattern of each stochastic step)"),
         "rounding_allowance": "tolerances.step_bound at |z| = 2 (sum of the bounds at z = +2 and z = -2); "
                               + setup.table_note,
+        "min_detectable": {"power": power, "worst": worst_detect, "per_step": detects},
+        "errors": errors,
     }
-    detect = ""
-    for tst in acc.tests[:2]:
-        detect += f"; {tst['name'].rsplit('/', 1)[-1]}: {tst['min_detectable']}"
+    detect = f" It {_detect_text(worst_detect, power)}." if worst_detect else ""
     return _verdict_result(
         ctx, name, "check_step_moments", start, acc,
-        message_ok=(f"x_prev from a fixed x_t over {n} draws matches the reference law at steps {tested} of N={n_steps}; "
-                    f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}{detect}."),
+        message_ok=(f"x_prev from a fixed x_t over {n} draws of {math.prod(shape)} elements matches the reference law "
+                    f"at steps {tested} of N={n_steps}; worst observed/allowed {acc.worst:.3g}; false-failure rate "
+                    f"{alpha:g}.{detect}"),
         message_fail=f"x_prev from a fixed x_t over {n} draws (N={n_steps}) departs from the reference law",
         notes=notes, details=details, checked=len(positions), consequence=consequence, fatal=fatal,
-        broken=broken,
+        broken=broken, detect=detect,
     )
+
+
+def _n_step_tests(n_stochastic: int) -> int:
+    """Statistical tests of one step with ``n_stochastic`` stochastic elements: pooled mean and variance,
+    and the mean pattern where there are at least 2 elements."""
+    if n_stochastic == 0:
+        return 0
+    return 3 if n_stochastic >= 2 else 2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -700,6 +864,9 @@ def _run_variant(
             continue
         plan.append((n_steps, ts, pairs, law, tail, oracle, scale))
     acc = _Account(name, stats.Ledger(budget=alpha), [], [])
+    power = stats.DEFAULT_POWER
+    detects: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     tail_total = math.fsum(p[4] for p in plan)
     if tail_total > 0:
         acc.ledger.allocate(f"{name}/x0 leaves +-{clip_range:g} (clipping active)", tail_total)
@@ -716,6 +883,8 @@ def _run_variant(
             _OFF_RUN_GEN + 8 * vi + ni, all_max=bool(det.any()))
         if samples is None:
             (broken if call_broke else fatal).append(Finding(step=None, message=f"N={n_steps}: {err}"))
+            if call_broke:
+                errors.append({"num_steps": n_steps, "error": _call_error(err)})
             continue
         b_mean, b_rms, e_max = allow["mean"], allow["rms"], allow["max"]
         label = f"{name}/N={n_steps}"
@@ -723,7 +892,7 @@ def _run_variant(
             # a point mass (e.g. one deterministic step from alpha_bar = 0): every chain within its own bound
             off = np.abs(samples[:, det] - mu[det])
             ratio = off / np.maximum(e_max[:, det], 1e-300)
-            acc.worst = max(acc.worst, float(ratio.max()))
+            acc.see(float(ratio.max()))
             if np.any(off > e_max[:, det]):
                 i, jj = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
                 j = int(np.flatnonzero(det)[jj])
@@ -741,8 +910,17 @@ def _run_variant(
                            where, coords, (DATA_DIM,))
             j0 = int(coords[0])
             sd0 = math.sqrt(float(var[j0]))
-            _dkw_part(acc, (samples[:, j0] - mu[j0]) / sd0, alpha_each, float(e_max[:, j0 if det.any() else 0].max()) / sd0,
-                      f"{label}/dkw", where, j0)
+            shift0 = float(e_max[:, j0 if det.any() else 0].max()) / sd0
+            _dkw_part(acc, (samples[:, j0] - mu[j0]) / sd0, alpha_each, shift0, f"{label}/dkw", where, j0)
+            sd_all = np.sqrt(var[sto])
+            rho = stats.min_detectable(n, alpha_each, power, "variance", dims=int(sto.sum()))
+            detects.append({
+                "num_steps": n_steps,
+                "mean_shift_sigma": stats.min_detectable(n, alpha_each, power, "mean", dims=int(sto.sum()))
+                + float(np.max(b_mean[sto] / sd_all)),
+                "std_error": max(math.sqrt(rho) - 1.0, 1.0 - 1.0 / math.sqrt(rho)) + float(np.max(b_rms[sto] / sd_all)),
+                "cdf_sup": stats.min_detectable(n, alpha_each, power, "cdf") + _PHI0 * shift0,
+            })
         summaries.append({"num_steps": n_steps, "timesteps": [int(t) for t in ts[:6]] + (["..."] if len(ts) > 6 else []),
                           "timesteps_source": sources[f"N={n_steps}"], "data_scale": scale,
                           "data_mean": oracle.mean, "data_variance": oracle.variance,
@@ -762,14 +940,24 @@ def _run_variant(
                                "maps (E <- |A| E + b); |z| <= 2 for the mean and RMS allowances, |z| <= 9 for the "
                                "largest; " + setup.table_note),
     }
-    detect = "".join(f"; {t['name'].rsplit('/', 1)[-1]}: {t['min_detectable']}" for t in acc.tests[:3])
+    worst_detect = {key: max(dt[key] for dt in detects) for key in ("mean_shift_sigma", "std_error", "cdf_sup")
+                    if detects}
+    details["min_detectable"] = {"power": power, "worst": worst_detect, "per_step_count": detects}
+    details["errors"] = errors
+    detect = ""
+    if worst_detect:
+        detect = (f" Per coordinate of the output it detects a std error >= {_pct(worst_detect['std_error'])} %, "
+                  f"a mean shift >= {_pct(worst_detect['mean_shift_sigma'])} % of σ and a CDF error "
+                  f"sup|ΔF| >= {worst_detect['cdf_sup']:.2g} at every step count, at power {power:g}, rounding "
+                  "allowance included.")
     ns = ", ".join(str(s["num_steps"]) for s in summaries)
     return _verdict_result(
         ctx, name, "check_run_output_distribution", start, acc,
         message_ok=(f"{n} chains driven by the exact Gaussian denoiser match the closed-form output law for N = {ns}; "
-                    f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}{detect}."),
+                    f"worst observed/allowed {acc.worst:.3g}; false-failure rate {alpha:g}.{detect}"),
         message_fail=f"{n} chains driven by the exact Gaussian denoiser depart from the closed-form output law",
         notes=notes, details=details, checked=len(summaries), consequence=consequence, fatal=fatal, broken=broken,
+        detect=detect,
     )
 
 

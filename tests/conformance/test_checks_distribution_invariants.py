@@ -485,11 +485,13 @@ def test_hanging_step_times_out_once_per_check():
     assert elapsed < 9 * 0.2 + 6.0
 
 
-def test_broken_calls_lead_the_message_and_make_observed_inf():
+def test_broken_calls_lead_the_message_and_keep_the_working_cases_numbers():
     """Only the last step of each run raises, so the other cases are checked and hold: every invariant
-    still fails, its message leads with the broken calls, and ``observed`` is inf (for the count-style
-    invariants it would otherwise be the number of violations, 0; for batch_independence the worst
-    ratio of the cases that ran, 0) -- in the result and in the text report."""
+    still fails, its message leads with the broken calls, the one root exception is recorded once per
+    step count in ``details["errors"]`` (issue 7 §3: one root crash is one failure), and ``observed``
+    is that of the cases that ran (0 violations; for batch_independence its worst ratio, < 1), not
+    inf -- in the result and in the text report, where the row still reads ``fail``. Only
+    ``no_final_noise``, which looks at the last step alone, has no working case: observed is inf."""
     from ddspec.conformance.report import format_text
     from ddspec.conformance.results import Report
 
@@ -499,14 +501,19 @@ def test_broken_calls_lead_the_message_and_make_observed_inf():
         assert r.verdict is Verdict.FAIL, (name, r.message)
         assert r.message.startswith("the step gave no usable output in "), r.message
         assert "RuntimeError: last step boom" in r.message and "violated" not in r.message
-        assert r.observed == math.inf, (name, r.observed)
+        assert {"num_steps": 10, "error": "RuntimeError: last step boom"} in r.details["errors"], (name, r.details)
+        assert {e["error"] for e in r.details["errors"]} == {"RuntimeError: last step boom"}, (name, r.details)
+        if name == "invariants.no_final_noise":  # it looks at the last step only: no case worked
+            assert r.observed == math.inf, (name, r.observed)
+        else:
+            assert r.observed is not None and math.isfinite(r.observed), (name, r.observed)
         assert "last step boom" in r.findings[0].message
     assert results["invariants.batch_independence"].tolerance == 1.0
+    assert results["invariants.batch_independence"].observed < 1.0
     text = format_text(Report(target="broken", device="cpu", dtype="float32", profile="quick", seed=0,
                               checks=tuple(results.values())))
-    assert "FAIL        invariants.batch_independence  (observed inf, tolerance 1)" in text
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("  invariants.")}
-    assert all(row[:2] == ["fail", "inf"] for row in rows.values()), rows
+    assert rows and all(row[0] == "fail" for row in rows.values()), rows
 
 
 def test_batch_coupling_reports_its_worst_ratio_against_one():
@@ -646,19 +653,96 @@ def test_step_moments_bonferroni_split_and_ledger():
     r0, r1 = results["distribution.step_moments.ddim_eta=0"], results["distribution.step_moments.ddim_eta=1"]
     # eta = 0: every step deterministic, no statistics, no alpha spent
     assert r0.details["tests"] == [] and r0.details["false_failure_rate_spent"] == 0.0
-    # eta = 1, N = 10: steps 0 and 5 stochastic, step 9 goes to the data (sigma = 0): 2 x 2 tests
+    # eta = 1, N = 10: steps 0 and 5 stochastic, step 9 goes to the data (sigma = 0): 2 steps x 3 pooled
+    # tests (common mean, variance, mean pattern)
     kinds = [p["kind"] for p in r1.details["positions"]]
     assert [p["step"] for p in r1.details["positions"]] == [0, 5, 9]
     assert kinds == ["stochastic", "stochastic", "deterministic"]
-    assert len(r1.details["tests"]) == 4
+    assert [t["kind"] for t in r1.details["tests"]] == ["pooled_mean", "pooled_variance", "mean_pattern"] * 2
     for test in r1.details["tests"]:
-        assert test["alpha"] == pytest.approx(alpha / 4, rel=1e-15)
+        assert test["alpha"] == pytest.approx(alpha / 6, rel=1e-15)
         assert test["n"] == _quick().n_single_step_draws
         assert test["dims"] == math.prod(_quick().sample_shape[1:])
         assert test["passed"] and test["observed_over_allowed"] <= 1.0
     assert r1.details["false_failure_rate"] == alpha
     assert r1.details["false_failure_rate_spent"] <= alpha * (1 + 1e-12)
-    assert r1.details["ledger"][0].startswith(f"false-failure budget {alpha:.3g}: 4 tests")
+    assert r1.details["ledger"][0].startswith(f"false-failure budget {alpha:.3g}: 6 tests")
+
+
+def test_step_moments_state_their_min_detectable_discrepancy():
+    """The stated power is the closed form of the pooled tests plus the rounding allowance: a common
+    shift of (z_{α/2} + z_β)/sqrt(n d) σ; a standard-deviation ratio sqrt(ρ) of the chi-square with
+    d (n − 1) dof (ρ from scipy's quantiles here, independently of stats.py)."""
+    from scipy import stats as sps
+
+    r = _run(make_reference_port(), "float64", checks=[distribution.check_step_moments])[
+        "distribution.step_moments.ddim_eta=1"]
+    n, d = _quick().n_single_step_draws, math.prod(_quick().sample_shape[1:])
+    a = r.details["alpha_per_test"]
+    beta = 1e-3
+    mean_stat = (sps.norm.isf(a / 2) + sps.norm.isf(beta)) / math.sqrt(n * d)
+    k = d * (n - 1)
+    rho = max(sps.chi2.isf(a / 2, k) / sps.chi2.ppf(beta, k), sps.chi2.isf(beta, k) / sps.chi2.ppf(a / 2, k))
+    for step in r.details["min_detectable"]["per_step"]:
+        allowance = step["rounding_allowance_sigma"]
+        assert 0 < allowance["mean"] < 1e-6 and 0 < allowance["std"] < 1e-6  # float64: negligible
+        assert step["mean_shift_sigma"] == pytest.approx(mean_stat + allowance["mean"], rel=1e-9)
+        assert step["std_error"] == pytest.approx(math.sqrt(rho) - 1 + allowance["std"], rel=1e-6)
+    worst = r.details["min_detectable"]["worst"]
+    assert f"detects a std error >= {100 * worst['std_error']:.2g} %" in r.message
+    assert f"common mean shift >= {100 * worst['mean_shift_sigma']:.2g} % of σ" in r.message
+    assert "power 0.999" in r.message
+
+
+class RaisesFor:
+    """The reference port whose step raises for one step count (``num_steps``), or at one timestep."""
+
+    def __init__(self, num_steps: int | None = None, t: int | None = None, family: str = "ddim"):
+        self.base = make_reference_port(family=family)
+        self.num_steps, self.t = num_steps, t
+        self.name = "raises-for"
+        self.conventions = self.base.conventions
+
+    def betas(self):
+        return self.base.betas()
+
+    def alphas_cumprod(self):
+        return self.base.alphas_cumprod()
+
+    def timesteps(self, num_steps):
+        return self.base.timesteps(num_steps)
+
+    def step(self, model_output, t, x_t, **kw):
+        if kw["num_steps"] == self.num_steps or int(t) == self.t:
+            raise IndexError(f"index {kw['num_steps']} is out of bounds for posterior_variance")
+        return self.base.step(model_output, t, x_t, **kw)
+
+
+def test_run_output_reports_a_raising_step_count_once_and_keeps_the_others():
+    """Issue 7 section 3: N = 1 raises; one finding prefixed "N=1: ", details["errors"] names it, and
+    the other step count (N = 10) is still tested and reported (observed finite)."""
+    r = _run(RaisesFor(num_steps=1, family="ddpm"), checks=[distribution.check_run_output_distribution])[
+        "distribution.run_output.ddpm_fixed_small"]
+    assert r.verdict is Verdict.FAIL
+    assert r.details["errors"] == [{"num_steps": 1, "error": "IndexError: index 1 is out of bounds for posterior_variance"}]
+    broken = [f for f in r.findings if "IndexError" in f.message]
+    assert len(broken) == 1 and broken[0].message.startswith("N=1: ")
+    assert [run["num_steps"] for run in r.details["runs"]] == [10]
+    assert {t["name"].split("/")[1] for t in r.details["tests"]} == {"N=10"}
+    assert all(t["passed"] for t in r.details["tests"])
+    assert math.isfinite(r.observed) and r.observed <= 1.0
+
+
+def test_step_moments_reports_a_raising_call_once_and_keeps_the_other_steps():
+    """A call raising at the last step (t = 0) of the N = 10 run: one finding "N=10: ...", the error in
+    details["errors"], and the stochastic steps 0 and 5 still tested; observed stays their worst ratio."""
+    r = _run(RaisesFor(t=0), checks=[distribution.check_step_moments])["distribution.step_moments.ddim_eta=1"]
+    assert r.verdict is Verdict.FAIL
+    assert r.details["errors"] == [{"num_steps": 10, "error": "IndexError: index 10 is out of bounds for posterior_variance"}]
+    assert [f.message.startswith("N=10: ") for f in r.findings] == [True]
+    assert len(r.details["tests"]) == 6 and all(t["passed"] for t in r.details["tests"])
+    assert r.observed == pytest.approx(max(t["observed_over_allowed"] for t in r.details["tests"]), rel=1e-12)
+    assert r.message.startswith("1 call(s) of the target's step gave no usable output")
 
 
 def test_run_output_split_and_min_detectable():
