@@ -1073,7 +1073,8 @@ def pooled_variance_test(
     c_lo, c_hi = float(dist.ppf(alpha / 2.0)), float(dist.isf(alpha / 2.0))
     ratio = s / k
     rho = pooled_min_detectable(n, d, alpha, power, "pooled_variance")
-    j = int(np.argmax(np.abs(np.log(per))))
+    with np.errstate(divide="ignore"):  # a zero per-element variance (shared or missing noise) is the worst, at inf
+        j = int(np.argmax(np.abs(np.log(per))))
     detail = (f"pooled chi-square test over {n} x {d} draws ({k} dof, means estimated): variance ratio "
               f"{ratio:.6g}, pass iff in [{c_lo / k:.6g}, {c_hi / k:.6g}] (alpha {alpha:.3g}); detects a ratio "
               f">= {rho:.6g} or <= 1/{rho:.6g} with probability >= {power}")
