@@ -9,19 +9,29 @@ r"""The ``ddspec`` command.
 ``ddspec audit``
     Audit the reference itself against its mpmath twins (``ddspec.reference.audit``).
 
-Exit codes of ``ddspec check``: 0 every check passed, was acceptable, unsupported or skipped (with
-``--strict``: only passed or skipped); 1 some check failed; 2 the run could not start (bad
-arguments, a target that cannot be loaded, no CUDA, a broken installation), with a one-line reason on
-stderr (a traceback only with ``--traceback``); 130 interrupted.
+``ddspec --version``
+    Print the installed version.
+
+Exit codes of ``ddspec check`` are :meth:`ddspec.conformance.results.Report.exit_code` (the table in
+``ddspec check --help``, held to it by a test; the pytest plugin fails on exactly the same results):
+0 the target conforms, 1 it does not (a failure no ``--allow`` covers, an unsupported check, nothing
+checked; with ``--strict`` also an acceptable variant, a skipped check or an unused ``--allow``); 2 the
+run could not start (bad arguments, a malformed ``--allow``, a target that cannot be loaded, no CUDA, a
+broken installation), with one line ``ddspec: error: ...`` on stderr (a traceback only with
+``--traceback``); 130 interrupted. Several targets: the largest code.
+
+Progress goes to stderr, and only when stderr is a terminal (a tqdm bar; never a ``\r`` in a file or
+a CI log). ``--failures-only`` / ``-q`` prints a compact report.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
-from typing import NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAIL", "EXIT_USAGE"]
 
@@ -39,15 +49,30 @@ examples:
   ddspec check mypkg.sampler:make_sampler --profile quick
   ddspec check diffusers:DDIMScheduler --dtype float16 --device cuda --steps 10 50
   ddspec check ./my_sampler.py:MySampler --json report.json --junit report.xml --strict
-  ddspec check mypkg:make --allow 'distribution.*=known issue #12, fixed in 2.0'
+  ddspec check mypkg:make --allow 'single_step.eta=0*::known issue #12, fixed in 2.0' -q
 
-A TARGET is 'module:attr' (attr may be dotted; the module is imported from the current
-directory or PYTHONPATH, or given as a path to a .py file). It may name a diffusers scheduler
-instance, an object implementing ddspec's Sampler protocol, or a zero-argument factory or
-class returning one.
+A TARGET is 'module:attr' (attr may be dotted; the module is imported from PYTHONPATH or the
+installed packages, then the current directory, or given as a path to a .py file; the report
+names the file it was loaded from). It may name a diffusers scheduler instance, an object
+implementing ddspec's Sampler protocol, or a zero-argument factory or class returning one.
 
-exit codes: 0 conforms (pass/acceptable/unsupported/skipped; with --strict only pass/skipped),
-1 a check failed, 2 bad arguments or a target that cannot be loaded.
+--allow NAME::REASON splits at the first '::' (check names contain '=', as in single_step.eta=0);
+NAME is a check name or an fnmatch glob; REASON is required.
+
+The profile defaults to 'default' here and in the pytest plugin (--ddspec-profile), so that both
+check the same thing; pass --profile quick for a fast CI gate.
+
+exit codes (the pytest plugin fails on exactly the same results):
+  the results include ...                        default  --strict
+  a failure that no --allow covers               1        1
+  an unsupported check (could not be verified)   1        1
+  nothing checked (only skipped or unsupported)  1        1
+  an acceptable convention variant               0        1
+  a skipped check (not applicable)               0        1
+  an --allow that matches no failing check       0        1
+  only passes and allowed failures               0        0
+  2: bad arguments (a malformed --allow, --steps above T, ...) or a target that cannot be loaded;
+  130: interrupted. Several targets: the largest code.
 """
 
 
@@ -55,7 +80,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line on stderr (exit code 2)."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, f"ddspec: error: {' '.join(message.split())} (see '{self.prog} --help')\n")
 
 
 def _positive_int(text: str) -> int:
@@ -88,15 +113,6 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _allowance(text: str) -> tuple[str, str]:
-    from .results import parse_allowance
-
-    try:
-        return parse_allowance(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     r"""The argument parser of the ``ddspec`` command (subcommands ``check`` and ``audit``)."""
     parser = _Parser(
@@ -106,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ddspec check --help\n  ddspec audit --quick",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"ddspec {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     check = sub.add_parser(
@@ -138,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile",
         default="default",
         choices=_PROFILES,
-        help="how thorough the run is (default: default; quick for CI)",
+        help="how thorough the run is (default: default, as the pytest plugin's --ddspec-profile; "
+        "quick for a fast CI gate)",
     )
     check.add_argument("--seed", type=_seed, default=0, help="base seed of every random input (default: 0)")
     check.add_argument(
@@ -151,37 +169,115 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--allow",
         action="append",
-        type=_allowance,
         default=[],
-        metavar="NAME=REASON",
-        help="a known deviation: a failing check matching NAME (a name or glob) is reported as "
-        "allowed, not failed; REASON is required; repeatable",
+        metavar="NAME::REASON",
+        help="a known deviation: a failing check matching NAME (a check name or fnmatch glob; "
+        "names contain '=', hence '::') is reported as allowed, not failed; REASON is required; "
+        "repeatable",
     )
     check.add_argument(
         "--strict",
         action="store_true",
-        help="fail also on acceptable variants, unsupported features and unused allowances",
+        help="fail also on acceptable variants, skipped checks and unused allowances",
     )
     check.add_argument("--json", metavar="PATH", help="write the report as JSON (schema ddspec.report/1)")
     check.add_argument("--junit", metavar="PATH", help="write the report as JUnit XML")
     check.add_argument(
         "--traceback", action="store_true", help="show tracebacks (load errors, crashed checks)"
     )
-    check.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
+    check.add_argument(
+        "--failures-only",
+        "-q",
+        action="store_true",
+        help="compact report: the root errors, each failing check with its worst finding, the summary",
+    )
+    check.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (it is drawn on stderr only when stderr is a terminal)",
+    )
 
     sub.add_parser(
         "audit",
         help="audit the float64 reference against its mpmath twins",
         description="Audit the float64 reference against its mpmath twins. Options (see "
-        "'ddspec audit --help'): --dps N (mpmath precision), --quick.",
+        "'ddspec audit --help'): --dps N (mpmath precision), --quick, --no-progress.",
         add_help=False,
     )
     return parser
 
 
+def _version() -> str:
+    from .results import _ddspec_version
+
+    return _ddspec_version()
+
+
 def _error(message: str) -> int:
     print(f"ddspec: error: {' '.join(message.split())}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _warn(message: str) -> None:
+    print(f"ddspec: warning: {' '.join(message.split())}", file=sys.stderr)
+
+
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # a closed or minimal stream
+        return False
+
+
+def _progress_bar(total: int, desc: str, unit: str) -> Any:
+    """A tqdm bar on stderr (the caller has checked that stderr is a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+class _CheckProgress:
+    """A text stream for the runner's progress lines (``[i/n] name  verdict``) that moves a tqdm bar."""
+
+    _LINE = re.compile(r"^\[(\d+)/(\d+)\]\s+(\S+)")
+
+    def __init__(self, bar: Any) -> None:
+        self.bar = bar
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        while "\n" in self._pending:
+            line, self._pending = self._pending.split("\n", 1)
+            match = self._LINE.match(line)
+            if match:
+                done = int(match.group(1))
+                self.bar.set_postfix_str(match.group(3), refresh=False)
+                if done > self.bar.n:
+                    self.bar.update(done - self.bar.n)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _audit_progress() -> tuple[Callable[[int, int, str], None], Callable[[], None]]:
+    """``(progress, close)`` for ``ddspec.reference.audit.main``: a tqdm bar over the cases."""
+    state: dict[str, Any] = {}
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = _progress_bar(total, "ddspec audit", "case")
+        bar.set_postfix_str(what, refresh=False)
+        if done > bar.n:
+            bar.update(done - bar.n)
+
+    def close() -> None:
+        if state.get("bar") is not None:
+            state["bar"].close()
+
+    return progress, close
 
 
 def _run_audit(argv: list[str]) -> int:
@@ -191,16 +287,19 @@ def _run_audit(argv: list[str]) -> int:
         if exc.name in ("ddspec.reference.audit", "ddspec.reference", "ddspec"):
             return _error("'ddspec audit' is not available in this installation")
         raise
+    progress, close = _audit_progress() if _stderr_is_terminal() else (None, lambda: None)
     try:
-        code = audit.main(argv)
+        code = audit.main(argv, progress=progress) if progress is not None else audit.main(argv)
     except SystemExit as exc:  # the audit's own argparse: --help (0) or a usage error (2)
         code = exc.code if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
+    finally:
+        close()
     return EXIT_OK if code is None else int(code)
 
 
 def _run_check(args: argparse.Namespace) -> int:
     from .context import CheckContext, parse_device, parse_dtype
-    from .loader import TargetLoadError, default_targets, load_target
+    from . import loader
     from .report import format_text, write_json, write_junit
     from .runner import installed_checks, run_checks
 
@@ -218,6 +317,13 @@ def _run_check(args: argparse.Namespace) -> int:
         return _error(f"--device {args.device}: {message.split(': ', 1)[-1]}")
     dtype = parse_dtype(args.dtype)
 
+    from .results import parse_allowance
+
+    try:
+        allow = dict(parse_allowance(text, option="--allow") for text in args.allow)
+    except ValueError as exc:
+        return _error(str(exc))
+
     for opt, path in (("--json", args.json), ("--junit", args.junit)):
         if path:
             parent = os.path.dirname(os.path.abspath(path))
@@ -225,11 +331,9 @@ def _run_check(args: argparse.Namespace) -> int:
                 return _error(f"{opt} {path}: cannot write the report there (no such writable directory: {parent})")
 
     try:
-        if args.targets:
-            targets = [tuple(reversed(load_target(spec))) for spec in args.targets]
-        else:
-            targets = default_targets()
-    except TargetLoadError as exc:
+        specs = args.targets or loader.default_target_specs()
+        targets = [loader.load(spec) for spec in specs]
+    except loader.TargetLoadError as exc:
         return fail_setup(str(exc))
     except Exception as exc:  # noqa: BLE001 - a broken target or install must not dump a traceback
         return fail_setup(f"loading the targets raised {type(exc).__name__}: {exc}")
@@ -241,9 +345,12 @@ def _run_check(args: argparse.Namespace) -> int:
     if not checks:
         print("ddspec: warning: no checks are installed; nothing is checked", file=sys.stderr)
 
-    allow = dict(args.allow)
+    show_progress = not args.no_progress and _stderr_is_terminal()
     reports = []
-    for label, sampler in targets:
+    for loaded in targets:
+        label, sampler = loaded.label, loaded.sampler
+        for note in loaded.warnings:
+            _warn(note)
         try:
             context = CheckContext(
                 sampler=sampler,
@@ -252,7 +359,7 @@ def _run_check(args: argparse.Namespace) -> int:
                 profile=args.profile,
                 seed=args.seed,
                 timeout_s=args.timeout,
-                progress=not args.no_progress,
+                progress=show_progress,
                 steps=tuple(args.steps) if args.steps else None,
             )
         except ValueError as exc:
@@ -262,11 +369,16 @@ def _run_check(args: argparse.Namespace) -> int:
             too_many = sorted(n for n in args.steps if n > T)
             return _error(f"--steps {' '.join(map(str, too_many))}: more inference steps than the target's "
                           f"num_train_timesteps={T} ({label})")
-        if context.progress:
-            print(f"ddspec: checking {label} ({len(checks)} check functions)", file=sys.stderr)
-        report = run_checks(sampler, context, checks, target=label).with_allowances(allow)
+        bar = _progress_bar(len(checks), label, "check") if show_progress else None
+        try:
+            stream = _CheckProgress(bar) if bar is not None else None
+            report = run_checks(sampler, context, checks, target=label, stream=stream).with_allowances(allow)
+        finally:
+            if bar is not None:
+                bar.close()
         reports.append(report)
-        sys.stdout.write(format_text(report, show_tracebacks=args.traceback))
+        sys.stdout.write(format_text(report, show_tracebacks=args.traceback,
+                                     failures_only=args.failures_only, origin=loaded.origin))
         sys.stdout.write("\n")
         sys.stdout.flush()
 

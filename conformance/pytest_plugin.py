@@ -8,25 +8,37 @@ Command line
 
     pytest --ddspec-target mypkg.sampler:make_sampler
     pytest --ddspec-target diffusers:DDIMScheduler --ddspec-dtype float16 --ddspec-device cuda
-    pytest --ddspec-target mypkg:make --ddspec-allow 'distribution.*=known issue #12' --ddspec-strict
+    pytest --ddspec-target mypkg:make --ddspec-allow 'distribution.*::known issue #12' --ddspec-strict
 
 Each ``--ddspec-target SPEC`` (repeatable; ``module:attr`` as for ``ddspec check``) adds one test item
 per check result, named ``ddspec:<check name>[<SPEC>]`` and marked ``ddspec`` (so ``-m ddspec`` and
 ``-k alphas_cumprod`` select them). The checks run once per target, when the items are collected.
 
-* ``pass`` passes; ``fail`` fails with the findings (expected, got, tolerance) and a reproducer;
-* a ``fail`` matching ``--ddspec-allow NAME=REASON`` (NAME a check name or glob; the REASON is
-  required) is reported as an allowed deviation (xfail) with its reason;
-* ``acceptable`` passes (its consequence is listed in the terminal summary); ``unsupported`` and
-  ``skipped`` are skipped with the reason;
-* with ``--ddspec-strict``, ``acceptable`` and ``unsupported`` fail, and so does the item
-  ``ddspec:allowances[<SPEC>]`` if an allowance matches no failing check ("unused allowance"; without
-  strict it only warns).
+A result's item fails exactly when it keeps the target from conforming
+(:meth:`~ddspec.conformance.results.Report.blocking_reason`, the rule behind
+:meth:`~ddspec.conformance.results.Report.exit_code` and ``ddspec check``'s exit code), so that pytest
+and ``ddspec check`` fail on the same results:
 
-A target that cannot be loaded gives one failing item ``ddspec:load[<SPEC>]`` with the reason.
+* ``pass`` and ``acceptable`` pass (an acceptable variant's consequence is listed in the terminal
+  summary); ``skipped`` is skipped with the reason;
+* ``fail`` fails with the findings (expected, got, tolerance) and a reproducer; a ``fail`` matching
+  ``--ddspec-allow NAME::REASON`` (split at the first ``::``, since check names contain ``=``; NAME a
+  check name or fnmatch glob; the REASON is required) is an allowed deviation (xfail) with its reason;
+* ``unsupported`` fails: the harness could not verify that part of the target, and a gate must not
+  read that as conformance;
+* with ``--ddspec-strict``, ``acceptable`` and ``skipped`` fail too, and so does the item
+  ``ddspec:allowances[<SPEC>]`` if an allowance matches no failing check ("unused allowance"; without
+  strict it only warns);
+* a report in which nothing was checked (every result skipped or unsupported, or none) adds one
+  failing item ``ddspec:checked[<SPEC>]``.
+
+A target that cannot be loaded gives one failing item ``ddspec:load[<SPEC>]`` with the reason. Usage
+errors (a malformed ``--ddspec-allow``, a bad device) stop pytest with ``ddspec: error: ...``, as the
+``ddspec`` command does. The terminal summary names the file each target was loaded from.
 
 Other options: ``--ddspec-device`` (cpu), ``--ddspec-dtype`` (float32), ``--ddspec-profile``
-(quick), ``--ddspec-seed`` (0), ``--ddspec-timeout`` (30 s per call into the target).
+(default: ``default``, the same as ``ddspec check``, so that both check the same thing; ``quick`` for
+a fast gate), ``--ddspec-seed`` (0), ``--ddspec-timeout`` (30 s per call into the target).
 
 In your own tests
 -----------------
@@ -36,7 +48,7 @@ In your own tests
 
     def test_my_sampler_conforms():
         report = ddspec_check("mypkg.sampler:make_sampler", dtype="float32", profile="quick",
-                              allow={"distribution.*": "known issue #12"})
+                              allow={"single_step.eta=0*": "known issue #12"})
         assert_conforms(report)            # AssertionError with the text report, failures first
 
     def test_each_target(ddspec_report):   # parametrized over --ddspec-target values
@@ -84,7 +96,7 @@ def ddspec_check(
     *,
     device: str = "cpu",
     dtype: str = "float32",
-    profile: str = "quick",
+    profile: str = "default",
     seed: int = 0,
     timeout_s: float = 30.0,
     steps: Sequence[int] | None = None,
@@ -107,23 +119,43 @@ def ddspec_check(
         ddspec.conformance.loader.TargetLoadError: the target cannot be loaded or adapted.
         ValueError: a bad device, dtype, profile, seed, timeout or allowance.
     """
+    from .loader import load
+
+    if isinstance(target, str):
+        loaded = load(target)
+        return _check_loaded(loaded.sampler, loaded.label, device=device, dtype=dtype, profile=profile,
+                             seed=seed, timeout_s=timeout_s, steps=steps, allow=allow, checks=checks,
+                             progress=progress)
+    from .loader import adapt_object
+
+    label_of_type = type(target).__name__
+    sampler = adapt_object(target, label_of_type)
+    name = getattr(sampler, "name", None)
+    label = name if isinstance(name, str) and name else type(sampler).__name__
+    return _check_loaded(sampler, label, device=device, dtype=dtype, profile=profile, seed=seed,
+                         timeout_s=timeout_s, steps=steps, allow=allow, checks=checks, progress=progress)
+
+
+def _check_loaded(
+    sampler: Any,
+    label: str,
+    *,
+    device: str,
+    dtype: str,
+    profile: str,
+    seed: int,
+    timeout_s: float,
+    steps: Sequence[int] | None,
+    allow: Mapping[str, str] | None,
+    checks: Sequence[Callable[..., list[CheckResult]]] | None,
+    progress: bool,
+) -> Report:
+    """:func:`ddspec_check` on an adapted sampler."""
     from .context import CheckContext
-    from .loader import TargetLoadError, load_target
     from .results import validate_allowances
     from .runner import installed_checks, run_checks
 
     allowances = validate_allowances(allow)
-    if isinstance(target, str):
-        sampler, label = load_target(target)
-    else:
-        from .adapters import adapt
-
-        try:
-            sampler = adapt(target)
-        except TypeError as exc:
-            raise TargetLoadError(str(exc)) from exc
-        name = getattr(sampler, "name", None)
-        label = name if isinstance(name, str) and name else type(sampler).__name__
     context = CheckContext(
         sampler=sampler,
         device=device,
@@ -164,6 +196,12 @@ def assert_conforms(
 
 _ALLOW_KEY = pytest.StashKey[dict]()
 _CACHE_KEY = pytest.StashKey[dict]()
+_ORIGIN_KEY = pytest.StashKey[dict]()
+
+
+def _usage_error(message: str) -> pytest.UsageError:
+    """A usage error with the prefix every ddspec face uses: ``ddspec: error: ...``."""
+    return pytest.UsageError(f"ddspec: error: {' '.join(message.split())}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -181,7 +219,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ddspec-dtype", default="float32", choices=_DTYPES, help="dtype the target runs in (default: float32)"
     )
     group.addoption(
-        "--ddspec-profile", default="quick", choices=_PROFILES, help="how thorough the run is (default: quick)"
+        "--ddspec-profile",
+        default="default",
+        choices=_PROFILES,
+        help="how thorough the run is (default: default, the same as 'ddspec check --profile'; "
+        "quick for a fast gate)",
     )
     group.addoption("--ddspec-seed", type=int, default=0, help="base seed (default: 0)")
     group.addoption(
@@ -191,14 +233,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--ddspec-allow",
         action="append",
         default=[],
-        metavar="NAME=REASON",
-        help="a known deviation: a failing check matching NAME (name or glob) is an allowed "
-        "deviation (xfail), not a failure; REASON is required; repeatable",
+        metavar="NAME::REASON",
+        help="a known deviation: a failing check matching NAME (a check name or fnmatch glob; names "
+        "contain '=', hence '::') is an allowed deviation (xfail), not a failure; REASON is "
+        "required; repeatable",
     )
     group.addoption(
         "--ddspec-strict",
         action="store_true",
-        help="acceptable variants, unsupported features and unused allowances fail",
+        help="acceptable variants, skipped checks and unused allowances fail too (unsupported "
+        "checks always fail), as with 'ddspec check --strict'",
     )
 
 
@@ -209,29 +253,30 @@ def pytest_configure(config: pytest.Config) -> None:
     allow: dict[str, str] = {}
     for text in config.getoption("ddspec_allow") or []:
         try:
-            name, reason = parse_allowance(text)
+            name, reason = parse_allowance(text, option="--ddspec-allow")
         except ValueError as exc:
-            raise pytest.UsageError(f"--ddspec-allow: {exc}") from None
+            raise _usage_error(str(exc)) from None
         allow[name] = reason
     config.stash[_ALLOW_KEY] = allow
     config.stash[_CACHE_KEY] = {}
+    config.stash[_ORIGIN_KEY] = {}
     if config.getoption("ddspec_target"):
         from .context import parse_device
 
         try:
             parse_device(config.getoption("ddspec_device"))
         except ValueError as exc:
-            raise pytest.UsageError(f"--ddspec-device: {exc}") from None
+            raise _usage_error(f"--ddspec-device={config.getoption('ddspec_device')}: {exc}") from None
         timeout = config.getoption("ddspec_timeout")
         if not (timeout > 0 and timeout != float("inf")):
-            raise pytest.UsageError(f"--ddspec-timeout={timeout}: must be a finite number of seconds > 0")
+            raise _usage_error(f"--ddspec-timeout={timeout}: must be a finite number of seconds > 0")
         if config.getoption("ddspec_seed") < 0:
-            raise pytest.UsageError(f"--ddspec-seed={config.getoption('ddspec_seed')}: must be >= 0")
+            raise _usage_error(f"--ddspec-seed={config.getoption('ddspec_seed')}: must be >= 0")
 
 
 def _run(config: pytest.Config, spec: str) -> Report | str:
     """The report for ``spec`` under the command-line settings (run once), or a load error."""
-    from .loader import TargetLoadError
+    from .loader import TargetLoadError, load
 
     cache = config.stash[_CACHE_KEY]
     if spec not in cache:
@@ -239,14 +284,23 @@ def _run(config: pytest.Config, spec: str) -> Report | str:
         if reporter is not None:
             reporter.write_line(f"ddspec: checking {spec} ...")
         try:
-            cache[spec] = ddspec_check(
-                spec,
+            loaded = load(spec)
+            config.stash[_ORIGIN_KEY][spec] = (loaded.origin, loaded.warnings)
+            if reporter is not None:
+                for note in loaded.warnings:
+                    reporter.write_line(f"ddspec: warning: {note}")
+            cache[spec] = _check_loaded(
+                loaded.sampler,
+                loaded.label,
                 device=config.getoption("ddspec_device"),
                 dtype=config.getoption("ddspec_dtype"),
                 profile=config.getoption("ddspec_profile"),
                 seed=config.getoption("ddspec_seed"),
                 timeout_s=config.getoption("ddspec_timeout"),
+                steps=None,
                 allow=config.stash[_ALLOW_KEY],
+                checks=None,
+                progress=False,
             )
         except TargetLoadError as exc:
             cache[spec] = str(exc)
@@ -287,15 +341,21 @@ class DDSpecItem(pytest.Item):
         from .results import Verdict
 
         if self.load_error is not None:
-            raise DDSpecCheckFailure(f"ddspec: cannot check {self.spec!r}: {self.load_error}")
+            raise DDSpecCheckFailure(f"ddspec: error: cannot check {self.spec!r}: {self.load_error}")
         report = self.report
         assert report is not None
+        strict = self._strict()
+        if self.result is None and self.name.startswith("ddspec:checked["):
+            raise DDSpecCheckFailure(
+                f"ddspec: nothing was checked on {self.spec}: every result is skipped or unsupported, "
+                "or there is none; that is never read as conformance"
+            )
         if self.result is None:  # the allowances item
             unused = report.unused_allowances()
             if unused:
                 listed = "; ".join(f"{p} ({report.allowances[p]})" for p in unused)
                 message = f"unused allowance(s) for {self.spec}: {listed}: no failing check matches"
-                if self._strict():
+                if strict:
                     raise DDSpecCheckFailure(message + " (fails under --ddspec-strict)")
                 warnings.warn(DDSpecUnusedAllowanceWarning(message), stacklevel=1)
             return
@@ -306,18 +366,12 @@ class DDSpecItem(pytest.Item):
             if reason is None:
                 raise DDSpecCheckFailure(header + format_check(result, show_traceback=True))
             pytest.xfail(f"allowed deviation: {reason}")
-        elif result.verdict is Verdict.ACCEPTABLE:
-            if self._strict():
-                raise DDSpecCheckFailure(
-                    header + "acceptable variant, which fails under --ddspec-strict:\n" + format_check(result)
-                )
-        elif result.verdict is Verdict.UNSUPPORTED:
-            if self._strict():
-                raise DDSpecCheckFailure(
-                    header + "unsupported, which fails under --ddspec-strict:\n" + format_check(result)
-                )
-            _skip(f"unsupported: {result.message}")
-        elif result.verdict is Verdict.SKIPPED:
+        blocking = report.blocking_reason(result, strict)
+        if blocking is not None:
+            raise DDSpecCheckFailure(
+                header + blocking.replace("under strict", "under --ddspec-strict") + ":\n" + format_check(result)
+            )
+        if result.verdict is Verdict.SKIPPED:
             _skip(result.message or "not applicable")
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -354,6 +408,11 @@ def _items_for(session: pytest.Session, spec: str) -> list[DDSpecItem]:
                 session, name=f"ddspec:{result.name}{suffix}[{spec}]",
                 nodeid=f"ddspec[{spec}]::{result.name}{suffix}", spec=spec, report=outcome, result=result,
             )
+        )
+    if outcome.nothing_checked():
+        items.append(
+            DDSpecItem.from_parent(session, name=f"ddspec:checked[{spec}]",
+                                   nodeid=f"ddspec[{spec}]::checked", spec=spec, report=outcome)
         )
     if outcome.allowances:
         items.append(
@@ -413,11 +472,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("ddspec")
     for spec, outcome in cache.items():
         if isinstance(outcome, str):
-            terminalreporter.write_line(f"{spec}: cannot be checked: {outcome}")
+            terminalreporter.write_line(f"{spec}: cannot be checked: ddspec: error: {outcome}")
             continue
+        origin, _notes = config.stash.get(_ORIGIN_KEY, {}).get(spec, (None, ()))
+        verdict = "conforms" if outcome.exit_code(bool(config.getoption("ddspec_strict"))) == 0 else (
+            "does not conform")
         terminalreporter.write_line(
-            f"{spec} ({outcome.device}, {outcome.dtype}, profile {outcome.profile}): {summary_line(outcome)}"
+            f"{spec} ({outcome.device}, {outcome.dtype}, profile {outcome.profile}): {verdict}; "
+            f"{summary_line(outcome)}"
         )
+        if origin:
+            terminalreporter.write_line(f"  loaded from {origin}")
         for result in outcome.by_verdict(Verdict.ACCEPTABLE):
             terminalreporter.write_line(
                 f"  acceptable {result.name}: {result.consequence or result.message}"

@@ -2,11 +2,16 @@ r"""Rendering a :class:`~ddspec.conformance.results.Report`: text, JSON, JUnit X
 
 Text (:func:`format_text`)
 --------------------------
-A header (target, device, dtype, versions, profile, seed), then the failures first, each with its
+A header (target, the file it was loaded from, device, dtype, versions, profile, seed); then, when
+several failures share one root exception (a check records the exceptions the target raised in
+``details["errors"]``, a list of ``{"num_steps": int | None, "error": "<ExcType>: <message>"}``), one
+headline per distinct exception naming the step counts and the checks it hit; then the failures, each with its
 worst findings (``step S, timestep T, element E: expected X, got Y, |err| Z > tolerance B``) and the
 snippet that reproduces it; then allowed deviations, acceptable variants with their consequence,
 unsupported features and skipped checks; then a table of every check; and a final summary line
-``N passed, M failed, K acceptable, U unsupported, S skipped``.
+``N passed, M failed, K acceptable, U unsupported, S skipped``. With ``failures_only`` (the CLI's
+``--failures-only`` / ``-q``) it is compact: the header, the root-exception headlines, one or two lines
+per failing check (its worst finding) and per unsupported check, and the summary line.
 
 JSON (:func:`to_json`), schema ``ddspec.report/1``
 ----------------------------------------------------
@@ -59,9 +64,11 @@ changed in meaning.
 JUnit XML (:func:`write_junit`)
 -------------------------------
 One ``<testsuite>`` per target and one ``<testcase>`` per check result (``classname`` is
-``ddspec.<target>.<family>``): a ``<failure>`` for a failure that no allowance covers, ``<skipped>``
-for skipped and unsupported checks, nothing for pass, acceptable and allowed failures (their
-consequence or reason is in ``<system-out>``).
+``ddspec.<target>.<family>``): a ``<failure>`` for every result that makes the exit code 1 without
+``--strict`` (:meth:`Report.blocking_reason`): a failure that no allowance covers (``type="fail"``)
+and an unsupported check (``type="unsupported"``: it could not be verified, which is never read as
+conformance); ``<skipped>`` for skipped checks; nothing for pass, acceptable and allowed failures
+(their consequence or reason is in ``<system-out>``).
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ import json
 import math
 import os
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from typing import Sequence
 
 from .results import SCHEMA_VERSION, CheckResult, Finding, Report, Verdict
@@ -79,6 +87,9 @@ __all__ = [
     "format_finding",
     "format_check",
     "summary_line",
+    "root_errors",
+    "format_root_errors",
+    "RootError",
     "to_json",
     "reports_to_json",
     "write_json",
@@ -190,19 +201,165 @@ def summary_line(report: Report) -> str:
     return line
 
 
-def format_text(report: Report, *, show_tracebacks: bool = False) -> str:
-    r"""The report for a terminal: failures first, then the rest, a table, and a summary line."""
+@dataclass(frozen=True)
+class RootError:
+    r"""One exception the target raised, and every failing check it made fail.
+
+    Attributes:
+        error: ``"<ExcType>: <message>"``, as the checks recorded it in ``details["errors"]``.
+        num_steps: the step counts it was raised for, ascending (None, for "not tied to a step
+            count", last).
+        checks: the names of the failing checks that recorded it, in report order.
+    """
+
+    error: str
+    num_steps: tuple[int | None, ...]
+    checks: tuple[str, ...]
+
+
+def _recorded_errors(result: CheckResult) -> list[tuple[int | None, str]]:
+    """``[(num_steps, error), ...]`` from ``details["errors"]``; malformed entries are ignored."""
+    entries = result.details.get("errors") if isinstance(result.details, dict) else None
+    if not isinstance(entries, list):
+        return []
+    out = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        error = entry.get("error")
+        n = entry.get("num_steps")
+        if not isinstance(error, str) or not error.strip():
+            continue
+        if isinstance(n, bool) or not (n is None or isinstance(n, int)):
+            n = None
+        out.append((n, " ".join(error.split())))
+    return out
+
+
+def root_errors(report: Report) -> tuple[RootError, ...]:
+    r"""The distinct exceptions behind the report's failures (those no allowance covers).
+
+    Grouped by the exact ``"<ExcType>: <message>"`` string of ``details["errors"]``; ordered by the
+    number of checks hit, most first (then by first appearance). A report whose checks record no
+    errors gives ``()``.
+    """
+    order: list[str] = []
+    steps: dict[str, set[int | None]] = {}
+    hit: dict[str, list[str]] = {}
+    for result in report.failures():
+        for n, error in _recorded_errors(result):
+            if error not in steps:
+                order.append(error)
+                steps[error], hit[error] = set(), []
+            steps[error].add(n)
+            if result.name not in hit[error]:
+                hit[error].append(result.name)
+    groups = [
+        RootError(
+            error=e,
+            num_steps=tuple(sorted(steps[e], key=lambda n: (n is None, n or 0))),
+            checks=tuple(hit[e]),
+        )
+        for e in order
+    ]
+    groups.sort(key=lambda g: -len(g.checks))  # stable: ties keep their first appearance
+    return tuple(groups)
+
+
+def _compress_names(names: Sequence[str], report: Report) -> str:
+    """``"oracle.*, distribution.run_output.*, invariants.finite"``: the shortest dotted prefix ``P``
+    such that every check of the report named ``P.<anything>`` (at least two) is among ``names`` is
+    written as the glob ``P.*``; other names are written as they are."""
+    chosen = set(names)
+    all_names = [r.name for r in report.checks]
+    parts: list[str] = []
+    for name in names:
+        pieces = name.split(".")
+        written = name
+        for depth in range(1, len(pieces)):
+            prefix = ".".join(pieces[:depth]) + "."
+            members = [n for n in all_names if n.startswith(prefix)]
+            if len(members) > 1 and all(m in chosen for m in members):
+                written = prefix + "*"
+                break
+        if written not in parts:
+            parts.append(written)
+    return ", ".join(parts)
+
+
+def _steps_text(num_steps: Sequence[int | None]) -> str:
+    known = [str(n) for n in num_steps if n is not None]
+    return f"N={', '.join(known)}" if known else "N=?"
+
+
+def format_root_errors(report: Report) -> list[str]:
+    r"""The headline lines, one per distinct root exception (see :func:`root_errors`)."""
+    lines = []
+    for group in root_errors(report):
+        count = len(group.checks)
+        lines.append(
+            f"{_shorten(group.error, 200)} — {_steps_text(group.num_steps)} — hit {count} "
+            f"check{'s' if count != 1 else ''}: {_compress_names(group.checks, report)}"
+        )
+    return lines
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _header(report: Report, origin: str | None) -> list[str]:
     versions = f"ddspec {report.ddspec_version}, torch {report.torch_version or 'absent'}"
     versions += f", diffusers {report.diffusers_version or 'absent'}"
-    lines = [
-        _RULE,
-        f"ddspec conformance report: {report.target}",
-        f"  device {report.device}, dtype {report.dtype}, profile {report.profile}, "
-        f"seed {report.seed}",
+    lines = [f"ddspec conformance report: {report.target}"]
+    if origin:
+        lines.append(f"  loaded from {origin}")
+    lines += [
+        f"  device {report.device}, dtype {report.dtype}, profile {report.profile}, seed {report.seed}",
         f"  {versions}",
         f"  started {report.started_at}",
-        _RULE,
     ]
+    return lines
+
+
+def _compact_check(result: CheckResult) -> list[str]:
+    head = f"FAIL  {result.name}"
+    if result.observed is not None or result.tolerance is not None:
+        head += f"  (observed {_err(result.observed)}, tolerance {_err(result.tolerance)})"
+    lines = [head]
+    if result.findings:
+        lines.append("      " + _shorten(format_finding(result.findings[0]), 300))
+    elif result.message:
+        lines.append("      " + _shorten(" ".join(result.message.split()), 300))
+    return lines
+
+
+def format_text(
+    report: Report, *, show_tracebacks: bool = False, failures_only: bool = False, origin: str | None = None
+) -> str:
+    r"""The report for a terminal: root exceptions, failures first, then the rest, a table, a summary.
+
+    Args:
+        report: the report.
+        show_tracebacks: show the traceback of a crashed check.
+        failures_only: compact form: header, root-exception headlines, each failing check with its
+            worst finding, each unsupported check on one line, and the summary line.
+        origin: the file the target was loaded from, shown in the header.
+    """
+    roots = format_root_errors(report)
+    if failures_only:
+        lines = _header(report, origin)
+        if roots:
+            lines.append("root errors:")
+            lines.extend("  " + line for line in roots)
+        for r in report.failures():
+            lines.extend(_compact_check(r))
+        for r in report.by_verdict(Verdict.UNSUPPORTED):
+            lines.append(_shorten(f"UNSUPPORTED  {r.name}: {' '.join(r.message.split())}", 300))
+        lines.append(summary_line(report))
+        return "\n".join(lines) + "\n"
+
+    lines = [_RULE, *_header(report, origin), _RULE]
 
     def section(title: str, blocks: Sequence[str]) -> None:
         if blocks:
@@ -210,6 +367,7 @@ def format_text(report: Report, *, show_tracebacks: bool = False) -> str:
             lines.append(f"{title} ({len(blocks)})")
             lines.extend(_indent(block, "  ") for block in blocks)
 
+    section("ROOT ERRORS (each exception the target raised, and the checks it failed)", roots)
     section(
         "FAILURES",
         [format_check(r, show_traceback=show_tracebacks) for r in report.failures()],
@@ -294,14 +452,14 @@ def _xml_text(text: str) -> str:
 
 def _testsuite(report: Report) -> ET.Element:
     counts = report.counts()
-    skipped = counts["skipped"] + counts["unsupported"]
+    skipped = counts["skipped"]
     total_time = sum(r.duration_s for r in report.checks)
     suite = ET.Element(
         "testsuite",
         {
             "name": _xml_text(f"ddspec {report.target}"),
             "tests": str(len(report.checks)),
-            "failures": str(counts["fail"]),
+            "failures": str(counts["fail"] + counts["unsupported"]),
             "errors": "0",
             "skipped": str(skipped),
             "time": f"{total_time:.3f}",
@@ -323,10 +481,10 @@ def _testsuite(report: Report) -> ET.Element:
             },
         )
         reason = report.allowed_reason(r)
-        if r.verdict is Verdict.FAIL and reason is None:
-            failure = ET.SubElement(case, "failure", {"message": _xml_text(r.message), "type": "fail"})
+        if report.blocking_reason(r) is not None:
+            failure = ET.SubElement(case, "failure", {"message": _xml_text(r.message), "type": r.verdict.value})
             failure.text = _xml_text(format_check(r, show_traceback=True))
-        elif r.verdict in (Verdict.SKIPPED, Verdict.UNSUPPORTED):
+        elif r.verdict is Verdict.SKIPPED:
             ET.SubElement(
                 case, "skipped", {"message": _xml_text(f"{r.verdict.value}: {r.message}")}
             )

@@ -47,7 +47,14 @@ A *known deviation* can be allowed: :attr:`Report.allowances` maps a check-name 
 is allowed. A ``fail`` whose name matches is reported as an *allowed deviation* and does not fail the
 run. The verdicts themselves are never rewritten: the report keeps what the harness observed, and the
 allowance is a policy laid on top. An allowance that matches no failing result is *unused* (the bug
-was fixed, or the pattern has a typo): reported always, and a failure under ``strict``.
+was fixed, or the pattern has a typo): reported always, and a failure under ``strict``. On the
+command line an allowance is ``NAME::REASON`` (:func:`parse_allowance`): split at the first ``::``,
+since check names contain ``=`` (``single_step.eta=0``).
+
+:meth:`Report.blocking_reason` is the per-result half of the exit code; ``ddspec check`` returns
+:meth:`Report.exit_code`, and the pytest plugin fails exactly the items whose result has a blocking
+reason (plus one item when nothing was checked, and the unused-allowance item under strict), so that
+the two faces agree on every mix of verdicts.
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ __all__ = [
     "json_safe",
     "parse_allowance",
     "validate_allowances",
+    "ALLOWANCE_SEPARATOR",
 ]
 
 #: Version tag of the JSON report (see :mod:`ddspec.conformance.report`).
@@ -373,23 +381,35 @@ class CheckResult:
         )
 
 
-def parse_allowance(text: str) -> tuple[str, str]:
-    r"""Parse one ``NAME=REASON`` allowance (as given to ``--allow`` / ``--ddspec-allow``).
+#: The separator between a check-name pattern and its reason in ``--allow`` / ``--ddspec-allow``.
+#: Not ``=``: check names contain it (``single_step.eta=0``).
+ALLOWANCE_SEPARATOR = "::"
 
-    ``NAME`` is a check name or an :func:`fnmatch.fnmatchcase` pattern; ``REASON`` must not be empty:
-    a known deviation is allowed only with a stated reason.
+
+def parse_allowance(text: str, option: str = "allowance") -> tuple[str, str]:
+    r"""Parse one ``NAME::REASON`` allowance (as given to ``--allow`` / ``--ddspec-allow``).
+
+    The text is split at the first ``::``. ``NAME`` is a check name or an
+    :func:`fnmatch.fnmatchcase` pattern (``single_step.eta=0``, ``distribution.*``); ``REASON``
+    must not be empty: a known deviation is allowed only with a stated reason. ``option`` names
+    the argument in the error message.
 
     Raises:
-        ValueError: no ``=``, empty name, or empty reason.
+        ValueError: ``"<option>=<text>: <reason>"`` when there is no ``::``, the name is empty or
+            the reason is empty.
     """
-    if not isinstance(text, str) or "=" not in text:
-        raise _bad("allowance", text, "expected NAME=REASON, e.g. 'distribution.*=upstream bug #123'")
-    name, reason = text.split("=", 1)
+    example = "expected NAME::REASON, e.g. 'distribution.*::upstream bug #123'"
+    if not isinstance(text, str) or ALLOWANCE_SEPARATOR not in text:
+        hint = ""
+        if isinstance(text, str) and "=" in text:
+            hint = " (the separator is '::', not '=': check names contain '=', as in single_step.eta=0)"
+        raise _bad(option, text, example + hint)
+    name, reason = text.split(ALLOWANCE_SEPARATOR, 1)
     name, reason = name.strip(), reason.strip()
     if not name:
-        raise _bad("allowance", text, "the check name before '=' is empty")
+        raise _bad(option, text, f"the check name before '::' is empty; {example}")
     if not reason:
-        raise _bad("allowance", text, "an allowed deviation needs a reason after '='")
+        raise _bad(option, text, f"an allowed deviation needs a reason after '::'; {example}")
     return name, reason
 
 
@@ -556,30 +576,60 @@ class Report:
         order = ("pass", "fail", "allowed", "acceptable", "unsupported", "skipped")
         return {key: counts[key] for key in order}
 
-    def exit_code(self, strict: bool = False) -> int:
-        r"""0 if the target conforms, 1 if it does not (table in the module docstring).
+    def blocking_reason(self, result: CheckResult, strict: bool = False) -> str | None:
+        r"""Why ``result`` keeps the target from conforming, or None (the table in the module docstring).
 
-        Default: 0 only if every result passes, is ``acceptable`` (a declared variant the reference
-        knows), is ``skipped`` (not applicable, with its reason) or is a failure an allowance covers,
-        and something was checked. ``unsupported`` gives 1: the harness could not verify that
-        part of the target, and a gate must not read that as conformance. ``strict``: only ``pass``
-        and allowed failures give 0 (``acceptable``, ``skipped`` and ``unsupported`` give 1, and so
-        does an unused allowance).
+        The one per-result rule that :meth:`exit_code`, ``ddspec check`` and the pytest plugin's
+        items all follow: a failure no allowance covers and an ``unsupported`` result block always;
+        under ``strict``, ``acceptable`` and ``skipped`` block too.
         """
         if not isinstance(strict, bool):
             raise _bad("strict", strict, "must be a bool")
-        if self.failures():
-            return 1
-        if any(r.verdict is Verdict.UNSUPPORTED for r in self.checks):
-            return 1
-        if all(r.verdict in (Verdict.SKIPPED, Verdict.UNSUPPORTED) for r in self.checks):
-            return 1  # nothing was checked (including an empty report)
+        if result.verdict is Verdict.FAIL:
+            return None if self.allowed_reason(result) is not None else "failed"
+        if result.verdict is Verdict.UNSUPPORTED:
+            return "unsupported: the harness could not verify it, which is never read as conformance"
+        if strict and result.verdict is Verdict.ACCEPTABLE:
+            return "an acceptable variant, which fails under strict"
+        if strict and result.verdict is Verdict.SKIPPED:
+            return "skipped, which fails under strict"
+        return None
+
+    def nothing_checked(self) -> bool:
+        """True when no result is ``pass``, ``acceptable`` or ``fail`` (an empty report included)."""
+        return all(r.verdict in (Verdict.SKIPPED, Verdict.UNSUPPORTED) for r in self.checks)
+
+    def nonconformities(self, strict: bool = False) -> tuple[str, ...]:
+        r"""Every reason the target does not conform, one line each (empty: it conforms).
+
+        Per result (:meth:`blocking_reason`), ``"nothing was checked"`` (:meth:`nothing_checked`), and
+        under ``strict`` each unused allowance.
+        """
+        reasons = [
+            f"{r.name}: {why}" for r in self.checks
+            if (why := self.blocking_reason(r, strict)) is not None
+        ]
+        if self.nothing_checked():
+            reasons.append("nothing was checked (every result is skipped or unsupported, or there is none)")
         if strict:
-            if any(r.verdict in (Verdict.ACCEPTABLE, Verdict.SKIPPED) for r in self.checks):
-                return 1
-            if self.unused_allowances():
-                return 1
-        return 0
+            reasons.extend(
+                f"unused allowance {p!r}: no failing check matches (fails under strict)"
+                for p in self.unused_allowances()
+            )
+        return tuple(reasons)
+
+    def exit_code(self, strict: bool = False) -> int:
+        r"""0 if the target conforms, 1 if it does not (table in the module docstring).
+
+        The one rule both faces use: ``ddspec check`` returns it, and the pytest plugin's items fail
+        exactly for the reasons of :meth:`nonconformities`. Default: 0 only if every result passes,
+        is ``acceptable`` (a declared variant the reference knows), is ``skipped`` (not applicable,
+        with its reason) or is a failure an allowance covers, and something was checked.
+        ``unsupported`` gives 1: the harness could not verify that part of the target, and a gate
+        must not read that as conformance. ``strict``: only ``pass`` and allowed failures give 0
+        (``acceptable``, ``skipped`` and ``unsupported`` give 1, and so does an unused allowance).
+        """
+        return 1 if self.nonconformities(strict) else 0
 
     # -- serialisation ----------------------------------------------------------------------------
 

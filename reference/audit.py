@@ -14,6 +14,15 @@ float64 reference at **every** timestep, evaluates the independent mpmath twin
 occurs. It fails (exit status 1) if any quantity exceeds its documented bound (:data:`BOUNDS`, the
 same numbers as ``docs/accuracy.md``).
 
+A zero-terminal-SNR schedule (``jsd``: β_T = 1, so ᾱ_T = 0) has an SNR row (SNR_T = 0 is compared
+exactly) but no log-SNR row: λ_T = −∞ (:func:`ddspec.reference.alphas.log_snr` raises
+:class:`~ddspec.reference.SingularError` there), and on the other indices ᾱ_t = (T − t)/T passes through
+1/2, where λ ≈ 0 and a relative (ULP) bound on λ cannot hold for any float64 method: λ's condition
+number in ᾱ is 1/(ᾱ(1 − ᾱ)|λ|). The table says so under its rows (:func:`audit_notes`).
+
+Progress: :func:`run_audit` and :func:`main` take a ``progress`` callback (default None: silent); the
+``ddspec audit`` command draws it on stderr, only when stderr is a terminal.
+
 Inputs are exact: the twin of a table quantity (ᾱ, β̃, …) is evaluated on the same float64 β the
 reference used, so that the audit measures the function, not the rounding of its inputs; the twin of
 a schedule's β is evaluated from the float64 parameters (beta_start, s, max_beta, …).
@@ -22,10 +31,11 @@ a schedule's β is evaluated from the float64 parameters (beta_start, s, max_bet
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 import mpmath
 import numpy as np
@@ -39,7 +49,22 @@ from .twin import posterior as t_posterior
 from .twin import schedules as t_schedules
 from .twin import timesteps as t_timesteps
 
-__all__ = ["BOUNDS", "STANDARD_CASES", "AuditRow", "audit_case", "run_audit", "format_table", "main"]
+__all__ = [
+    "BOUNDS",
+    "STANDARD_CASES",
+    "QUICK_CASES",
+    "AuditRow",
+    "Progress",
+    "audit_case",
+    "audit_notes",
+    "run_audit",
+    "format_table",
+    "main",
+]
+
+#: ``progress(done, total, what)``: ``done`` of ``total`` cases are finished; ``what`` is the case
+#: and quantity now being measured (``"linear T=1000: alpha_bar"``), or ``"done"`` at the end.
+Progress = Callable[[int, int, str], None]
 
 #: Documented worst-case bound (ULP) per quantity; docs/accuracy.md lists the same numbers.
 BOUNDS: dict[str, float] = {
@@ -149,6 +174,44 @@ def _sigma_rows(schedule: str, T: int, betas: NDArray[np.float64], dps: int) -> 
     return rows
 
 
+def _check_cases(cases: object) -> None:
+    """Raise ValueError naming ``cases`` unless it is a sequence of (schedule name, T) pairs."""
+    if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence) or not all(
+        isinstance(c, (tuple, list)) and len(c) == 2 for c in cases
+    ):
+        fail("cases", cases, "expected a sequence of (schedule name, T) pairs")
+
+
+def _zero_terminal(betas: NDArray[np.float64]) -> bool:
+    """ᾱ_T = 0 (a β of 1 at the end): log-SNR is −∞ there."""
+    return bool(alphas.alpha_bar(betas)[-1] == 0.0)
+
+
+def audit_notes(cases: Sequence[tuple[str, int]]) -> list[str]:
+    r"""One line per quantity of :data:`BOUNDS` that a case leaves out of the table, saying why.
+
+    Today only ``log_snr`` on a zero-terminal-SNR schedule (see the module docstring); where ᾱ passes
+    through 1/2 (λ within 1e-10 of 0), the index and the value of λ there are computed, not quoted.
+    """
+    _check_cases(cases)
+    notes = []
+    for schedule, T in cases:
+        betas = schedules.get_betas(schedule, T)
+        if not _zero_terminal(betas):
+            continue
+        ab = alphas.alpha_bar(betas)
+        i = int(np.argmin(np.abs(ab[:-1] - 0.5))) if T >= 2 else 0
+        text = (f"log_snr on {schedule} T={T}: not audited: beta[{T - 1}] = 1, so alpha_bar[{T - 1}] = 0 "
+                "and log-SNR is -inf there (log_snr raises SingularError)")
+        lam = float(alphas.log_snr(betas[: T - 1])[i]) if T >= 2 else math.inf
+        if abs(lam) < 1e-10:  # ᾱ passes through 1/2 (jsd with an even T)
+            text += (f"; and alpha_bar[{i}] is 1/2 up to rounding, where log-SNR = {lam:.3g}: "
+                     "a relative (ULP) bound cannot hold next to a zero of log-SNR (condition number "
+                     "1/(alpha_bar (1 - alpha_bar) |log-SNR|))")
+        notes.append(text)
+    return notes
+
+
 def audit_case(schedule: str, T: int, *, dps: int = twin.DEFAULT_DPS, progress: Callable[[str], None] | None = None) -> list[AuditRow]:
     """Audit every quantity on one schedule; returns one :class:`AuditRow` per quantity."""
     say = progress or (lambda _msg: None)
@@ -164,12 +227,9 @@ def audit_case(schedule: str, T: int, *, dps: int = twin.DEFAULT_DPS, progress: 
         ("posterior_mean_coef1", posterior.posterior_mean_coef1, t_posterior.posterior_mean_coef1),
         ("posterior_mean_coef2", posterior.posterior_mean_coef2, t_posterior.posterior_mean_coef2),
     ]
-    has_zero = bool(alphas.alpha_bar(betas)[-1] == 0.0)
-    if not has_zero:
-        table_quantities += [
-            ("snr", alphas.snr, t_alphas.snr),
-            ("log_snr", alphas.log_snr, t_alphas.log_snr),
-        ]
+    table_quantities.append(("snr", alphas.snr, t_alphas.snr))  # SNR = 0 where ᾱ = 0: compared exactly
+    if not _zero_terminal(betas):
+        table_quantities.append(("log_snr", alphas.log_snr, t_alphas.log_snr))
     if T >= 2:
         table_quantities.append(
             ("posterior_log_variance_clipped", posterior.posterior_log_variance_clipped,
@@ -184,58 +244,84 @@ def audit_case(schedule: str, T: int, *, dps: int = twin.DEFAULT_DPS, progress: 
 
 
 def run_audit(cases: Sequence[tuple[str, int]] = STANDARD_CASES, *, dps: int = twin.DEFAULT_DPS,
-              progress: bool = True, stream=None) -> list[AuditRow]:
-    """Audit every case; shows progress on ``stream`` (default stderr) while it works."""
-    if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence) or not all(
-        isinstance(c, (tuple, list)) and len(c) == 2 for c in cases
-    ):
-        fail("cases", cases, "expected a sequence of (schedule name, T) pairs")
-    stream = sys.stderr if stream is None else stream
+              progress: Progress | None = None) -> list[AuditRow]:
+    """Audit every case. ``progress(done, total, what)`` is called as it works (None: silent)."""
+    _check_cases(cases)
+    if progress is not None and not callable(progress):
+        fail("progress", progress, "expected None or a callable progress(done, total, what)")
+    report: Progress = progress if progress is not None else (lambda _d, _n, _w: None)
     rows: list[AuditRow] = []
-    t0 = time.perf_counter()
-    for k, (schedule, T) in enumerate(cases, start=1):
+    total = len(cases)
+    for k, (schedule, T) in enumerate(cases):
         def say(what: str, k: int = k, schedule: str = schedule, T: int = T) -> None:
-            if progress:
-                print(f"\r[{k}/{len(cases)}] {schedule} T={T}: {what:<40}", end="", file=stream, flush=True)
+            report(k, total, f"{schedule} T={T}: {what}")
         rows.extend(audit_case(schedule, T, dps=dps, progress=say))
-    if progress:
-        print(f"\r{'':<80}\rdone: {len(rows)} quantity/schedule pairs in {time.perf_counter() - t0:.1f} s",
-              file=stream, flush=True)
+    report(total, total, "done")
     return rows
 
 
-def format_table(rows: Sequence[AuditRow]) -> str:
-    """The accuracy table: worst ULP per quantity and schedule, where it occurs, and the bound."""
+def format_table(rows: Sequence[AuditRow], notes: Sequence[str] = ()) -> str:
+    """The accuracy table: worst ULP per quantity and schedule, where it occurs, and the bound.
+
+    Column widths come from the data, so that long quantity names (``posterior_log_variance_clipped``)
+    keep the columns aligned. ``notes`` (from :func:`audit_notes`) are listed under the table.
+    """
     if isinstance(rows, (str, bytes)) or not isinstance(rows, Sequence) or not all(isinstance(r, AuditRow) for r in rows):
         fail("rows", rows, "expected a sequence of AuditRow (as audit_case and run_audit return)")
-    head = f"{'quantity':<28} {'schedule':<15} {'T':>6} {'worst ULP':>10} {'at index':>9} {'bound':>6}  verdict"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        verdict = "ok" if r.passed else "EXCEEDS BOUND"
-        lines.append(f"{r.quantity:<28} {r.schedule:<15} {r.num_timesteps:>6} {r.worst_ulp:>10.2f} "
-                     f"{r.where:>9} {r.bound:>6.0f}  {verdict}")
+    if isinstance(notes, (str, bytes)) or not all(isinstance(n, str) for n in notes):
+        fail("notes", notes, "expected a sequence of str (as audit_notes returns)")
+    cells = [
+        (r.quantity, r.schedule, str(r.num_timesteps), f"{r.worst_ulp:.2f}", str(r.where), f"{r.bound:.0f}",
+         "ok" if r.passed else "EXCEEDS BOUND")
+        for r in rows
+    ]
+    titles = ("quantity", "schedule", "T", "worst ULP", "at index", "bound", "verdict")
+    left = (True, True, False, False, False, False, True)
+    widths = [max([len(t)] + [len(c[j]) for c in cells]) for j, t in enumerate(titles)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.ljust(w) if is_left else v.rjust(w) for v, w, is_left in zip(values, widths, left)]
+        return " ".join(parts).rstrip()
+
+    head = line(titles)
+    rule = "-" * len(head)
+    lines = [head, rule, *(line(c) for c in cells), rule]
     worst = max(rows, key=lambda r: r.worst_ulp / r.bound) if rows else None
     failed = [r for r in rows if not r.passed]
-    lines.append("-" * len(head))
     if worst is not None:
         lines.append(f"worst relative to its bound: {worst.quantity} on {worst.schedule} T={worst.num_timesteps}: "
                      f"{worst.worst_ulp:.2f} ULP at index {worst.where} (bound {worst.bound:.0f})")
     lines.append(f"{len(rows) - len(failed)} within bound, {len(failed)} exceed their bound")
+    if notes:
+        lines.append("not in the table:")
+        lines.extend(f"  {n}" for n in notes)
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ddspec audit``. Exit status 0 if every quantity is within its bound, else 1."""
-    parser = argparse.ArgumentParser(prog="ddspec audit", description=__doc__.split("\n\n")[0])
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line ``ddspec: error: ...`` (exit code 2), as the rest of ``ddspec``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ddspec: error: {message} (see '{self.prog} --help')\n")
+
+
+def main(argv: Sequence[str] | None = None, progress: Progress | None = None) -> int:
+    """Entry point of ``ddspec audit``. Exit status 0 if every quantity is within its bound, else 1.
+
+    ``progress`` is handed to :func:`run_audit` unless ``--no-progress`` is given (the ``ddspec``
+    command passes one that draws a bar on stderr when it is a terminal).
+    """
+    parser = _Parser(prog="ddspec audit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dps", type=int, default=twin.DEFAULT_DPS, help="mpmath digits for the twins (default 50)")
     parser.add_argument("--quick", action="store_true", help="only the schedules with T <= 1000")
-    parser.add_argument("--no-progress", action="store_true", help="do not show progress on stderr")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (it is drawn only when stderr is a terminal)")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.dps < 20:
         parser.error(f"--dps={args.dps}: at least 20 digits are needed to measure float64 ULPs")
     cases = QUICK_CASES if args.quick else STANDARD_CASES
-    rows = run_audit(cases, dps=args.dps, progress=not args.no_progress)
-    print(format_table(rows))
+    rows = run_audit(cases, dps=args.dps, progress=None if args.no_progress else progress)
+    print(format_table(rows, audit_notes(cases)))
     return 0 if all(r.passed for r in rows) else 1
 
 

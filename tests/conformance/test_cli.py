@@ -6,7 +6,10 @@ small fake check functions, so that these tests check the command alone.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import re
 import sys
 import types
 import uuid
@@ -19,7 +22,7 @@ import torch
 import ddspec.conformance.checks as checks_package
 from ddspec.conformance import loader
 from ddspec.conformance.cli import main
-from ddspec.conformance.results import CheckResult, Finding, Verdict
+from ddspec.conformance.results import CheckResult, Finding, Report, Verdict
 
 TARGET_MODULE = """
 import numpy as np
@@ -80,6 +83,7 @@ def use_checks(monkeypatch, *checks):
 def assert_one_line_error(captured, *fragments):
     err = captured.err
     assert err.count("\n") == 1 and err.endswith("\n"), err
+    assert err.startswith("ddspec: error: "), err  # one prefix for every usage error
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in err, err
@@ -108,8 +112,11 @@ def test_traceback_flag_shows_the_traceback(capsys):
         (["check", "--steps", "0"], "--steps"),
         (["check", "--timeout", "-1"], "--timeout"),
         (["check", "--seed", "x"], "--seed"),
-        (["check", "--allow", "schedule.x"], "NAME=REASON"),
-        (["check", "--allow", "schedule.x="], "reason"),
+        (["check", "--allow", "schedule.x"], "--allow='schedule.x': expected NAME::REASON"),
+        (["check", "--allow", "single_step.eta=0=bug #1"], "--allow='single_step.eta=0=bug #1'"),
+        (["check", "--allow", "schedule.x::"], "needs a reason"),
+        (["check", "--allow", "::bug #1"], "name before '::' is empty"),
+        (["check", "--bogus-option"], "--bogus-option"),
         (["check", "--device", "tpu"], "--device tpu"),
         (["frobnicate"], "frobnicate"),
     ],
@@ -134,7 +141,8 @@ def test_help(capsys):
     assert main(["check", "--help"]) == 0
     out = capsys.readouterr().out
     for option in ("--device", "--dtype", "--steps", "--json", "--junit", "--profile", "--seed",
-                   "--strict", "--timeout", "--traceback", "--no-progress", "--allow"):
+                   "--strict", "--timeout", "--traceback", "--no-progress", "--allow", "--failures-only",
+                   "-q", "NAME::REASON"):
         assert option in out
     assert "examples:" in out and "ddspec check mypkg.sampler:make_sampler" in out
     assert main([]) == 2  # no command: help on stderr
@@ -158,14 +166,14 @@ def test_failing_target_exit_1_with_failures_first(target, monkeypatch, capsys):
     out = captured.out
     assert out.index("FAILURES (1)") < out.index("schedule.betas")
     assert "step 0, timestep 9, element (1,): expected 1.0, got 1.5, |err| 0.5 > tolerance 0.001" in out
-    assert "[2/2] oracle.step  fail" in captured.err  # progress on stderr by default
+    assert captured.err == ""  # stderr is not a terminal here: no progress
 
 
 def test_allow_turns_the_failure_into_an_allowed_deviation(target, monkeypatch, capsys):
     use_checks(monkeypatch, check_fail)
-    assert main(["check", target, "--allow", "oracle.*=known bug #1", "--no-progress"]) == 0
+    assert main(["check", target, "--allow", "oracle.*::known bug #1", "--no-progress"]) == 0
     assert "ALLOWED DEVIATIONS (1)" in capsys.readouterr().out
-    assert main(["check", target, "--allow", "oracle.*=known bug #1", "--allow", "x=stale", "--strict",
+    assert main(["check", target, "--allow", "oracle.*::known bug #1", "--allow", "x::stale", "--strict",
                  "--no-progress"]) == 1  # the unused allowance fails under --strict
 
 
@@ -212,12 +220,12 @@ def test_no_checks_installed_warns(target, monkeypatch, capsys):
 def test_no_target_checks_the_default_targets(monkeypatch, capsys):
     made = []
 
-    def fake_defaults():
-        made.append(True)
-        return [("ref", types.SimpleNamespace(name="ref", betas=lambda: np.ones(4) / 2)),
-                ("other", types.SimpleNamespace(name="other", betas=lambda: np.ones(4) / 2))]
+    def fake_load(spec):
+        made.append(spec)
+        return loader.LoadedTarget(types.SimpleNamespace(name=spec, betas=lambda: np.ones(4) / 2), spec)
 
-    monkeypatch.setattr(loader, "default_targets", fake_defaults)
+    monkeypatch.setattr(loader, "default_target_specs", lambda: ["ref", "other"])
+    monkeypatch.setattr(loader, "load", fake_load)
     use_checks(monkeypatch, check_pass)
     assert main(["check", "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -260,3 +268,147 @@ def test_unwritable_report_path_is_refused_before_running(target, monkeypatch, t
     use_checks(monkeypatch, check_runs)
     assert main(["check", target, "--no-progress", "--junit", str(tmp_path / "missing" / "r.xml")]) == 2
     assert not ran and "--junit" in capsys.readouterr().err
+
+
+# -- issue 7 §4: version, help held to the exit codes, allowances, progress, compact report -------------
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ddspec {importlib.metadata.version('ddspec')}"
+
+
+def _synthetic(*verdicts, allow=None):
+    checks = [CheckResult(name=f"oracle.c{i}", family="oracle", verdict=v) for i, v in enumerate(verdicts)]
+    return Report(target="t", device="cpu", dtype="float32", profile="quick", seed=0, checks=tuple(checks),
+                  allowances=allow or {})
+
+
+#: One synthetic report per row of the exit-code table in ``ddspec check --help``.
+HELP_ROWS = {
+    "a failure that no --allow covers": _synthetic("pass", "fail"),
+    "an unsupported check (could not be verified)": _synthetic("pass", "unsupported"),
+    "nothing checked (only skipped or unsupported)": _synthetic("skipped", "unsupported"),
+    "an acceptable convention variant": _synthetic("pass", "acceptable"),
+    "a skipped check (not applicable)": _synthetic("pass", "skipped"),
+    "an --allow that matches no failing check": _synthetic("pass", allow={"gone.*": "fixed in 2.0"}),
+    "only passes and allowed failures": _synthetic("pass", "fail", allow={"oracle.c1": "bug #1"}),
+}
+
+
+def _help_exit_table(text):
+    """{row: (default, strict)} parsed from the 'exit codes' table of the help text."""
+    lines = text[text.index("exit codes"):].splitlines()[1:]
+    rows = {}
+    for line in lines:
+        match = re.fullmatch(r"  (\S.*?)\s{2,}([01])\s+([01])\s*", line)
+        if match:
+            rows[match.group(1)] = (int(match.group(2)), int(match.group(3)))
+    return rows
+
+
+def test_help_exit_code_table_is_the_real_exit_code(capsys):
+    """Every row of the help's exit-code table, built as a report, has exactly that Report.exit_code."""
+    assert main(["check", "--help"]) == 0
+    text = capsys.readouterr().out
+    table = _help_exit_table(text)
+    assert set(table) == set(HELP_ROWS), table  # a row added to the help needs a report here
+    for row, (default, strict) in table.items():
+        report = HELP_ROWS[row]
+        assert (report.exit_code(False), report.exit_code(True)) == (default, strict), row
+    assert "2: bad arguments (a malformed --allow" in text and "cannot be loaded" in text
+
+
+def check_eta_equals(ctx):
+    return [CheckResult(name="single_step.eta=0", family="single_step", verdict=Verdict.FAIL, observed=1.0,
+                        tolerance=1e-6, message="off")]
+
+
+@pytest.mark.parametrize("pattern", ["single_step.eta=0", "single_step.eta=*", "single_step.*"])
+def test_allowance_of_a_check_name_containing_equals(target, monkeypatch, capsys, pattern):
+    """Check names contain '='; NAME::REASON splits at '::' so the whole name (or glob) is the pattern."""
+    use_checks(monkeypatch, check_eta_equals)
+    assert main(["check", target, "--no-progress"]) == 1
+    assert main(["check", target, "--no-progress", "--allow", f"{pattern}::upstream bug #4"]) == 0
+    out = capsys.readouterr().out
+    assert "allowed deviation: upstream bug #4" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_only_when_stderr_is_a_terminal(target, monkeypatch, capsys):
+    use_checks(monkeypatch, check_pass, check_fail)
+    assert main(["check", target]) == 1
+    assert capsys.readouterr().err == ""  # a file or a CI log: no progress at all, no '\r'
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["check", target]) == 1
+    drawn = terminal.getvalue()
+    assert "0/2" in drawn and target in drawn  # the tqdm bar over the 2 check functions, on the terminal
+    terminal.truncate(0)
+    assert main(["check", target, "--no-progress"]) == 1
+    assert terminal.getvalue().strip("\x00") == ""
+
+
+def test_audit_progress_only_on_a_terminal(monkeypatch):
+    import ddspec.reference
+
+    seen = []
+    fake = types.ModuleType("ddspec.reference.audit")
+
+    def fake_main(argv, progress=None):
+        seen.append(progress)
+        if progress is not None:
+            progress(0, 2, "linear T=10: beta")
+            progress(2, 2, "done")
+        return 0
+
+    fake.main = fake_main
+    monkeypatch.setitem(sys.modules, "ddspec.reference.audit", fake)
+    monkeypatch.setattr(ddspec.reference, "audit", fake, raising=False)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert main(["audit", "--quick"]) == 0
+    assert seen == [None]
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["audit", "--quick"]) == 0
+    assert callable(seen[-1]) and "ddspec audit" in terminal.getvalue() and "/2" in terminal.getvalue()
+
+
+def check_many_findings(ctx):
+    findings = tuple(Finding(step=k, timestep=99 - k, element=(k,), expected=1.0, got=1.0 + 0.1 * (5 - k),
+                             tolerance=1e-3) for k in range(5))
+    return [CheckResult(name=f"single_step.eta={eta}", family="single_step", verdict=Verdict.FAIL,
+                        observed=0.5, tolerance=1e-3, message="step is off\nsecond line of the message",
+                        findings=findings, reproduce="line 1\nline 2\nline 3\nline 4",
+                        consequence="samples drift") for eta in (0, 0.5, 1)]
+
+
+def test_failures_only_is_compact(target, monkeypatch, capsys):
+    use_checks(monkeypatch, check_pass, check_many_findings)
+    assert main(["check", target, "--no-progress"]) == 1
+    full = capsys.readouterr().out
+    assert main(["check", target, "--no-progress", "-q"]) == 1
+    compact = capsys.readouterr().out
+    assert main(["check", target, "--no-progress", "--failures-only"]) == 1
+    assert capsys.readouterr().out == compact
+    lines = compact.strip().splitlines()
+    # the header (5 lines with the file), two lines per failing check, the summary
+    assert len(lines) <= 5 + 2 * 3 + 1 < len(full.splitlines())
+    for eta in (0, 0.5, 1):
+        i = next(k for k, line in enumerate(lines) if line.startswith(f"FAIL  single_step.eta={eta} "))
+        assert "step 0, timestep 99, element (0,): expected 1.0, got 1.5" in lines[i + 1]  # the worst finding
+    assert "reproduce" not in compact and "schedule.betas" not in compact
+    assert lines[-1].startswith("1 passed, 3 failed")
+
+
+def test_report_header_names_the_file_the_target_came_from(target, monkeypatch, capsys):
+    use_checks(monkeypatch, check_pass)
+    assert main(["check", target, "--no-progress"]) == 0
+    module = sys.modules[target.split(":")[0]]
+    assert f"  loaded from {os.path.realpath(module.__file__)}\n" in capsys.readouterr().out

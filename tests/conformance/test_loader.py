@@ -152,7 +152,7 @@ def test_module_in_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(loader, "_adapt", fake_adapt)
     try:
         assert load_target(f"{name}:make")[0].tag == "factory"
-        assert str(tmp_path) in sys.path
+        assert sys.path[-1] == str(tmp_path)  # appended: it shadows nothing on PYTHONPATH
     finally:
         sys.modules.pop(name, None)
 
@@ -185,3 +185,94 @@ def test_default_targets_names(monkeypatch):
     monkeypatch.setattr(loader, "_diffusers_available", lambda: False)
     assert [label for label, _ in default_targets()] == [REFERENCE_TARGET]
     assert REFERENCE_TARGET == "ddspec.conformance.torch_port:make_reference_port"
+
+
+# -- issue 7 §4: which file is checked, and partial protocol objects -------------------------------------
+
+
+def _two_copies(tmp_path, name):
+    """``name`` in a working directory and in a PYTHONPATH directory, tagged differently."""
+    cwd, pythonpath = tmp_path / "work", tmp_path / "pythonpath"
+    cwd.mkdir()
+    pythonpath.mkdir()
+    (cwd / f"{name}.py").write_text(FAKE_MODULE.replace('tag="default"', 'tag="cwd"'))
+    (pythonpath / f"{name}.py").write_text(FAKE_MODULE.replace('tag="default"', 'tag="pythonpath"'))
+    return cwd, pythonpath
+
+
+def test_current_directory_does_not_shadow_pythonpath(tmp_path, monkeypatch):
+    """The console script has no cwd on sys.path: the loader must not put it ahead of PYTHONPATH."""
+    name = f"ddspec_fake_shadow_{uuid.uuid4().hex[:8]}"
+    cwd, pythonpath = _two_copies(tmp_path, name)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", [str(pythonpath)] + [p for p in sys.path if p not in ("", ".")])
+    monkeypatch.setattr(loader, "_adapt", fake_adapt)
+    try:
+        loaded = loader.load(f"{name}:FakeSampler")
+        assert loaded.sampler.tag == "pythonpath"
+        assert loaded.origin == os.path.realpath(pythonpath / f"{name}.py")
+        assert loaded.warnings == ()
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_cwd_first_on_sys_path_is_warned_and_named(tmp_path, monkeypatch):
+    """Where Python itself puts the cwd first (python -m), the file is the cwd's, and a warning names the
+    shadowed file."""
+    name = f"ddspec_fake_shadow_{uuid.uuid4().hex[:8]}"
+    cwd, pythonpath = _two_copies(tmp_path, name)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "path", ["", str(pythonpath)] + [p for p in sys.path if p not in ("", ".")])
+    monkeypatch.setattr(loader, "_adapt", fake_adapt)
+    try:
+        loaded = loader.load(f"{name}:FakeSampler")
+        assert loaded.sampler.tag == "cwd"
+        assert loaded.origin == os.path.realpath(cwd / f"{name}.py")
+        (warning,) = loaded.warnings
+        assert "current directory" in warning and os.path.realpath(pythonpath / f"{name}.py") in warning
+    finally:
+        sys.modules.pop(name, None)
+
+
+def test_origin_of_a_file_path_spec(tmp_path, monkeypatch):
+    path = tmp_path / "my_sampler_origin.py"
+    path.write_text(FAKE_MODULE)
+    monkeypatch.setattr(loader, "_adapt", fake_adapt)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    assert loader.load(f"{path}:make").origin == os.path.realpath(path)
+
+
+PARTIAL_MODULE = """
+import numpy as np
+
+class Partial:
+    name = "partial"
+    betas = np.full(10, 0.01)          # an array, not the method the protocol asks for
+    def timesteps(self, num_steps):
+        return np.arange(num_steps)[::-1]
+
+def make():
+    return Partial()
+"""
+
+
+def test_partial_protocol_object_names_every_missing_member(tmp_path, monkeypatch):
+    """With the real adapt: a half-written Sampler gets an error naming each missing member."""
+    name = f"ddspec_fake_partial_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(PARTIAL_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        for attr in ("make", "Partial"):
+            with pytest.raises(TargetLoadError) as info:
+                load_target(f"{name}:{attr}")
+            assert_one_line(info, "missing: conventions, betas (not callable), alphas_cumprod, step")
+        import importlib
+
+        instance = importlib.import_module(name).Partial()
+        assert loader.missing_protocol_members(instance) == (
+            "conventions", "betas (not callable)", "alphas_cumprod", "step")
+        with pytest.raises(TargetLoadError) as info:
+            loader.adapt_object(instance, "partial")
+        assert_one_line(info, "missing: conventions, betas (not callable), alphas_cumprod, step")
+    finally:
+        sys.modules.pop(name, None)

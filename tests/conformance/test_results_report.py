@@ -11,8 +11,11 @@ import pytest
 
 from ddspec.conformance.report import (
     BUNDLE_SCHEMA_VERSION,
+    RootError,
     format_finding,
+    format_root_errors,
     format_text,
+    root_errors,
     reports_to_json,
     summary_line,
     to_json,
@@ -123,6 +126,11 @@ def test_exit_code_matrix(verdicts, expected_default, expected_strict):
     rep = report_of(*(result(f"oracle.c{i}", v) for i, v in enumerate(verdicts)))
     assert rep.exit_code(strict=False) == expected_default
     assert rep.exit_code(strict=True) == expected_strict
+    for strict, expected in ((False, expected_default), (True, expected_strict)):
+        # the per-result rule the plugin's items follow explains every 1
+        assert bool(rep.nonconformities(strict)) == bool(expected)
+        blocking = [r.name for r in rep.checks if rep.blocking_reason(r, strict)]
+        assert bool(blocking) or rep.nothing_checked() or not expected
 
 
 def test_allowance_excuses_a_failure_and_unused_allowance_fails_strict():
@@ -143,11 +151,16 @@ def test_allowance_excuses_a_failure_and_unused_allowance_fails_strict():
 
 
 def test_allowance_parsing_requires_a_reason():
-    assert parse_allowance("schedule.x = bug #3 ") == ("schedule.x", "bug #3")
-    assert parse_allowance("a=b=c") == ("a", "b=c")
-    for bad in ("schedule.x", "schedule.x=", "=reason", "schedule.x=   "):
-        with pytest.raises(ValueError, match="allowance"):
+    assert parse_allowance("schedule.x :: bug #3 ") == ("schedule.x", "bug #3")
+    # check names contain '=': NAME::REASON splits at the first '::' only
+    assert parse_allowance("single_step.eta=0::upstream a=b::c") == ("single_step.eta=0", "upstream a=b::c")
+    assert parse_allowance("single_step.eta=*::bug #4") == ("single_step.eta=*", "bug #4")
+    for bad in ("schedule.x", "schedule.x::", "::reason", "schedule.x::   ", "single_step.eta=0=bug"):
+        with pytest.raises(ValueError, match="allowance=") as info:
             parse_allowance(bad)
+        assert repr(bad) in str(info.value)  # names the value
+    with pytest.raises(ValueError, match=r"^--ddspec-allow='a=b': .*separator is '::'"):
+        parse_allowance("a=b", option="--ddspec-allow")
     with pytest.raises(ValueError, match="allow"):
         validate_allowances({"x": ""})
     with pytest.raises(ValueError, match="allow"):
@@ -209,15 +222,16 @@ def test_junit_xml_parses_with_the_right_counts(tmp_path):
     write_junit([rep, report_of(result("oracle.a", "pass"))], path)
     root = ET.parse(path).getroot()
     assert root.tag == "testsuites"
-    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("6", "1", "2")
+    # unsupported is a failure, as in the exit code (it could not be verified)
+    assert (root.get("tests"), root.get("failures"), root.get("skipped")) == ("6", "2", "1")
     suite = root.findall("testsuite")[0]
-    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "1", "2")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("5", "2", "1")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert set(cases) == {r.name for r in rep.checks}
     failure = cases["single_step.ddpm_mean"].find("failure")
     assert failure is not None and failure.get("message") == "posterior mean is off"
     assert "expected 1.0, got 1.5" in failure.text
-    assert cases["oracle.thresholding"].find("skipped") is not None
+    assert cases["oracle.thresholding"].find("failure").get("type") == "unsupported"
     assert cases["invariants.generator"].find("skipped") is not None
     assert cases["schedule.alphas_cumprod"].find("failure") is None
     assert "sqrt(1 - alpha_bar_0)" in cases["timesteps.final_alpha_bar"].find("system-out").text
@@ -273,3 +287,93 @@ def test_crashed_check_traceback_only_on_request():
     hidden = format_text(report_of(crashed))
     assert "Traceback: boom" not in hidden and "rerun with --traceback" in hidden
     assert "Traceback: boom" in format_text(report_of(crashed), show_tracebacks=True)
+
+
+# -- root exceptions: one crash is one headline (issue 7 §3, report side) ---------------------------------
+
+INDEX_ERROR = "IndexError: index 1 is out of bounds for axis 0 with size 1"
+
+
+def crashed(name: str, *errors: tuple[int | None, str], verdict: str = "fail") -> CheckResult:
+    """A result as the checks write it when a step count raises: one finding per step count."""
+    return result(
+        name, verdict, observed=math.inf, tolerance=1e-6, message="a step count raised",
+        findings=tuple(Finding(message=f"N={n}: step raised {e}") for n, e in errors),
+        details={"errors": [{"num_steps": n, "error": e} for n, e in errors]},
+    )
+
+
+def crash_report() -> Report:
+    other = "RuntimeError: shape mismatch"
+    return report_of(
+        crashed("oracle.inside", (1, INDEX_ERROR)),
+        crashed("oracle.outside", (1, INDEX_ERROR)),
+        crashed("single_step.eta=0", (1, INDEX_ERROR), (50, other)),
+        crashed("single_step.eta=1", (1, INDEX_ERROR)),
+        result("schedule.betas", "pass", observed=0.0, tolerance=1e-6),
+        result("timesteps.sequence", "fail", observed=3.0, tolerance=0.0, message="off by one"),
+    )
+
+
+def test_root_errors_group_failures_by_exception():
+    groups = root_errors(crash_report())
+    assert groups == (
+        RootError(INDEX_ERROR, (1,), ("oracle.inside", "oracle.outside", "single_step.eta=0", "single_step.eta=1")),
+        RootError("RuntimeError: shape mismatch", (50,), ("single_step.eta=0",)),
+    )
+    lines = format_root_errors(crash_report())
+    assert lines[0] == f"{INDEX_ERROR} — N=1 — hit 4 checks: oracle.*, single_step.*"
+    assert lines[1] == "RuntimeError: shape mismatch — N=50 — hit 1 check: single_step.eta=0"
+
+
+def test_root_error_check_lists_use_the_shortest_covering_glob():
+    rep = report_of(
+        crashed("oracle.a", (1, INDEX_ERROR)),
+        crashed("oracle.b", (1, INDEX_ERROR)),
+        crashed("distribution.run_output.eta=0", (1, INDEX_ERROR)),
+        crashed("distribution.run_output.eta=1", (1, INDEX_ERROR)),
+        result("distribution.step_moments.eta=0", "pass"),
+        crashed("invariants.no_final_noise", (1, INDEX_ERROR)),
+        result("invariants.finite", "pass"),
+    )
+    assert format_root_errors(rep) == [
+        f"{INDEX_ERROR} — N=1 — hit 5 checks: oracle.*, distribution.run_output.*, invariants.no_final_noise"
+    ]
+
+
+def test_root_errors_list_every_step_count_and_skip_allowed_and_malformed():
+    rep = report_of(
+        crashed("oracle.a", (2, INDEX_ERROR), (1, INDEX_ERROR), (None, INDEX_ERROR)),
+        crashed("oracle.b", (7, "ValueError: x")),
+        result("oracle.c", "fail", details={"errors": [{"num_steps": "1", "error": 3}, "junk"]}),
+        result("oracle.d", "fail", details={"errors": "not a list"}),
+    ).with_allowances({"oracle.b": "known"})
+    (group,) = root_errors(rep)
+    assert (group.num_steps, group.checks) == ((1, 2, None), ("oracle.a",))  # None (unknown N) last
+    assert format_root_errors(rep) == [f"{INDEX_ERROR} — N=1, 2 — hit 1 check: oracle.a"]
+
+
+def test_text_report_opens_with_the_root_errors():
+    text = format_text(crash_report())
+    assert text.index("ROOT ERRORS") < text.index("FAILURES") < text.index("timesteps.sequence")
+    assert f"{INDEX_ERROR} — N=1 — hit 4 checks: oracle.*, single_step.*" in text
+    # without details["errors"] there is no headline, and the report is otherwise the same
+    plain = report_of(result("timesteps.sequence", "fail", message="off by one"))
+    assert "ROOT ERRORS" not in format_text(plain) and root_errors(plain) == ()
+
+
+def test_failures_only_is_a_compact_report():
+    rep = crash_report()
+    compact = format_text(rep, failures_only=True, origin="/src/pkg/make.py")
+    lines = compact.splitlines()
+    assert lines[0] == "ddspec conformance report: pkg:make" and lines[1] == "  loaded from /src/pkg/make.py"
+    assert "root errors:" in lines and f"  {INDEX_ERROR} — N=1 — hit 4 checks: oracle.*, single_step.*" in lines
+    i = lines.index("FAIL  single_step.eta=0  (observed inf, tolerance 1e-06)")
+    assert lines[i + 1] == f"      N=1: step raised {INDEX_ERROR}"  # the worst finding only
+    assert lines[i + 2].startswith("FAIL  ")
+    i = lines.index("FAIL  timesteps.sequence  (observed 3, tolerance 0)")
+    assert lines[i + 1] == "      off by one"  # no finding: the message
+    assert "schedule.betas" not in compact
+    assert lines[-1] == summary_line(rep)
+    assert len(lines) == 5 + 3 + 2 * 5 + 1  # header, headlines, two lines per failure, summary
+    assert "loaded from /src/pkg/make.py" in format_text(rep, origin="/src/pkg/make.py")
