@@ -27,6 +27,7 @@ a CI log). ``--failures-only`` / ``-q`` prints a compact report.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
@@ -373,6 +374,7 @@ def _run_check(args: argparse.Namespace) -> int:
         try:
             stream = _CheckProgress(bar) if bar is not None else None
             report = run_checks(sampler, context, checks, target=label, stream=stream).with_allowances(allow)
+            report = dataclasses.replace(report, origin=loaded.origin)
         finally:
             if bar is not None:
                 bar.close()

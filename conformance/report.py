@@ -27,6 +27,7 @@ One object per target::
       "profile": "quick" | "default" | "thorough",
       "seed": 0,
       "started_at": "2025-01-01T12:00:00+00:00", # ISO 8601, UTC
+      "origin": "/abs/path/mypkg/sampler.py" | null,  # the file the target was loaded from
       "conventions": {...} | null,               # what the target declared
       "allowances": {"<name or glob>": "<reason>"},
       "summary": {
@@ -312,6 +313,7 @@ def _header(report: Report, origin: str | None) -> list[str]:
     versions = f"ddspec {report.ddspec_version}, torch {report.torch_version or 'absent'}"
     versions += f", diffusers {report.diffusers_version or 'absent'}"
     lines = [f"ddspec conformance report: {report.target}"]
+    origin = origin or report.origin
     if origin:
         lines.append(f"  loaded from {origin}")
     lines += [
@@ -468,8 +470,9 @@ def _testsuite(report: Report) -> ET.Element:
     )
     props = ET.SubElement(suite, "properties")
     for key in ("target", "device", "dtype", "profile", "seed", "ddspec_version", "torch_version",
-                "diffusers_version", "schema_version"):
-        ET.SubElement(props, "property", {"name": key, "value": _xml_text(str(getattr(report, key)))})
+                "diffusers_version", "schema_version", "origin"):
+        value = getattr(report, key)
+        ET.SubElement(props, "property", {"name": key, "value": _xml_text("" if value is None else str(value))})
     for r in report.checks:
         case = ET.SubElement(
             suite,

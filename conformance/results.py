@@ -484,6 +484,7 @@ class Report:
         schema_version: :data:`SCHEMA_VERSION`.
         ddspec_version, torch_version, diffusers_version: installed versions (None when absent).
         started_at: ISO 8601 time (UTC) the run started.
+        origin: the resolved file the target was loaded from (``ddspec check`` sets it), or None.
     """
 
     target: str
@@ -499,8 +500,11 @@ class Report:
     torch_version: str | None = field(default_factory=_torch_version)
     diffusers_version: str | None = field(default_factory=_diffusers_version)
     started_at: str = field(default_factory=_now_iso)
+    origin: str | None = None
 
     def __post_init__(self) -> None:
+        if self.origin is not None and not isinstance(self.origin, str):
+            raise _bad("origin", self.origin, "must be a str (a file path) or None")
         checks = tuple(self.checks)
         for item in checks:
             if not isinstance(item, CheckResult):
@@ -647,6 +651,7 @@ class Report:
                 "profile": self.profile,
                 "seed": self.seed,
                 "started_at": self.started_at,
+                "origin": self.origin,
                 "conventions": self.conventions,
                 "allowances": self.allowances,
                 "summary": {
@@ -683,6 +688,7 @@ class Report:
             torch_version=data.get("torch_version"),
             diffusers_version=data.get("diffusers_version"),
             started_at=data.get("started_at", ""),
+            origin=data.get("origin"),
         )
 
     def to_json(self, indent: int | None = 2) -> str:

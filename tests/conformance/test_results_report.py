@@ -377,3 +377,26 @@ def test_failures_only_is_a_compact_report():
     assert lines[-1] == summary_line(rep)
     assert len(lines) == 5 + 3 + 2 * 5 + 1  # header, headlines, two lines per failure, summary
     assert "loaded from /src/pkg/make.py" in format_text(rep, origin="/src/pkg/make.py")
+
+
+def test_origin_travels_through_json_text_and_junit(tmp_path) -> None:
+    """The file a target was loaded from is part of the report: text header, JSON (round trip) and JUnit."""
+    import json as _json
+    import xml.etree.ElementTree as _ET
+
+    from ddspec.conformance.report import format_text, write_junit
+    from ddspec.conformance.results import CheckResult, Report
+
+    report = Report(target="t", device="cpu", dtype="float32", profile="quick", seed=0,
+                    checks=(CheckResult(name="schedule.betas", family="schedule", verdict="pass"),),
+                    origin="/somewhere/mypkg/sampler.py")
+    data = _json.loads(report.to_json())
+    assert data["origin"] == "/somewhere/mypkg/sampler.py"
+    assert Report.from_json_dict(data).origin == report.origin
+    assert "loaded from /somewhere/mypkg/sampler.py" in format_text(report)
+    path = tmp_path / "r.xml"
+    write_junit(report, path)
+    props = {p.get("name"): p.get("value") for p in _ET.parse(path).getroot().iter("property")}
+    assert props["origin"] == "/somewhere/mypkg/sampler.py"
+    with pytest.raises(ValueError, match="origin"):
+        Report(target="t", device="cpu", dtype="float32", profile="quick", seed=0, origin=3)  # type: ignore[arg-type]
