@@ -205,6 +205,20 @@ def build_parser() -> argparse.ArgumentParser:
         "'ddspec audit --help'): --dps N (mpmath precision), --quick, --no-progress.",
         add_help=False,
     )
+    sub.add_parser(
+        "formula",
+        help="check a formula against the reference quantity it claims to be (errata register)",
+        description="Compare a formula in sympy syntax with a reference quantity at every t of the standard "
+        "schedules, symbolically where sympy can decide, and name the known erratum it matches "
+        "(docs/errata.md). See 'ddspec formula --help'.",
+        add_help=False,
+    )
+    sub.add_parser(
+        "derive",
+        help="check the symbolic derivations step by step (sympy, mpmath where sympy cannot decide)",
+        description="Print each derivation with a check mark per step. See 'ddspec derive --help'.",
+        add_help=False,
+    )
     return parser
 
 
@@ -406,6 +420,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args_list and args_list[0] == "audit":
             return _run_audit(args_list[1:])
+        if args_list and args_list[0] == "formula":
+            from ddspec.audit import cli_main as formula_main  # sympy is imported only for this command
+
+            return formula_main(args_list[1:])
+        if args_list and args_list[0] == "derive":
+            try:
+                from ddspec.derivations import cli_main as derive_main
+            except ImportError as exc:  # pragma: no cover - an installation without the derivations
+                return _error(f"derive: the derivations are not installed ({exc})")
+            return derive_main(args_list[1:])
         parser = build_parser()
         try:
             args = parser.parse_args(args_list)

@@ -412,3 +412,16 @@ def test_report_header_names_the_file_the_target_came_from(target, monkeypatch, 
     assert main(["check", target, "--no-progress"]) == 0
     module = sys.modules[target.split(":")[0]]
     assert f"  loaded from {os.path.realpath(module.__file__)}\n" in capsys.readouterr().out
+
+
+def test_formula_subcommand_is_wired_to_the_checker(capsys) -> None:
+    """``ddspec formula`` reaches :func:`ddspec.audit.cli_main`: a known erratum exits 1 and is named,
+    the correct form exits 0, and a bad expression exits 2 with the house error prefix."""
+    from ddspec.conformance.cli import main
+
+    assert main(["formula", "sqrt(eta*beta_tilde_t)", "--quantity", "ddim_sigma", "--schedule", "linear:20"]) == 1
+    assert "sigma_squared_eta_beta_tilde" in capsys.readouterr().out
+    assert main(["formula", "eta*sqrt(beta_tilde_t)", "--quantity", "ddim_sigma", "--schedule", "linear:20"]) == 0
+    capsys.readouterr()
+    assert main(["formula", "x+", "--quantity", "ddim_sigma"]) == 2
+    assert capsys.readouterr().err.startswith("ddspec: error: ")
