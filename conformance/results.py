@@ -95,6 +95,7 @@ FAMILIES = (
     "single_step",
     "distribution",
     "invariants",
+    "loop",
     "load",
     "harness",
 )

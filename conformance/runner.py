@@ -45,6 +45,8 @@ __all__ = [
     "restore_rng_state",
     "check_label",
     "installed_checks",
+    "target_kind",
+    "select_checks",
     "run_checks",
 ]
 
@@ -341,6 +343,31 @@ def _conventions_of(sampler: Any, timeout_s: float) -> dict[str, Any] | None:
         return None
 
 
+def target_kind(sampler: Any) -> str:
+    r"""``"loop"`` for a whole-loop target (:class:`~ddspec.conformance.adapters.loop.LoopSampler`, or any
+    object whose ``target_kind`` attribute is ``"loop"``), else ``"step"``."""
+    return "loop" if getattr(sampler, "target_kind", None) == "loop" else "step"
+
+
+def select_checks(sampler: Any, checks: Sequence[Callable[..., Any]]) -> list[Callable[..., Any]]:
+    r"""The checks of ``checks`` that apply to ``sampler``'s kind, in their order.
+
+    A check function declares the kinds it serves in a ``target_kinds`` attribute (default
+    ``("step",)``). A step target keeps every step check (exactly today's list); a loop target gets
+    the checks that declare ``"loop"``, plus the schedule family when it exposes its tables
+    (``has_tables``).
+    """
+    kind = target_kind(sampler)
+    chosen = []
+    for check in checks:
+        kinds = getattr(check, "target_kinds", ("step",))
+        if kind in kinds:
+            chosen.append(check)
+        elif kind == "loop" and _family_of(check) == "schedule" and getattr(sampler, "has_tables", False):
+            chosen.append(check)
+    return chosen
+
+
 def run_checks(
     sampler: Any,
     context: CheckContext,
@@ -351,7 +378,9 @@ def run_checks(
 ) -> Report:
     r"""Run every check function against ``sampler`` and gather the :class:`Report`.
 
-    Each check is called as ``check(context)`` and must return a list of
+    Only the checks that apply to the target's kind run (:func:`select_checks`: a loop target gets
+    the ``loop`` family, a step target everything else). Each check is called as ``check(context)``
+    and must return a list of
     :class:`~ddspec.conformance.results.CheckResult`. The runner times it; results that did not time
     themselves (``duration_s == 0``) share the function's wall time equally. A check function that
     raises (a harness bug, or a target failure the check did not catch) or returns something other
@@ -378,6 +407,7 @@ def run_checks(
     for check in checks:
         if not callable(check):
             raise ValueError(f"checks: {check!r} is not callable")
+    checks = select_checks(sampler, checks)
     if target is None:
         name = getattr(sampler, "name", None)
         target = name if isinstance(name, str) and name else type(sampler).__name__

@@ -2,7 +2,8 @@ r"""Adapters: one module per foreign library, all behind :class:`ddspec.conforma
 
 :func:`adapt` turns what a user hands the harness into a :class:`~ddspec.conformance.protocol.Sampler`:
 
-1. an object that already implements the protocol is returned as it is;
+1. an object that already implements the protocol, or a whole-loop target
+   (:class:`~.loop.LoopSampler`), is returned as it is;
 2. a diffusers ``DDPMScheduler`` / ``DDIMScheduler`` instance (or subclass instance) is wrapped in
    :class:`~.diffusers_ddpm.DiffusersDDPMAdapter` / :class:`~.diffusers_ddim.DiffusersDDIMAdapter`
    (diffusers is imported only when the object's class comes from it, so this package imports
@@ -21,16 +22,17 @@ from ..protocol import Sampler
 from .diffusers_ddim import DiffusersDDIMAdapter
 from .diffusers_ddpm import DiffusersDDPMAdapter
 from .function import FunctionSampler
+from .loop import LoopSampler
 
-__all__ = ["adapt", "FunctionSampler", "DiffusersDDPMAdapter", "DiffusersDDIMAdapter"]
+__all__ = ["adapt", "FunctionSampler", "LoopSampler", "DiffusersDDPMAdapter", "DiffusersDDIMAdapter"]
 
 
 def _from_diffusers(obj: object) -> bool:
     return any(cls.__module__.split(".")[0] == "diffusers" for cls in type(obj).__mro__)
 
 
-def _adapt_instance(obj: object) -> Sampler | None:
-    if isinstance(obj, Sampler):
+def _adapt_instance(obj: object) -> Sampler | LoopSampler | None:
+    if isinstance(obj, (Sampler, LoopSampler)):
         return obj
     if _from_diffusers(obj):
         from diffusers import DDIMScheduler, DDPMScheduler
@@ -52,11 +54,12 @@ def _is_zero_arg_callable(obj: object) -> bool:
     return True
 
 
-def adapt(obj: Any) -> Sampler:
+def adapt(obj: Any) -> Sampler | LoopSampler:
     r"""Return a :class:`~ddspec.conformance.protocol.Sampler` for ``obj`` (see the module docstring).
 
-    Raises ``TypeError`` (one line, naming the type) when ``obj`` is none of: a Sampler, a diffusers
-    DDPMScheduler/DDIMScheduler instance, or a zero-argument callable returning one of those.
+    Raises ``TypeError`` (one line, naming the type) when ``obj`` is none of: a Sampler, a
+    LoopSampler, a diffusers DDPMScheduler/DDIMScheduler instance, or a zero-argument callable
+    returning one of those.
     """
     sampler = _adapt_instance(obj)
     if sampler is not None:

@@ -3,10 +3,12 @@
 Each module exports ``CHECKS``, a list of functions ``(CheckContext) -> list[CheckResult]``.
 :data:`ALL_CHECKS` is every check, in the order ``ddspec check`` runs them: the cheap exact checks
 first (schedule, timesteps), then the step-by-step comparisons with the reference (oracle,
-single_step), then the statistical checks (distribution), then the invariants.
+single_step), then the statistical checks (distribution), then the invariants, then the ``loop`` family
+(whole sampling loops; the runner gives it to loop targets only, and them only it and the schedule
+family: :func:`ddspec.conformance.runner.select_checks`).
 """
 
-from . import distribution, invariants, oracle, schedule, single_step, timesteps
+from . import distribution, invariants, loop, oracle, schedule, single_step, timesteps
 
 #: Every check function, in the order `ddspec check` runs them.
 ALL_CHECKS: list = [
@@ -16,6 +18,7 @@ ALL_CHECKS: list = [
     *single_step.CHECKS,
     *distribution.CHECKS,
     *invariants.CHECKS,
+    *loop.CHECKS,
 ]
 
-__all__ = ["ALL_CHECKS", "distribution", "invariants", "oracle", "schedule", "single_step", "timesteps"]
+__all__ = ["ALL_CHECKS", "distribution", "invariants", "loop", "oracle", "schedule", "single_step", "timesteps"]

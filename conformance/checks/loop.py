@@ -1,0 +1,796 @@
+r"""The ``loop`` family: a whole sampling loop, judged from what the probe recorded.
+
+It compares, for every tested N (and η for DDIM), a run of the loop driven by the probe
+(:mod:`ddspec.conformance.trajectory`) with the reference, without any cooperation from the loop:
+
+``loop.timesteps.N=<n>``
+    The t the model was called with, against the declared rule (``ddspec.reference.timesteps``) or
+    the declared explicit list. A declared list that follows no named rule is ``acceptable``, with the
+    nearest named rule and how it differs ("equals leading except 2 positions: 334 vs 333, …").
+``loop.steps.N=<n>[,eta=<e>]``
+    Every deterministic transition x_k → x_{k+1} but the last, against the reference step
+    (:func:`ddspec.conformance.expectation.reference_step`) at the recorded (t_k, t_{k+1}), within the
+    error model (:class:`~ddspec.conformance.checks._common.StepTolerance`, with the loop's declared
+    ``table_dtype`` / ``coefficient_dtype``).
+``loop.final_step.N=<n>[,eta=<e>]``
+    The last transition (to index −1, where no noise may be added), the same way.
+``loop.noise.N=<n>[,eta=<e>]``
+    The noisy transitions, statistically: the standardized residual
+    :math:`r_k = (x_{k+1} - \mu_\mathrm{ref})/\sigma_\mathrm{ref}` must be N(0, 1), step by step
+    and pooled (mean and variance tests of :mod:`ddspec.conformance.stats`).
+``loop.noise_independence.N=<n>[,eta=<e>]``
+    :math:`r_k` must be independent of x_k, of :math:`r_{k-1}` (noise reused across steps) and across
+    batch elements (noise shared across the batch): exact z-tests of
+    :math:`\sum_i r_i w_i/\lVert w\rVert \sim \mathcal N(0, 1)` given w.
+``loop.output_law.N=<n>[,eta=<e>]``
+    The output of runs driven by the exact Gaussian denoiser and started from the data's marginal,
+    against the closed-form law (:func:`ddspec.reference.oracles.gaussian_run_output`) for the
+    declared timesteps; N up to the profile's ``oracle_max_steps``.
+``loop.inputs_unchanged``, ``loop.determinism``, ``loop.run.N=<n>[,eta=<e>]``
+    x_T is not modified; the same seed gives the same output (and a generator loop ignores the global
+    RNG); a run that raised, hung or returned a wrong or non-finite tensor fails ``loop.run``.
+
+Every statistical result spends the profile's false-failure rate (``false_failure_rate``, split
+evenly over its tests) and states its minimum detectable discrepancy at power 0.999. A noisy step
+enters those tests only where the error model's rounding allowance of its mean cannot move a z
+statistic by more than :data:`RESIDUAL_ROUNDING_LIMIT` (:func:`_usable`). Failures carry a snippet that
+reruns the check function with the run's context.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from ddspec.reference import SingularError
+from ddspec.reference import alphas as ref_alphas
+from ddspec.reference import timesteps as ref_timesteps
+from ddspec.reference.oracles import gaussian_run_output
+
+from .. import stats
+from ..context import CheckContext
+from ..expectation import final_step_consequence, reference_betas, reference_step, step_spec, zero_snr_original
+from ..protocol import Conventions
+from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
+from ..tolerances import alpha_bar_relative_bound, table_roundoff, unit_roundoff
+from ..trajectory import FIELD_SCALE, Probe, Trajectory, Transition, drive, probe_oracle
+from ._common import (
+    StepTolerance, Tally, choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call, tally_result,
+)
+from .timesteps import tie_positions
+
+__all__ = ["CHECKS", "check_loop_runs", "check_loop_output_law", "check_loop_determinism", "named_rule_match",
+           "STATE_SHAPE", "RESIDUAL_ROUNDING_LIMIT"]
+
+FAMILY = "loop"
+#: Per-sample state shape of every probe run (a small image: channels, height, width).
+STATE_SHAPE = (3, 4, 4)
+_FIELD_BATCH = {"quick": 16, "default": 32, "thorough": 128}
+_LAW_BATCH = {"quick": 256, "default": 512, "thorough": 2048}
+#: At most this many state elements are recorded per field run (N × batch × 48): bounds the memory.
+_MAX_RECORDED = 1_500_000
+#: At most this many state elements are pushed through the loop per output-law run.
+_MAX_LAW = 10_000_000
+#: The most a z statistic of the noise tests may move under the rounding allowance of the step means
+#: (the tests' critical values are 5 or more): steps where it could move more are left out.
+RESIDUAL_ROUNDING_LIMIT = 0.25
+
+
+# -- the plan --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoopSetup:
+    r"""The loop target and what every loop check needs, read once.
+
+    ``counts`` are the tested N (the supported ones), ``skipped`` the profile N the loop does not
+    support, with the reason; ``etas`` the η variants (None for DDPM, or a loop that takes no η).
+    """
+
+    target: Any
+    conv: Conventions
+    betas: NDArray[np.float64]
+    tol: StepTolerance
+    counts: tuple[int, ...]
+    skipped: tuple[tuple[int, str], ...]
+    etas: tuple[float | None, ...]
+    timestep_table: NDArray[np.float64] | None
+    coverage: str
+    hung: list[str] = field(default_factory=list, compare=False)
+
+
+def _suffix(n: int, eta: float | None) -> str:
+    return f"N={n}" if eta is None else f"N={n},eta={eta:g}"
+
+
+def _u_of(dtype: torch.dtype | None) -> float:
+    return 0.0 if dtype is None else float(torch.finfo(dtype).eps) / 2.0
+
+
+def _tolerance(ctx: CheckContext, target: Any, conv: Conventions, betas: NDArray[np.float64]) -> StepTolerance:
+    r"""The error model of the loop: tables in ``table_dtype`` (or as exposed), coefficients in ``coefficient_dtype``."""
+    u_compute = unit_roundoff(ctx.dtype)
+    u_table, note = max(u_compute, _u_of(target.table_dtype)), None
+    if getattr(target, "has_tables", False):
+        try:
+            u_table = max(u_table, table_roundoff(np.asarray(target.alphas_cumprod(), dtype=np.float64)))
+        except Exception as exc:  # noqa: BLE001 - the schedule family reports an unreadable table
+            note = f"alphas_cumprod unreadable ({type(exc).__name__})"
+    u_step = max(u_table, _u_of(target.coefficient_dtype))
+    deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
+    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, dtype_of_roundoff(u_table), note)
+
+
+def _first_supported(target: Any, T: int) -> list[int]:
+    declared = target.supported_num_steps
+    if declared is not None and not callable(declared):
+        return sorted(n for n in declared if 1 <= n <= T)[:1]
+    return [n for n in range(1, T + 1) if target.supports(n)][:1]
+
+
+def _setup(ctx: CheckContext, name: str) -> LoopSetup | CheckResult:
+    target = ctx.sampler
+    if getattr(target, "target_kind", None) != "loop":
+        return CheckResult.skipped(name, FAMILY, "not a loop target (wrap a sampling loop in LoopSampler)")
+    conv = target.conventions
+    if conv.unsupported:
+        return CheckResult.unsupported(name, FAMILY, "the declaration could not interpret: " + "; ".join(conv.unsupported))
+    try:
+        betas = reference_betas(conv)
+        table = target.model_timestep_table()
+    except ValueError as exc:
+        return CheckResult.unsupported(name, FAMILY, f"no reference for the declared conventions: {exc}")
+    T = conv.num_train_timesteps
+    wanted = {int(n) for n in ctx.steps if 1 <= int(n) <= T}
+    if ctx.settings.full_schedule and ctx.num_train_timesteps is None and set(ctx.steps) == set(ctx.settings.steps):
+        wanted.add(T)  # the context could not ask a table-less loop for T
+    counts = sorted(n for n in wanted if target.supports(n))
+    skipped = tuple((n, f"N={n} is not supported ({target.supported_description()})")
+                    for n in sorted(wanted) if n not in counts)
+    coverage = "every profile N"
+    if skipped:
+        if not counts:
+            counts = _first_supported(target, T)
+            coverage = (f"no profile N is supported ({target.supported_description()}); "
+                        f"checked N={counts} instead")
+        else:
+            coverage = f"checked N={counts} only ({target.supported_description()})"
+    # DDPM has no η; a DDIM loop that takes none is deterministic DDIM (η = 0), and none is passed
+    etas: tuple[float | None, ...] = (None,)
+    if conv.family == "ddim" and target.accepts_eta:
+        etas = tuple(float(e) for e in ctx.settings.etas)
+    return LoopSetup(target, conv, betas, _tolerance(ctx, target, conv, betas), tuple(counts), skipped, etas,
+                     table, coverage)
+
+
+def _field_batch(ctx: CheckContext, n: int) -> int:
+    per = int(np.prod(STATE_SHAPE))
+    b = min(_FIELD_BATCH.get(ctx.profile, 32), max(4, _MAX_RECORDED // (per * n)))
+    return max(2, b - b % 2)
+
+
+def _law_batch(ctx: CheckContext, n: int) -> int:
+    per = int(np.prod(STATE_SHAPE))
+    return min(_LAW_BATCH.get(ctx.profile, 1024), max(128, _MAX_LAW // (per * n)))
+
+
+def _seed(ctx: CheckContext, *parts: object) -> int:
+    return (ctx.seed + offset_for(*parts)) % (2**62)
+
+
+def _run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, *, kind: str,
+         global_seed: int | None = None, tag: str = "", start: tuple[Any, Any] | None = None) -> Trajectory:
+    r"""One run of the loop driven by the field probe (``kind="field"``, states recorded) or the pure oracle
+    (``"oracle"``). x_T is standard normal, or ``start = (mean, variance)`` per coordinate."""
+    batch = _field_batch(ctx, n) if kind == "field" else _law_batch(ctx, n)
+    shape = (batch, *STATE_SHAPE)
+    if setup.hung:  # an abandoned call may still be running: call the loop no more
+        return Trajectory(n, eta, np.zeros(shape), None, (), (), f"not called: {setup.hung[0]}", False, False, 0.0)
+    x_T = ctx.randn(shape, offset_for("loop", kind, n, eta, tag, "x_T"), dtype=torch.float64, device="cpu")
+    if start is not None:
+        mean = torch.from_numpy(np.array(start[0], dtype=np.float64).reshape(STATE_SHAPE))
+        x_T = mean + torch.from_numpy(np.sqrt(np.array(start[1], dtype=np.float64)).reshape(STATE_SHAPE)) * x_T
+    x_T = x_T.to(device=ctx.device, dtype=ctx.dtype)
+    probe = Probe(setup.conv, setup.betas, probe_oracle(shape), seed=_seed(ctx, "loop", kind, n, "field"),
+                  field_scale=FIELD_SCALE if kind == "field" else 0.0, timestep_table=setup.timestep_table,
+                  record=kind == "field")
+    run = drive(setup.target, probe, x_T, n, eta=eta, seed=_seed(ctx, "loop", kind, n, eta, tag, "rng"),
+                call=ctx.call, global_seed=global_seed)
+    if run.error is not None and "timed out" in run.error:
+        setup.hung.append(f"an earlier run timed out (N={n})")
+    return run
+
+
+# -- expect ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Expected:
+    tr: Transition
+    mean: NDArray[np.float64] | None
+    variance: NDArray[np.float64] | None
+    why: str | None
+
+    @property
+    def noisy(self) -> bool:
+        return self.variance is not None and bool(np.any(self.variance > 0))
+
+
+def _expect(setup: LoopSetup, tr: Transition, eta: float | None) -> _Expected:
+    try:
+        res = reference_step(setup.conv, setup.betas, model_output=tr.model_output, t=tr.t, t_prev=tr.t_prev,
+                             x_t=tr.x_t, noise=np.zeros_like(tr.x_t), eta=eta or 0.0,
+                             predicted_variance=tr.predicted_variance)
+    except SingularError as exc:
+        return _Expected(tr, None, None, f"the reference is singular at t={tr.t} -> {tr.t_prev}: {exc}")
+    except ValueError as exc:
+        return _Expected(tr, None, None, f"the recorded pair (t={tr.t}, t_prev={tr.t_prev}) is not a reverse step "
+                                         f"the reference can take: {exc}")
+    variance = np.broadcast_to(np.asarray(res.variance, dtype=np.float64), tr.x_t.shape)
+    return _Expected(tr, np.asarray(res.mean, dtype=np.float64), variance, None)
+
+
+def _bound(setup: LoopSetup, e: _Expected, eta: float | None) -> NDArray[np.float64]:
+    tr = e.tr
+    return setup.tol.bound(step_spec(setup.conv, eta or 0.0), tr.t, tr.t_prev, model_output=tr.model_output,
+                           x_t=tr.x_t, noise=None, predicted_variance=tr.predicted_variance)
+
+
+# -- timesteps -------------------------------------------------------------------------------------
+
+_RULE_LABELS = {
+    "leading": "leading",
+    "leading_offset1": "leading with steps_offset=1",
+    "trailing": "trailing",
+    "linspace": "linspace",
+    "uniform": "uniform, range(0, T, T//N)",
+    "quadratic": "quadratic",
+    "section": "improved-diffusion respacing \"N\"",
+    "ddimN": "improved-diffusion \"ddimN\"",
+}
+
+
+def _named_rules(T: int, n: int) -> dict[str, NDArray[np.int64]]:
+    makers = {
+        "leading": lambda: ref_timesteps.leading_timesteps(T, n),
+        "leading_offset1": lambda: ref_timesteps.leading_timesteps(T, n, 1),
+        "trailing": lambda: ref_timesteps.trailing_timesteps(T, n),
+        "linspace": lambda: ref_timesteps.linspace_timesteps(T, n),
+        "uniform": lambda: ref_timesteps.uniform_timesteps(T, n, strict=False),
+        "quadratic": lambda: ref_timesteps.quadratic_timesteps(T, n, strict=False),
+        "section": lambda: ref_timesteps.section_timesteps(T, [n]),
+        "ddimN": lambda: ref_timesteps.section_timesteps(T, f"ddim{n}"),
+    }
+    out = {}
+    for key, make in makers.items():
+        try:
+            out[key] = np.asarray(make(), dtype=np.int64)
+        except ValueError:
+            continue
+    return out
+
+
+def named_rule_match(seq: NDArray[np.int64], T: int, n: int) -> tuple[str | None, str]:
+    r"""(rule, text): the named rule ``seq`` equals (text ``"equals <rule>"``), or None and the nearest one
+    (``"equals leading except 2 positions: 334 vs 333, 668 vs 666"``, got vs rule)."""
+    rules = _named_rules(T, n)
+    same = {k: v for k, v in rules.items() if v.size == seq.size}
+    for key, rule in same.items():
+        if np.array_equal(rule, seq):
+            return key, f"equals the {_RULE_LABELS[key]} rule"
+    if not same:
+        sizes = ", ".join(f"{_RULE_LABELS[k]}: {v.size}" for k, v in rules.items())
+        return None, f"has {seq.size} elements, which no named rule gives for N={n} ({sizes})"
+    key = min(same, key=lambda k: (int(np.count_nonzero(same[k] != seq)), list(rules).index(k)))
+    diff = np.flatnonzero(same[key] != seq)
+    shown = ", ".join(f"{int(seq[i])} vs {int(same[key][i])}" for i in diff[:6])
+    more = " ..." if diff.size > 6 else ""
+    return None, f"equals {_RULE_LABELS[key]} except {diff.size} position(s): {shown}{more}"
+
+
+def _timesteps_result(setup: LoopSetup, n: int, runs: list[Trajectory]) -> CheckResult:
+    name = f"loop.timesteps.N={n}"
+    T = setup.conv.num_train_timesteps
+    target = setup.target
+    complete = [r for r in runs if r.returned and r.calls]
+    if not complete:
+        return CheckResult.skipped(name, FAMILY, f"no run with N={n} returned (see loop.run.N={n}...)")
+    try:
+        expected = target.expected_timesteps(n)
+    except ValueError as exc:
+        return CheckResult.skipped(name, FAMILY, f"the declared timesteps are undefined for N={n}: {exc}")
+    source = "the declared list" if target.explicit_timesteps else f"the declared {setup.conv.timestep_spacing!r} rule"
+    details: dict[str, Any] = {"N": n, "expected_head": [int(v) for v in expected[:12]],
+                               "expected_length": int(expected.size), "source": source}
+    for run in complete:
+        problems = run.t_problems
+        if problems:
+            findings = tuple(Finding(step=i, message=f"model call {i}: {why}") for i, why in problems[:MAX_FINDINGS])
+            return CheckResult(
+                name=name, family=FAMILY, verdict=Verdict.FAIL, message=(
+                    f"the loop called the model with {len(problems)} timestep value(s) that are not declared "
+                    f"timestep indices; first: call {problems[0][0]}: {problems[0][1]}"),
+                findings=findings, details=dict(details, got_values=[c.t_value for c in run.calls[:12]]))
+        got = np.asarray(run.timesteps, dtype=np.int64)
+        if not np.array_equal(got, expected):
+            rule, text = named_rule_match(got, T, n)
+            common = min(got.size, expected.size)
+            diff = [k for k in range(common) if got[k] != expected[k]]
+            findings = [Finding(step=k, timestep=int(expected[k]), expected=float(expected[k]), got=float(got[k]),
+                                tolerance=0.0, message=f"call {k}: expected t={int(expected[k])}, got t={int(got[k])}")
+                        for k in diff[:MAX_FINDINGS]]
+            length = (f"the loop called the model {got.size} times, {source} has {expected.size} timesteps; "
+                      if got.size != expected.size else "")
+            if got.size != expected.size and not diff:
+                findings.append(Finding(step=common, message=(
+                    f"extra calls at t={[int(v) for v in got[common:common + 6]]}" if got.size > expected.size
+                    else f"missing t={[int(v) for v in expected[common:common + 6]]}")))
+            tie = (not target.explicit_timesteps and got.size == expected.size and diff
+                   and all(k in tie_positions(setup.conv.timestep_spacing, T, n) and abs(int(got[k]) - int(expected[k])) == 1
+                           for k in diff))
+            if tie:
+                return CheckResult(
+                    name=name, family=FAMILY, verdict=Verdict.ACCEPTABLE, observed=1.0, tolerance=0.0,
+                    message=f"the timesteps differ from {source} by one index at rounding ties {diff[:10]}",
+                    findings=tuple(findings), details=dict(details, got_head=[int(v) for v in got[:12]]),
+                    consequence="a tie k + 1/2 rounded the other way: the step uses alpha_bar one index away")
+            return CheckResult(
+                name=name, family=FAMILY, verdict=Verdict.FAIL, observed=float(len(diff) + abs(got.size - expected.size)),
+                tolerance=0.0, message=(
+                    f"{length}the model was called at t={[int(v) for v in got[:10]]}{' ...' if got.size > 10 else ''}, "
+                    f"expected {[int(v) for v in expected[:10]]}{' ...' if expected.size > 10 else ''} ({source}); "
+                    f"the recorded sequence {text}"
+                    + ("; declare it with LoopSampler(..., timesteps=...) or restrict supported_num_steps"
+                       if rule is not None else "")),
+                findings=tuple(findings[:MAX_FINDINGS]),
+                details=dict(details, got_head=[int(v) for v in got[:12]], got_length=int(got.size),
+                             recorded_matches_rule=rule))
+    if not target.explicit_timesteps:
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.PASS, observed=0.0, tolerance=0.0,
+                           message=f"the model was called at the {expected.size} timesteps of {source}", details=details)
+    rule, text = named_rule_match(expected, T, n)
+    details["nearest_rule"] = text
+    if rule is not None:
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.PASS, observed=0.0, tolerance=0.0,
+                           message=f"the model was called at the declared list, which {text}", details=details)
+    return CheckResult(
+        name=name, family=FAMILY, verdict=Verdict.ACCEPTABLE, observed=0.0, tolerance=0.0,
+        message=f"the model was called at the declared list of {expected.size} timesteps, which {text}",
+        consequence=(f"the loop follows its own timestep list ({text}); its step maths was checked for the "
+                     "declared (t, t_prev) pairs, so only the choice of timesteps differs from a named rule"),
+        details=details)
+
+
+# -- deterministic transitions -----------------------------------------------------------------------
+
+
+def _tally(setup: LoopSetup, expected: list[_Expected], eta: float | None, n: int) -> Tally:
+    tally = Tally()
+    for e in expected:
+        tr = e.tr
+        where = f"step {tr.step} (t={tr.t} -> {tr.t_prev})"
+        if e.why is not None:
+            tally.broken(step=tr.step, timestep=tr.t, message=e.why, num_steps=n, where=where)
+            continue
+        tally.compare(tr.x_prev, e.mean, _bound(setup, e, eta), step=tr.step, timestep=tr.t, label=where)
+    return tally
+
+
+def _tol_details(setup: LoopSetup) -> dict[str, Any]:
+    out = setup.tol.details()
+    out["coefficient_dtype"] = str(setup.target.coefficient_dtype) if setup.target.coefficient_dtype else None
+    out["table_dtype"] = str(setup.target.table_dtype) if setup.target.table_dtype else None
+    return out
+
+
+def _looks_noisy(setup: LoopSetup, tr: Transition, eta: float | None) -> bool:
+    """Whether the declared step (t → t_prev) adds noise (the reference's variance decides in the end)."""
+    return 0 <= tr.t_prev < tr.t and (setup.conv.family == "ddpm" or bool(eta))
+
+
+def _select(ctx: CheckContext, setup: LoopSetup, run: Trajectory, eta: float | None) -> tuple[list[Transition], list[Transition]]:
+    r"""The non-final transitions to judge: (deterministic ones, noisy ones).
+
+    At most the profile's ``n_timesteps`` deterministic ones (the first, the last and random others,
+    :func:`~ddspec.conformance.checks._common.choose_steps`), and at most ``4 × n_timesteps`` noisy ones,
+    drawn as consecutive pairs so that the reuse of noise across steps stays testable.
+    """
+    body = list(run.transitions[:-1])
+    det = [tr for tr in body if not _looks_noisy(setup, tr, eta)]
+    noisy = [tr for tr in body if _looks_noisy(setup, tr, eta)]
+    cap = ctx.settings.n_timesteps
+    rng = np.random.default_rng(_seed(ctx, "loop.select", run.num_steps, eta))
+    det = [det[i] for i in choose_steps(len(det), cap, rng)]
+    if cap is not None and len(noisy) > 4 * cap:
+        starts = choose_steps(len(noisy) - 1, 2 * cap, rng)
+        keep = sorted({i for s in starts for i in (s, s + 1)})
+        noisy = [noisy[i] for i in keep]
+    return det, noisy
+
+
+def _steps_result(setup: LoopSetup, n: int, eta: float | None, chosen: list[_Expected]) -> CheckResult | None:
+    if not chosen:
+        return None
+    tally = _tally(setup, chosen, eta, n)
+    return tally_result(
+        f"loop.steps.{_suffix(n, eta)}", FAMILY, tally,
+        what=f"{len(chosen)} deterministic transition(s) of the {n}-step run against the reference step",
+        exceeding="element(s) beyond the error model", within="every element within the error model",
+        reproduce=None, details=dict(_tol_details(setup), N=n, eta=eta, transitions_checked=len(chosen)))
+
+
+def _final_result(setup: LoopSetup, n: int, eta: float | None, last: _Expected) -> CheckResult:
+    name = f"loop.final_step.{_suffix(n, eta)}"
+    tr = last.tr
+    consequence = final_step_consequence(setup.conv, setup.betas)
+    if last.why is None and last.noisy:
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.ACCEPTABLE,
+            message=f"the declared last step (t={tr.t} -> {tr.t_prev}) is noisy for eta={eta}; judged in loop.noise",
+            consequence=consequence)
+    tally = _tally(setup, [last], eta, n)
+    result = tally_result(
+        name, FAMILY, tally, what=f"the last step (t={tr.t} -> {tr.t_prev}) against the reference's noise-free step",
+        exceeding="element(s) beyond the error model: noise added at the last step, or the loop returned another state",
+        within="no noise added and the step as the reference's", reproduce=None,
+        details=dict(_tol_details(setup), N=n, eta=eta))
+    if result.verdict == Verdict.PASS and consequence is not None:
+        result = replace(result, verdict=Verdict.ACCEPTABLE, consequence=consequence)
+    return result
+
+
+# -- noisy transitions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Residual:
+    e: _Expected
+    r: NDArray[np.float64]
+    rho: float  # RMS of the mean's rounding allowance over the smallest sigma of the step
+
+
+def _residuals(setup: LoopSetup, expected: list[_Expected], eta: float | None) -> list[_Residual]:
+    r"""The standardized residual :math:`(x_{k+1} - \mu_\mathrm{ref})/\sigma_\mathrm{ref}` of every noisy
+    transition, with ρ = RMS(rounding allowance of the mean)/min σ (the error model's bound, noise-free)."""
+    out = []
+    for e in expected:
+        if e.why is not None or not e.noisy:
+            continue
+        sd = np.sqrt(e.variance)
+        rho = float(np.sqrt(np.mean(_bound(setup, e, eta) ** 2))) / float(np.min(sd))
+        with np.errstate(invalid="ignore", over="ignore"):
+            out.append(_Residual(e, (e.tr.x_prev - e.mean) / sd, rho))
+    return out
+
+
+def _usable(res: list[_Residual]) -> tuple[list[_Residual], list[_Residual]]:
+    r"""(per-step set, pooled set): the steps where rounding cannot move a test statistic.
+
+    Every statistic below is a z (or a chi-square ratio) of n elements per step; a systematic error
+    within the allowance moves a per-step z by at most :math:`\sqrt n\,\rho` and a pooled z over K
+    steps by at most :math:`\sqrt{nK}\,\max\rho`. A step enters the per-step tests when
+    :math:`\sqrt n\,\rho \le` :data:`RESIDUAL_ROUNDING_LIMIT`, and the pooled tests when also
+    :math:`\sqrt{nK}\,\rho \le` that limit, so that rounding moves no z by more than a quarter
+    (the critical values are 5 or more).
+    """
+    if not res:
+        return [], []
+    n = res[0].r.size
+    per = [x for x in res if math.sqrt(n) * x.rho <= RESIDUAL_ROUNDING_LIMIT]
+    pooled = [x for x in per if math.sqrt(n * max(len(per), 1)) * x.rho <= RESIDUAL_ROUNDING_LIMIT]
+    return per, pooled
+
+
+def _stat_finding(res: stats.StatResult, owners: list[_Residual] | None, what: str) -> Finding:
+    tr = owners[res.worst_coordinate].e.tr if owners is not None and res.dims == len(owners) else None
+    return Finding(step=None if tr is None else tr.step, timestep=None if tr is None else tr.t,
+                   got=res.statistic, tolerance=res.threshold, message=f"{what}: {res.detail.splitlines()[0]}")
+
+
+_Part = tuple[str, stats.StatResult, "list[_Residual] | None"]
+
+
+def _stat_result(name: str, parts: list[_Part], what: str, details: dict[str, Any], alpha: float) -> CheckResult:
+    r"""``fail`` when any test rejects (findings: the rejecting tests, worst step first), else ``pass``;
+    the message states the false-failure rate and what each test detects."""
+    failed = [(label, r, owners) for label, r, owners in parts if not r.passed]
+    details = dict(details, false_failure_rate=alpha, tests={
+        label: {"passed": r.passed, "statistic": r.statistic, "threshold": r.threshold, "p_value": r.p_value,
+                "alpha": r.false_failure_rate, "min_detectable": r.describe_min_detectable(), "n": r.n, "dims": r.dims}
+        for label, r, _ in parts})
+    detect = "; ".join(f"{label}: {r.describe_min_detectable()}" for label, r, _ in parts)
+    if failed:
+        worst = min(failed, key=lambda p: p[1].p_value)
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.FAIL, observed=worst[1].statistic, tolerance=worst[1].threshold,
+            message=(f"{what}: {', '.join(label for label, _, _ in failed)} rejected (false-failure rate {alpha:.3g}); "
+                     f"worst: {worst[0]}: {worst[1].detail.splitlines()[0]}"),
+            findings=tuple(_stat_finding(r, owners, label) for label, r, owners in failed[:MAX_FINDINGS]),
+            details=details)
+    return CheckResult(name=name, family=FAMILY, verdict=Verdict.PASS,
+                       message=f"{what}: consistent (false-failure rate {alpha:.3g}; detects {detect})", details=details)
+
+
+def _noise_result(ctx: CheckContext, n: int, eta: float | None, per: list[_Residual], pooled: list[_Residual],
+                  details: dict[str, Any]) -> CheckResult:
+    name = f"loop.noise.{_suffix(n, eta)}"
+    R = np.stack([x.r.ravel() for x in per], axis=1)
+    if not np.all(np.isfinite(R)):
+        tr = per[int(np.argmax(~np.all(np.isfinite(R), axis=0)))].e.tr
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL, observed=math.inf,
+                           message=f"non-finite state after step {tr.step} (t={tr.t} -> {tr.t_prev})",
+                           findings=(Finding(step=tr.step, timestep=tr.t, message="non-finite residual"),), details=details)
+    a = ctx.settings.false_failure_rate
+    share = a / (4 if pooled else 2)
+    parts: list[_Part] = [
+        ("mean per step", stats.mean_test(R, 0.0, 1.0, share, name=f"{name}/mean per step"), per),
+        ("variance per step", stats.variance_test(R, 1.0, share, mean=0.0, name=f"{name}/variance per step"), per),
+    ]
+    if pooled:
+        P = np.stack([x.r.ravel() for x in pooled], axis=1)
+        parts += [
+            ("pooled mean", stats.pooled_mean_test(P, 0.0, 1.0, share, name=f"{name}/pooled mean"), None),
+            ("pooled variance", stats.pooled_variance_test(P, 1.0, share, name=f"{name}/pooled variance"), None),
+        ]
+    what = (f"standardized residual (x_prev - mu_ref)/sigma_ref of {len(per)} noisy step(s) x {R.shape[0]} "
+            "elements against N(0, 1)")
+    return _stat_result(name, parts, what, details, a)
+
+
+def _relations(items: list[_Residual], by_step: dict[int, NDArray[np.float64]]) -> dict[str, tuple[list[NDArray[np.float64]], list[_Residual]]]:
+    r"""For each relation, the columns :math:`u = r \odot w / \mathrm{rms}(w)` (one per step) and their steps:
+    w = x_t (centred), the previous step's residual, and the paired batch element's residual."""
+    out: dict[str, tuple[list, list]] = {"x_t": ([], []), "previous residual": ([], []), "batch": ([], [])}
+
+    def add(label: str, r: NDArray[np.float64], w: NDArray[np.float64], item: _Residual) -> None:
+        rms = float(np.sqrt(np.mean(w * w)))
+        if rms > 0 and np.isfinite(rms):
+            out[label][0].append((r * w / rms).ravel())
+            out[label][1].append(item)
+
+    for item in items:
+        r, x = item.r, item.e.tr.x_t
+        add("x_t", r, x - x.mean(), item)
+        prev = by_step.get(item.e.tr.step - 1)
+        if prev is not None:
+            add("previous residual", r, prev, item)
+        pairs = r.shape[0] // 2
+        if pairs >= 1:
+            add("batch", r[1:2 * pairs:2], r[0:2 * pairs:2], item)
+    return {k: v for k, v in out.items() if v[0]}
+
+
+def _independence_result(ctx: CheckContext, n: int, eta: float | None, per: list[_Residual],
+                         pooled: list[_Residual], everything: list[_Residual], details: dict[str, Any]) -> CheckResult:
+    name = f"loop.noise_independence.{_suffix(n, eta)}"
+    by_step = {x.e.tr.step: x.r for x in everything}
+    rel_per, rel_pooled = _relations(per, by_step), _relations(pooled, by_step)
+    if not rel_per:
+        return CheckResult.skipped(name, FAMILY, "no noisy step to test")
+    a = ctx.settings.false_failure_rate
+    share = a / (len(rel_per) + len(rel_pooled))
+    parts: list[_Part] = []
+    for label, (cols, owners) in rel_per.items():
+        parts.append((f"{label} per step", stats.mean_test(np.stack(cols, axis=1), 0.0, 1.0, share,
+                                                          name=f"{name}/{label} per step"), owners))
+    for label, (cols, _) in rel_pooled.items():
+        parts.append((f"{label} pooled", stats.pooled_mean_test(np.stack(cols, axis=1), 0.0, 1.0, share,
+                                                               name=f"{name}/{label} pooled"), None))
+    what = ("correlation of the standardized residual with x_t, with the previous step's residual and between "
+            "batch elements (z = sum r w / |w| ~ N(0, 1) given w)")
+    return _stat_result(name, parts, what, dict(details, relations={k: len(v[0]) for k, v in rel_per.items()}), a)
+
+
+# -- per run ---------------------------------------------------------------------------------------
+
+
+def _run_failed(n: int, eta: float | None, run: Trajectory) -> CheckResult:
+    return CheckResult(name=f"loop.run.{_suffix(n, eta)}", family=FAMILY, verdict=Verdict.FAIL,
+                       message=f"the {n}-step run gave no usable output: {run.error}",
+                       findings=(Finding(message=run.error or "failed"),),
+                       details={"N": n, "eta": eta, "model_calls": len(run.calls), "elapsed_s": run.elapsed_s})
+
+
+def _judge_run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, run: Trajectory) -> list[CheckResult]:
+    if run.error is not None:
+        return [_run_failed(n, eta, run)]
+    if not run.transitions:
+        why = "the model's timesteps could not be decoded (see loop.timesteps)" if run.t_problems else "no transitions"
+        return [CheckResult.skipped(f"loop.steps.{_suffix(n, eta)}", FAMILY, why)]
+    det, noisy = _select(ctx, setup, run, eta)
+    expected = [_expect(setup, tr, eta) for tr in det + noisy]
+    last = _expect(setup, run.transitions[-1], eta)
+    deterministic = [e for e in expected if e.why is not None or not e.noisy]
+    results = []
+    steps = _steps_result(setup, n, eta, deterministic)
+    if steps is not None:
+        results.append(steps)
+    results.append(_final_result(setup, n, eta, last))
+    everything = _residuals(setup, [e for e in expected if e.why is None and e.noisy] + [last], eta)
+    per, pooled = _usable(everything)
+    details = {"N": n, "eta": eta, "noisy_steps": len(everything), "per_step_tested": len(per),
+               "pooled_tested": len(pooled), "elements_per_step": int(run.transitions[0].x_t.size),
+               "rounding_limit_z": RESIDUAL_ROUNDING_LIMIT}
+    if per:
+        results.append(_noise_result(ctx, n, eta, per, pooled, details))
+        results.append(_independence_result(ctx, n, eta, per, pooled, everything, details))
+    elif everything:
+        results.append(CheckResult(
+            name=f"loop.noise.{_suffix(n, eta)}", family=FAMILY, verdict=Verdict.SKIPPED,
+            message=(f"all {len(everything)} noisy step(s) have a rounding allowance that could move a z statistic "
+                     f"by more than {RESIDUAL_ROUNDING_LIMIT}"), details=details))
+    return results
+
+
+def check_loop_runs(ctx: CheckContext) -> list[CheckResult]:
+    r"""Drive the loop with the field probe for every tested (N, η) and judge the recorded runs:
+    ``loop.timesteps``, ``loop.steps``, ``loop.final_step``, ``loop.noise``, ``loop.noise_independence``,
+    ``loop.run``, ``loop.inputs_unchanged`` (see the module docstring)."""
+    setup = _setup(ctx, "loop.timesteps")
+    if isinstance(setup, CheckResult):
+        return [setup]
+    results: list[CheckResult] = []
+    mutated: list[str] = []
+    for n, why in setup.skipped:
+        results.append(CheckResult.skipped(f"loop.timesteps.N={n}", FAMILY, why))
+    for n in setup.counts:
+        start = time.perf_counter()
+        runs = [(eta, _run(ctx, setup, n, eta, kind="field")) for eta in setup.etas]
+        per_n = [_timesteps_result(setup, n, [r for _, r in runs])]
+        for eta, run in runs:
+            if run.input_mutated:
+                mutated.append(_suffix(n, eta))
+            per_n.extend(_judge_run(ctx, setup, n, eta, run))
+        share = elapsed(start) / len(per_n)
+        results.extend(replace(r, duration_s=share, message=r.message if setup.coverage == "every profile N"
+                               else f"{r.message} [{setup.coverage}]") if r.name.startswith("loop.timesteps") else
+                       replace(r, duration_s=share) for r in per_n)
+    runs = len(setup.counts) * len(setup.etas)
+    if not runs:
+        results.append(CheckResult.skipped("loop.inputs_unchanged", FAMILY, "no supported N: the loop was not run"))
+    elif mutated:
+        results.append(CheckResult(name="loop.inputs_unchanged", family=FAMILY, verdict=Verdict.FAIL,
+                                   message=f"the loop modified the x_T tensor it was given (runs {mutated[:6]})",
+                                   findings=(Finding(message=f"x_T changed in run {mutated[0]}"),), duration_s=1e-9))
+    else:
+        results.append(CheckResult(name="loop.inputs_unchanged", family=FAMILY, verdict=Verdict.PASS,
+                                   message=f"x_T unchanged after every run ({runs} runs)",
+                                   duration_s=1e-9))
+    return results
+
+
+# -- output law ------------------------------------------------------------------------------------
+
+
+def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) -> CheckResult:
+    name = f"loop.output_law.{_suffix(n, eta)}"
+    conv = setup.conv
+    if conv.family == "ddpm" and conv.variance_type not in ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"):
+        return CheckResult.skipped(name, FAMILY, f"no closed-form output law for variance_type={conv.variance_type!r}")
+    oracle = probe_oracle((1, *STATE_SHAPE))
+    try:
+        ts = setup.target.expected_timesteps(n)
+        first = oracle.marginal(int(ts[0]), setup.betas)
+        law = gaussian_run_output(
+            oracle, setup.betas, ts, family=conv.family, eta=eta or 0.0,
+            variance_type="fixed_large" if (conv.variance_type or "").startswith("fixed_large") else "fixed_small",
+            final_alpha_bar_is_one=conv.final_alpha_bar_is_one, prior_mean=first.mean, prior_variance=first.variance)
+    except ValueError as exc:
+        return CheckResult.skipped(name, FAMILY, f"no closed-form law for the declared N={n} run: {exc}")
+    start = time.perf_counter()
+    # x_T from the data's own marginal at the first timestep: then every x̂₀ stays inside [-1, 1] (a declared
+    # clipping is a no-op) even for runs that start at a small t, where N(0, I) is far from that marginal
+    run = _run(ctx, setup, n, eta, kind="oracle", start=(np.broadcast_to(first.mean, oracle.mean.shape),
+                                                         np.broadcast_to(first.variance, oracle.mean.shape)))
+    if run.error is not None:
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL, message=f"the run failed: {run.error}",
+                           findings=(Finding(message=run.error),), duration_s=elapsed(start))
+    X = run.output.reshape(run.output.shape[0], -1)
+    mean, var = np.asarray(law.mean), np.broadcast_to(np.asarray(law.variance), law.mean.shape)
+    a = ctx.settings.false_failure_rate
+    details = {"N": n, "eta": eta, "batch": int(X.shape[0]), "expected_timesteps_head": [int(v) for v in ts[:12]],
+               "expected_mean_head": mean[:4], "expected_variance_head": var[:4]}
+    if np.any(var <= 0):
+        err = np.abs(X - mean)
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL if float(err.max()) > 1e-3 else Verdict.PASS,
+                           observed=float(err.max()), tolerance=1e-3,
+                           message="the closed-form law is a point mass; compared directly", details=details,
+                           duration_s=elapsed(start))
+    parts = [
+        ("pooled mean", stats.pooled_mean_test(X, mean, var, a / 3, name=f"{name}/pooled mean")),
+        ("mean pattern", stats.mean_pattern_test(X, mean, var, a / 3, name=f"{name}/mean pattern")),
+        ("pooled variance", stats.pooled_variance_test(X, var, a / 3, name=f"{name}/pooled variance")),
+    ]
+    what = (f"output of {X.shape[0]} runs driven by the exact Gaussian denoiser, started from the data's marginal "
+            f"at t={int(ts[0])}, against the closed-form law (gaussian_run_output over the {ts.size} declared timesteps)")
+    result = _stat_result(name, [(l, r, None) for l, r in parts], what, details, a)
+    return replace(result, duration_s=elapsed(start))
+
+
+def check_loop_output_law(ctx: CheckContext) -> list[CheckResult]:
+    r"""``loop.output_law.N=<n>[,eta=<e>]``: the output law of a run driven by the exact Gaussian denoiser,
+    for every tested N up to the profile's ``oracle_max_steps`` (the smallest N when none is)."""
+    setup = _setup(ctx, "loop.output_law")
+    if isinstance(setup, CheckResult):
+        return [setup]
+    cap = ctx.settings.oracle_max_steps
+    counts = [n for n in setup.counts if cap is None or n <= cap]
+    if not counts and setup.counts:
+        counts = [min(setup.counts)]
+    return [_law_result(ctx, setup, n, eta) for n in counts for eta in setup.etas]
+
+
+# -- determinism -----------------------------------------------------------------------------------
+
+
+def check_loop_determinism(ctx: CheckContext) -> list[CheckResult]:
+    r"""``loop.determinism``: two runs with the same seed give the same output, bit for bit.
+
+    For ``noise_source="generator"`` the two runs get generators seeded alike but different global RNG
+    seeds (a loop that secretly draws from the global RNG then differs); for ``"global"`` the same
+    global seed. Both run inside ``torch.random.fork_rng``: the caller's global RNG state is unchanged.
+    """
+    name = "loop.determinism"
+    setup = _setup(ctx, name)
+    if isinstance(setup, CheckResult):
+        return [setup]
+    if not setup.counts:
+        return [CheckResult.skipped(name, FAMILY, "no supported N")]
+    several = [c for c in setup.counts if c >= 2]  # N = 1 has only the final, noise-free step
+    n = min(several) if several else min(setup.counts)
+    etas = [e for e in setup.etas if e is not None]
+    eta = max(etas) if etas else None
+    g = _seed(ctx, "loop.determinism", "global")
+    other = g + 1 if setup.target.noise_source == "generator" else g
+    first = _run(ctx, setup, n, eta, kind="field", global_seed=g, tag="det")
+    second = _run(ctx, setup, n, eta, kind="field", global_seed=other, tag="det")
+    where = f"N={n}" + (f", eta={eta:g}" if eta is not None else "")
+    for run in (first, second):
+        if run.error is not None:
+            return [CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL, message=f"the run failed: {run.error}",
+                                findings=(Finding(message=run.error),))]
+    if np.array_equal(first.output, second.output):
+        how = ("generators seeded alike, different global RNG seeds" if setup.target.noise_source == "generator"
+               else "the same global RNG seed")
+        return [CheckResult(name=name, family=FAMILY, verdict=Verdict.PASS, observed=0.0, tolerance=0.0,
+                            message=f"two runs ({where}; {how}) gave identical outputs")]
+    diff = np.abs(first.output - second.output)
+    element = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape))
+    cause = ("the loop draws from the global RNG although it declared noise_source='generator'"
+             if setup.target.noise_source == "generator" else "the output is not a function of the global seed")
+    return [CheckResult(
+        name=name, family=FAMILY, verdict=Verdict.FAIL, observed=float(diff.max()), tolerance=0.0,
+        message=f"two runs with the same seed ({where}) differ at {int(np.count_nonzero(diff))} element(s): {cause}",
+        findings=(Finding(element=element, expected=float(first.output[element]), got=float(second.output[element]),
+                          tolerance=0.0, message="first run vs second run"),))]
+
+
+def _with_reproduce(ctx: CheckContext, function: str, results: list[CheckResult]) -> list[CheckResult]:
+    """Attach to every failure a snippet that reruns ``function`` with the run's context."""
+    return [replace(r, reproduce=reproduce_call("loop", function, r.name, ctx))
+            if r.verdict == Verdict.FAIL and r.reproduce is None else r for r in results]
+
+
+def _reproducible(check: Any) -> Any:
+    def wrapped(ctx: CheckContext) -> list[CheckResult]:
+        return _with_reproduce(ctx, check.__name__, check(ctx))
+
+    wrapped.__name__ = check.__name__
+    wrapped.__qualname__ = check.__qualname__
+    wrapped.__doc__ = check.__doc__
+    wrapped.__module__ = check.__module__
+    wrapped.target_kinds = ("loop",)  # the runner gives these to loop targets only
+    return wrapped
+
+
+check_loop_runs = _reproducible(check_loop_runs)
+check_loop_output_law = _reproducible(check_loop_output_law)
+check_loop_determinism = _reproducible(check_loop_determinism)
+
+CHECKS: list = [check_loop_runs, check_loop_output_law, check_loop_determinism]
