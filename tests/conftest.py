@@ -13,6 +13,7 @@ be replayed exactly.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -31,6 +32,10 @@ settings.register_profile(
 )
 _default_profile = "ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "dev"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_profile))
+
+
+#: The five documents the project was built from, beside the checkout (tests marked ``seeds`` read them).
+_SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -63,6 +68,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords and not run_slow:
             slow.append(item)  # opt-in profile: deselected (not skipped), as -m "not slow" would
+            continue
+        if "seeds" in item.keywords and not _SEEDS.is_dir():
+            slow.append(item)  # the source documents are not beside this checkout: nothing to read
             continue
         if "cuda" in item.keywords and not has_cuda:
             item.add_marker(skip_cuda)
