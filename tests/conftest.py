@@ -90,16 +90,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     terminalreporter.write_sep("=", "statistical false-failure ledger")
     terminalreporter.write_line(LEDGER.format())
+    terminalreporter.write_line(
+        f"statistical harness results that ran: {_HARNESS_CHECKS_SEEN[0]} (booked: at most {HARNESS_MAX_CHECKS})"
+    )
 
 
 #: False-failure rate of each statistical *harness* check that the tests run (the conformance checks
 #: on correct targets, in tests/conformance and tests/quality). The profiles' own rate (1e-6 per
 #: check) is meant for one user's report; the test run runs hundreds of such checks, so it lowers the
-#: rate and books the total in the run's ledger. HARNESS_MAX_CHECKS bounds how many run: about 400
-#: statistical check results ran in tests/conformance and tests/quality when this was written
-#: (counted by instrumenting conformance.stats.Ledger), so the booking has a 5x margin.
+#: rate and books the total in the run's ledger. HARNESS_MAX_CHECKS bounds how many run; the run
+#: counts them (every CheckResult whose details carry a false_failure_rate), prints the count under
+#: the ledger, and fails if it exceeds the bound (pytest_sessionfinish).
 HARNESS_ALPHA = 1e-10
 HARNESS_MAX_CHECKS = 2000
+
+
+#: How many statistical harness results the run actually produced (every ``CheckResult`` built with a
+#: ``false_failure_rate`` in its details; a result rebuilt from JSON counts again, so this over-counts).
+_HARNESS_CHECKS_SEEN = [0]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -107,6 +115,7 @@ def _harness_false_failure_budget():
     import dataclasses
 
     from ddspec.conformance import context, stats
+    from ddspec.conformance.results import CheckResult
 
     saved = dict(context.PROFILES)
     for name, profile in saved.items():
@@ -115,6 +124,30 @@ def _harness_false_failure_budget():
         f"harness statistical checks in the tests (<= {HARNESS_MAX_CHECKS} x {HARNESS_ALPHA:g})",
         HARNESS_ALPHA * HARNESS_MAX_CHECKS,
     )
+    original = CheckResult.__post_init__
+
+    def counting_post_init(self) -> None:  # type: ignore[no-untyped-def]
+        original(self)
+        if "false_failure_rate" in self.details:
+            _HARNESS_CHECKS_SEEN[0] += 1
+
+    CheckResult.__post_init__ = counting_post_init  # type: ignore[method-assign]
     yield
+    CheckResult.__post_init__ = original  # type: ignore[method-assign]
     context.PROFILES.clear()
     context.PROFILES.update(saved)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The booking above holds only if at most HARNESS_MAX_CHECKS statistical results ran: fail the run
+    otherwise (raise HARNESS_MAX_CHECKS, and with it the booked total, rather than under-book)."""
+    seen = _HARNESS_CHECKS_SEEN[0]
+    if seen > HARNESS_MAX_CHECKS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"ddspec: error: {seen} statistical harness results ran, more than the "
+                f"HARNESS_MAX_CHECKS={HARNESS_MAX_CHECKS} booked in the false-failure ledger (tests/conftest.py)",
+                red=True,
+            )

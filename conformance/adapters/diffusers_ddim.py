@@ -14,6 +14,10 @@ Facts about the target (diffusers 0.42, ``schedulers/scheduling_ddim.py``; see `
   diffusers refuses ``generator`` together with ``variance_noise``; the adapter passes only the noise.
 * ``use_clipped_model_output`` is a per-call argument, not config: the adapter takes it as an option
   (default False, diffusers' default) and declares it.
+
+Old releases (0.10 on): a config field the release does not have (``timestep_spacing`` before 0.17,
+``clip_sample_range`` and ``thresholding`` before 0.15, ...) is read with that release's behaviour
+(:mod:`._diffusers_compat`), and the adapter's ``notes`` say so. ``variance_noise`` exists from 0.10 on.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ class DiffusersDDIMAdapter:
     ``conventions`` are read from ``scheduler.config`` (every field in ``_DDIM_FIELDS``;
     ``set_alpha_to_one`` becomes ``final_alpha_bar_is_one``), plus the adapter option
     ``use_clipped_model_output`` passed to every ``step``. Unknown values are kept raw and listed in
-    ``conventions.unsupported``.
+    ``conventions.unsupported``. A field the release at hand does not have (diffusers 0.10 on) is
+    read as that release behaves, and ``notes`` says so (:mod:`._diffusers_compat`).
     """
 
     def __init__(self, scheduler: Any, *, use_clipped_model_output: bool = False, name: str | None = None) -> None:
@@ -75,11 +80,16 @@ class DiffusersDDIMAdapter:
             fail("use_clipped_model_output", use_clipped_model_output, "must be a bool")
         self.scheduler = scheduler
         self.name = name if name is not None else f"diffusers.{type(scheduler).__name__}"
-        fields, unsupported = read_common_config(scheduler, _DDIM_FIELDS, schedule_names=DDIM_BETA_SCHEDULE_NAMES)
+        fields, unsupported, rc = read_common_config(scheduler, _DDIM_FIELDS, schedule_names=DDIM_BETA_SCHEDULE_NAMES,
+                                                     family="ddim", base=DDIMScheduler)
+        #: the diffusers release the scheduler comes from, and one note per config field that release
+        #: does not have (filled with its behaviour), e.g. "diffusers 0.14.0 has no timestep_spacing: ...".
+        self.release: str = rc.release
+        self.notes: tuple[str, ...] = rc.notes
         self.conventions = Conventions(
             family="ddim",
             variance_type=None,
-            final_alpha_bar_is_one=bool(scheduler.config.set_alpha_to_one),
+            final_alpha_bar_is_one=bool(rc["set_alpha_to_one"]),
             use_clipped_model_output=use_clipped_model_output,
             supports_noise_injection=True,
             unsupported=tuple(unsupported),

@@ -22,6 +22,12 @@ dtype/device (a no-op when ``z`` already has ``model_output``'s). The adapter ra
 if the target drew noise more than once, or not at all at a timestep t > 0 (where DDPMScheduler always
 draws), since the injected ``z`` would then not be the noise the target used. This patch is process-global while the
 step runs: do not step two DDPM adapters from different threads at the same time.
+
+Old releases (0.10 on). Config fields a release does not have are read with that release's behaviour
+(:mod:`._diffusers_compat`: e.g. no ``timestep_spacing`` before 0.18 means leading), and the adapter's
+``notes`` say so, one line per field. diffusers 0.10/0.11 draw the noise with ``torch.randn`` inside
+``step`` (no ``randn_tensor``): there the module's name ``torch`` is replaced, during the call only, by
+a proxy whose ``randn`` is the stub, and a note says so.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from ..protocol import (
     PREDICTION_TYPES,
     Conventions,
 )
+from ._diffusers_compat import ReleaseConfig, honoured_fields, read_release_config, release_of
 
 __all__ = ["DiffusersDDPMAdapter", "BETA_SCHEDULE_NAMES"]
 
@@ -60,21 +67,31 @@ def _entry(field: str, value: object, why: str) -> str:
 
 
 def read_common_config(
-    scheduler: Any, known_fields: Iterable[str], *, schedule_names: dict[str, str]
-) -> tuple[dict[str, Any], list[str]]:
+    scheduler: Any, known_fields: Iterable[str], *, schedule_names: dict[str, str], family: str, base: type,
+) -> tuple[dict[str, Any], list[str], ReleaseConfig]:
     r"""Read the config fields that DDPMScheduler and DDIMScheduler share into :class:`Conventions` keywords.
 
-    Returns ``(fields, unsupported)``. Unknown values keep the target's raw value and get an entry in
-    ``unsupported``; so do parameters of the scheduler class's ``__init__`` that are not in
-    ``known_fields`` (a subclass's own options: the adapter cannot say what they do). Config keys that
-    are not ``__init__`` parameters are ignored, as diffusers ignores them.
-    """
-    cfg = scheduler.config
-    unsupported: list[str] = []
-    fields: dict[str, Any] = {"num_train_timesteps": int(cfg.num_train_timesteps)}
+    Every field is read as the release at hand behaves (:func:`._diffusers_compat.read_release_config`):
+    a field the release does not have (``timestep_spacing`` before 0.17/0.18, ``thresholding`` before
+    0.15, ...) gets that release's fixed behaviour, and the returned :class:`ReleaseConfig` has a note
+    saying so. Returns ``(fields, unsupported, release_config)``. Unknown values keep the target's raw
+    value and get an entry in ``unsupported``; so do parameters of the scheduler class's ``__init__``
+    that are not in ``known_fields`` (a subclass's own options: the adapter cannot say what they do).
+    Config keys that are not ``__init__`` parameters are ignored, as diffusers ignores them.
 
-    trained = cfg.get("trained_betas", None)
-    raw_schedule = cfg.beta_schedule
+    Raises:
+        UnsupportedRelease: the release lacks a field the adapter needs (the message names both).
+    """
+    known = tuple(known_fields)
+    rc = read_release_config(
+        scheduler.config, honoured_fields(type(scheduler), base), known,
+        release=release_of(scheduler), family=family, class_name=type(scheduler).__name__,
+    )
+    unsupported: list[str] = []
+    fields: dict[str, Any] = {"num_train_timesteps": int(rc["num_train_timesteps"])}
+
+    trained = rc["trained_betas"]
+    raw_schedule = rc["beta_schedule"]
     if trained is not None:
         fields["beta_schedule"] = "custom"
         fields["trained_betas"] = tuple(float(b) for b in np.asarray(trained, dtype=np.float64).ravel())
@@ -83,25 +100,25 @@ def read_common_config(
     else:
         fields["beta_schedule"] = raw_schedule
         unsupported.append(_entry("beta_schedule", raw_schedule, "no ddspec schedule of this name"))
-    fields["beta_start"] = float(cfg.beta_start)
-    fields["beta_end"] = float(cfg.beta_end)
-    fields["rescale_betas_zero_snr"] = bool(cfg.rescale_betas_zero_snr)
+    fields["beta_start"] = float(rc["beta_start"])
+    fields["beta_end"] = float(rc["beta_end"])
+    fields["rescale_betas_zero_snr"] = bool(rc["rescale_betas_zero_snr"])
 
-    fields["prediction_type"] = cfg.prediction_type
-    if cfg.prediction_type not in PREDICTION_TYPES:
-        unsupported.append(_entry("prediction_type", cfg.prediction_type, f"not one of {PREDICTION_TYPES}"))
-    fields["timestep_spacing"] = cfg.timestep_spacing
-    if cfg.timestep_spacing not in _SPACINGS:
-        unsupported.append(_entry("timestep_spacing", cfg.timestep_spacing, f"not one of {_SPACINGS}"))
-    fields["steps_offset"] = int(cfg.steps_offset)
+    fields["prediction_type"] = rc["prediction_type"]
+    if rc["prediction_type"] not in PREDICTION_TYPES:
+        unsupported.append(_entry("prediction_type", rc["prediction_type"], f"not one of {PREDICTION_TYPES}"))
+    fields["timestep_spacing"] = rc["timestep_spacing"]
+    if rc["timestep_spacing"] not in _SPACINGS:
+        unsupported.append(_entry("timestep_spacing", rc["timestep_spacing"], f"not one of {_SPACINGS}"))
+    fields["steps_offset"] = int(rc["steps_offset"])
 
-    fields["clip_sample"] = bool(cfg.clip_sample)
-    fields["clip_sample_range"] = float(cfg.clip_sample_range)
-    fields["thresholding"] = bool(cfg.thresholding)
-    fields["dynamic_thresholding_ratio"] = float(cfg.dynamic_thresholding_ratio)
-    fields["sample_max_value"] = float(cfg.sample_max_value)
+    fields["clip_sample"] = bool(rc["clip_sample"])
+    fields["clip_sample_range"] = float(rc["clip_sample_range"])
+    fields["thresholding"] = bool(rc["thresholding"])
+    fields["dynamic_thresholding_ratio"] = float(rc["dynamic_thresholding_ratio"])
+    fields["sample_max_value"] = float(rc["sample_max_value"])
 
-    known = set(known_fields)
+    cfg = scheduler.config
     params = inspect.signature(type(scheduler).__init__).parameters
     for pname, param in params.items():
         if pname == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) or pname in known:
@@ -110,7 +127,7 @@ def read_common_config(
             unsupported.append(_entry(pname, cfg[pname], "config field not interpreted by the adapter"))
         else:
             unsupported.append(f"{pname}=<not recorded in config>: __init__ parameter not interpreted by the adapter")
-    return fields, unsupported
+    return fields, unsupported, rc
 
 
 def table(tensor: torch.Tensor) -> NDArray[np.float64]:
@@ -176,11 +193,18 @@ class DiffusersDDPMAdapter:
             fail("scheduler", scheduler, "expected a diffusers DDPMScheduler (or subclass) instance")
         self.scheduler = scheduler
         self.name = name if name is not None else f"diffusers.{type(scheduler).__name__}"
-        fields, unsupported = read_common_config(scheduler, _DDPM_FIELDS, schedule_names=BETA_SCHEDULE_NAMES)
-        vt = scheduler.config.variance_type
+        fields, unsupported, rc = read_common_config(scheduler, _DDPM_FIELDS, schedule_names=BETA_SCHEDULE_NAMES,
+                                                     family="ddpm", base=DDPMScheduler)
+        vt = rc["variance_type"]
         if vt not in DDPM_VARIANCE_TYPES:
             unsupported.append(_entry("variance_type", vt, f"not one of {DDPM_VARIANCE_TYPES}"))
-        self._patch_targets = _randn_namespaces(type(scheduler))
+        self._patch_targets = _noise_sites(type(scheduler))
+        #: the diffusers release the scheduler comes from, and one note per config field that release
+        #: does not have (filled with its behaviour), e.g. "diffusers 0.14.0 has no timestep_spacing: ...".
+        self.release: str = rc.release
+        self.notes: tuple[str, ...] = rc.notes + tuple(
+            f"diffusers {rc.release}: {type(scheduler).__name__}.step draws its noise with torch.randn; the "
+            "injected noise replaces that call" for _ns, kind in self._patch_targets if kind == "torch")
         self.conventions = Conventions(
             family="ddpm",
             variance_type=vt,
@@ -259,14 +283,14 @@ class DiffusersDDPMAdapter:
                  f"cannot be injected: no step of {type(self.scheduler).__name__} reads a module-level randn_tensor")
         calls: list[tuple[int, ...]] = []
         stub = _noise_stub(noise, calls)
-        originals = [ns["randn_tensor"] for ns in self._patch_targets]
-        for ns in self._patch_targets:
-            ns["randn_tensor"] = stub
+        originals = [(ns, kind, ns[kind]) for ns, kind in self._patch_targets]
+        for ns, kind in self._patch_targets:
+            ns[kind] = stub if kind == "randn_tensor" else _TorchWithRandn(ns[kind], stub)
         try:
             out = self.scheduler.step(model_in, tt, x_t).prev_sample
         finally:
-            for ns, original in zip(self._patch_targets, originals):
-                ns["randn_tensor"] = original
+            for ns, kind, original in originals:
+                ns[kind] = original
         if len(calls) > 1:
             raise RuntimeError(f"noise injection: the target drew noise {len(calls)} times in one step")
         if tt > 0 and not calls:
@@ -277,22 +301,43 @@ class DiffusersDDPMAdapter:
         return out
 
 
-def _randn_namespaces(cls: type) -> list[dict[str, Any]]:
-    """The module globals that hold ``randn_tensor`` for every ``step`` defined along ``cls``'s MRO."""
-    spaces: list[dict[str, Any]] = []
+def _noise_sites(cls: type) -> list[tuple[dict[str, Any], str]]:
+    r"""Where every ``step`` along ``cls``'s MRO draws its noise: ``(module globals, name)`` pairs.
+
+    ``name`` is ``"randn_tensor"`` (diffusers 0.12 on: the module-level helper) or ``"torch"``
+    (diffusers 0.10/0.11, whose ``step`` calls ``torch.randn`` directly: the module's name ``torch``
+    is then replaced, during the call only, by a proxy whose ``randn`` is the stub).
+    """
+    sites: list[tuple[dict[str, Any], str]] = []
     for klass in cls.__mro__:
         fn = klass.__dict__.get("step")
         ns = getattr(fn, "__globals__", None)
-        if ns is not None and "randn_tensor" in ns and all(ns is not seen for seen in spaces):
-            spaces.append(ns)
-    return spaces
+        if ns is None or any(ns is seen for seen, _ in sites):
+            continue
+        if "randn_tensor" in ns:
+            sites.append((ns, "randn_tensor"))
+        elif ns.get("torch") is torch and "randn" in fn.__code__.co_names:
+            sites.append((ns, "torch"))
+    return sites
+
+
+class _TorchWithRandn:
+    """The ``torch`` module with ``randn`` replaced by the noise stub (old releases' ``step`` calls ``torch.randn``)."""
+
+    def __init__(self, module: Any, randn: Callable[..., torch.Tensor]) -> None:
+        self._module = module
+        self.randn = randn
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._module, attr)
 
 
 def _noise_stub(noise: torch.Tensor, calls: list[tuple[int, ...]]) -> Callable[..., torch.Tensor]:
-    """A stand-in for diffusers' ``randn_tensor`` that returns the injected ``noise`` (and records the call)."""
+    """A stand-in for diffusers' ``randn_tensor`` (or ``torch.randn``) that returns the injected ``noise`` (and records the call)."""
 
-    def randn_tensor(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, **_: Any) -> torch.Tensor:
-        shape_t = tuple(int(n) for n in shape)
+    def randn_tensor(shape: Any, *more: Any, generator: Any = None, device: Any = None, dtype: Any = None,
+                     **_: Any) -> torch.Tensor:
+        shape_t = tuple(int(n) for n in (shape if not isinstance(shape, int) else (shape, *more)))
         calls.append(shape_t)
         if shape_t != tuple(noise.shape):
             fail("noise", tuple(noise.shape), f"the target asked for noise of shape {shape_t}")

@@ -466,3 +466,165 @@ def test_set_timesteps_that_raised_raises_again(base: str) -> None:
     for _ in range(2):
         with pytest.raises(RuntimeError, match="half-built"):
             sampler.timesteps(10)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Old releases: config fields a release does not have are read with that release's behaviour
+# ----------------------------------------------------------------------------------------------------
+
+from ddspec.conformance.adapters import _diffusers_compat as compat  # noqa: E402
+
+#: The ``__init__`` parameters of diffusers 0.14.0, read in the released sources
+#: (``schedulers/scheduling_ddpm.py`` and ``scheduling_ddim.py`` of the 0.14.0 wheel).
+DDPM_0_14_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                    "variance_type", "clip_sample", "prediction_type", "clip_sample_range")
+DDIM_0_14_FIELDS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                    "clip_sample", "set_alpha_to_one", "steps_offset", "prediction_type")
+#: Fields added after 0.14 (DDPM: thresholding 0.15, timestep_spacing/steps_offset 0.18, rescale 0.25).
+NEWER_DDPM_FIELDS = ("thresholding", "dynamic_thresholding_ratio", "sample_max_value", "timestep_spacing",
+                     "steps_offset", "rescale_betas_zero_snr")
+
+
+def _old_config(fields: tuple[str, ...], **values: object) -> dict[str, object]:
+    base: dict[str, object] = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                                   trained_betas=None, variance_type="fixed_small", clip_sample=True,
+                                   prediction_type="epsilon", clip_sample_range=1.0, set_alpha_to_one=True,
+                                   steps_offset=0)
+    base.update(values)
+    return {k: v for k, v in base.items() if k in fields or k in values}
+
+
+def test_release_config_fills_missing_fields_with_the_release_behaviour() -> None:
+    from ddspec.conformance.adapters.diffusers_ddpm import _DDPM_FIELDS
+
+    rc = compat.read_release_config(_old_config(DDPM_0_14_FIELDS), DDPM_0_14_FIELDS, _DDPM_FIELDS,
+                                    release="0.14.0", family="ddpm", class_name="DDPMScheduler")
+    # 0.14.0's set_timesteps: (arange(0, N) * (T // N)).round()[::-1] -- leading, no offset; no
+    # thresholding branch; no rescaling; clip_sample_range present (0.13 on) and read from the config
+    assert rc["timestep_spacing"] == "leading" and rc["steps_offset"] == 0
+    assert rc["thresholding"] is False and rc["rescale_betas_zero_snr"] is False
+    assert rc["clip_sample_range"] == 1.0 and rc["clip_sample"] is True
+    assert "diffusers 0.14.0 has no timestep_spacing: leading, as that release always did" in rc.notes
+    assert any(n.startswith("diffusers 0.14.0 has no steps_offset: no offset") for n in rc.notes)
+    assert any(n.startswith("diffusers 0.14.0 has no thresholding") for n in rc.notes)
+    assert any(n.startswith("diffusers 0.14.0 has no rescale_betas_zero_snr") for n in rc.notes)
+    assert not any("clip_sample_range" in n for n in rc.notes)  # 0.14 has it
+    # the parameters of the absent thresholding feature need no note of their own
+    assert not any("dynamic_thresholding_ratio" in n or "sample_max_value" in n for n in rc.notes)
+
+
+def test_release_config_ddim_before_clip_sample_range() -> None:
+    from ddspec.conformance.adapters.diffusers_ddim import _DDIM_FIELDS
+
+    rc = compat.read_release_config(_old_config(DDIM_0_14_FIELDS, steps_offset=1, set_alpha_to_one=False),
+                                    DDIM_0_14_FIELDS, _DDIM_FIELDS, release="0.14.0", family="ddim",
+                                    class_name="DDIMScheduler")
+    # DDIM 0.14 clamps to [-1, 1] (torch.clamp(x, -1, 1)) and honours steps_offset and set_alpha_to_one
+    assert rc["clip_sample_range"] == 1.0 and rc["steps_offset"] == 1 and rc["set_alpha_to_one"] is False
+    assert any(n.startswith("diffusers 0.14.0 has no clip_sample_range") for n in rc.notes)
+    assert not any("steps_offset" in n or "set_alpha_to_one" in n for n in rc.notes)
+
+
+def test_release_config_ignores_a_newer_field_the_release_does_not_take() -> None:
+    """A newer scheduler_config.json loaded by an old release keeps e.g. timestep_spacing='trailing'
+    as an unused entry; the release still spaces its timesteps as leading, so that is declared."""
+    from ddspec.conformance.adapters.diffusers_ddpm import _DDPM_FIELDS
+
+    cfg = _old_config(DDPM_0_14_FIELDS, timestep_spacing="trailing")
+    rc = compat.read_release_config(cfg, DDPM_0_14_FIELDS, _DDPM_FIELDS, release="0.14.0", family="ddpm",
+                                    class_name="DDPMScheduler")
+    assert rc["timestep_spacing"] == "leading"
+    assert any("timestep_spacing='trailing' is ignored by that release" in n for n in rc.notes)
+
+
+def test_release_without_a_required_field_is_refused_naming_release_and_field() -> None:
+    fields = tuple(f for f in DDPM_0_14_FIELDS if f != "prediction_type")
+    with pytest.raises(compat.UnsupportedRelease, match=r"diffusers 0\.7\.0: DDPMScheduler has no config field "
+                                                        r"prediction_type.*0\.10\.0"):
+        compat.read_release_config(_old_config(fields), fields, ("prediction_type",), release="0.7.0",
+                                   family="ddpm", class_name="DDPMScheduler")
+
+
+def test_parse_release() -> None:
+    assert compat.parse_release("0.14.0") == (0, 14, 0)
+    assert compat.parse_release("0.32.0.dev0") == (0, 32, 0)
+    with pytest.raises(ValueError, match="version='x'"):
+        compat.parse_release("x")
+
+
+def _fake_old_ddpm_class() -> type:
+    """A DDPMScheduler subclass whose config lacks every field added after 0.14 (a fake of an old config)."""
+    from diffusers.configuration_utils import FrozenDict
+
+    class OldConfigDDPM(DDPMScheduler):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(**kwargs)
+            self._internal_dict = FrozenDict({k: v for k, v in self._internal_dict.items()
+                                              if k not in NEWER_DDPM_FIELDS})
+
+    return OldConfigDDPM
+
+
+def test_adapter_reads_a_config_without_the_new_fields() -> None:
+    sampler = DiffusersDDPMAdapter(_fake_old_ddpm_class()(variance_type="fixed_large", clip_sample=False))
+    conv = sampler.conventions
+    assert (conv.timestep_spacing, conv.steps_offset, conv.thresholding, conv.rescale_betas_zero_snr) == (
+        "leading", 0, False, False)
+    assert (conv.variance_type, conv.clip_sample) == ("fixed_large", False)
+    assert conv.unsupported == ()
+    assert sampler.release == diffusers.__version__
+    assert any("OldConfigDDPM config has no timestep_spacing" in n and "leading" in n for n in sampler.notes)
+    # the declaration equals the one of a scheduler that states the old behaviour explicitly
+    explicit = DiffusersDDPMAdapter(DDPMScheduler(variance_type="fixed_large", clip_sample=False,
+                                                  timestep_spacing="leading", steps_offset=0))
+    assert conv == explicit.conventions
+    assert explicit.notes == ()
+
+
+def test_adapter_refuses_a_config_without_a_required_field_and_the_loader_says_why() -> None:
+    from diffusers.configuration_utils import FrozenDict
+
+    from ddspec.conformance.loader import TargetLoadError, adapt_object
+
+    s = DDPMScheduler()
+    s._internal_dict = FrozenDict({k: v for k, v in s._internal_dict.items() if k != "prediction_type"})
+    with pytest.raises(compat.UnsupportedRelease, match="config has no prediction_type"):
+        DiffusersDDPMAdapter(s)
+    with pytest.raises(TargetLoadError, match=r"UnsupportedRelease.*prediction_type"):
+        adapt_object(s, "fake:old")
+
+
+class _TorchRandnDDPM(DDPMScheduler):
+    """Draws its noise with ``torch.randn`` in its own step, as diffusers 0.10/0.11 did (no randn_tensor)."""
+
+    def step(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor, generator: object = None,
+             return_dict: bool = True) -> DDPMSchedulerOutput:
+        z = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        return DDPMSchedulerOutput(prev_sample=sample + z)
+
+
+def test_noise_injection_through_torch_randn() -> None:
+    from ddspec.conformance.adapters.diffusers_ddpm import _noise_sites
+
+    sites = _noise_sites(_TorchRandnDDPM)
+    assert (globals(), "torch") in [(ns, kind) for ns, kind in sites if kind == "torch"]
+    sampler = DiffusersDDPMAdapter(_TorchRandnDDPM())
+    assert sampler.conventions.supports_noise_injection
+    assert any("draws its noise with torch.randn" in n for n in sampler.notes)
+    x, z, _ = _tensors(7)
+    t = int(sampler.timesteps(10)[0])
+    out = sampler.step(torch.zeros_like(x), t, x, num_steps=10, noise=z)
+    assert torch.equal(out, x + z)  # exactly the injected z (x + z computed alike: one rounding each)
+    assert globals()["torch"] is torch  # the module's name is restored after the call
+
+
+def test_release_older_than_the_oldest_tested_gets_a_note() -> None:
+    from ddspec.conformance.adapters.diffusers_ddpm import _DDPM_FIELDS
+
+    fields = DDPM_0_14_FIELDS
+    rc = compat.read_release_config(_old_config(fields), fields, _DDPM_FIELDS, release="0.9.0", family="ddpm",
+                                    class_name="DDPMScheduler")
+    assert "diffusers 0.9.0 is older than 0.10.0, the oldest release ddspec is tested against" in rc.notes
+    newer = compat.read_release_config(_old_config(fields), fields, _DDPM_FIELDS, release="0.10.0", family="ddpm",
+                                       class_name="DDPMScheduler")
+    assert not any("older than" in n for n in newer.notes)
