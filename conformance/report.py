@@ -28,6 +28,7 @@ One object per target::
       "seed": 0,
       "started_at": "2025-01-01T12:00:00+00:00", # ISO 8601, UTC
       "origin": "/abs/path/mypkg/sampler.py" | null,  # the file the target was loaded from
+      "target_notes": ["diffusers 0.14.0 has no timestep_spacing: ..."],  # how the adapter read it
       "conventions": {...} | null,               # what the target declared
       "allowances": {"<name or glob>": "<reason>"},
       "summary": {
@@ -316,6 +317,7 @@ def _header(report: Report, origin: str | None) -> list[str]:
     origin = origin or report.origin
     if origin:
         lines.append(f"  loaded from {origin}")
+    lines += [f"  note: {n}" for n in report.target_notes]
     lines += [
         f"  device {report.device}, dtype {report.dtype}, profile {report.profile}, seed {report.seed}",
         f"  {versions}",

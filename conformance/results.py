@@ -486,6 +486,8 @@ class Report:
         ddspec_version, torch_version, diffusers_version: installed versions (None when absent).
         started_at: ISO 8601 time (UTC) the run started.
         origin: the resolved file the target was loaded from (``ddspec check`` sets it), or None.
+        target_notes: the adapter's notes on how it read the target's configuration (e.g. a field
+            an old diffusers release lacks, and the behaviour assumed instead).
     """
 
     target: str
@@ -502,8 +504,13 @@ class Report:
     diffusers_version: str | None = field(default_factory=_diffusers_version)
     started_at: str = field(default_factory=_now_iso)
     origin: str | None = None
+    target_notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        notes = tuple(self.target_notes)
+        if not all(isinstance(n, str) for n in notes):
+            raise _bad("target_notes", self.target_notes, "must be a sequence of str")
+        object.__setattr__(self, "target_notes", notes)
         if self.origin is not None and not isinstance(self.origin, str):
             raise _bad("origin", self.origin, "must be a str (a file path) or None")
         checks = tuple(self.checks)
@@ -653,6 +660,7 @@ class Report:
                 "seed": self.seed,
                 "started_at": self.started_at,
                 "origin": self.origin,
+                "target_notes": list(self.target_notes),
                 "conventions": self.conventions,
                 "allowances": self.allowances,
                 "summary": {
@@ -690,6 +698,7 @@ class Report:
             diffusers_version=data.get("diffusers_version"),
             started_at=data.get("started_at", ""),
             origin=data.get("origin"),
+            target_notes=tuple(data.get("target_notes") or ()),
         )
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -343,6 +343,15 @@ def _conventions_of(sampler: Any, timeout_s: float) -> dict[str, Any] | None:
         return None
 
 
+def _notes_of(sampler: Any) -> tuple[str, ...]:
+    r"""The adapter's notes on how it read the target (e.g. ``"diffusers 0.14.0 has no timestep_spacing:
+    leading, as that release always did"``): its ``notes`` attribute, strings only; () when absent."""
+    notes = getattr(sampler, "notes", ())
+    if not isinstance(notes, (tuple, list)):
+        return ()
+    return tuple(n for n in notes if isinstance(n, str))
+
+
 def target_kind(sampler: Any) -> str:
     r"""``"loop"`` for a whole-loop target (:class:`~ddspec.conformance.adapters.loop.LoopSampler`, or any
     object whose ``target_kind`` attribute is ``"loop"``), else ``"step"``."""
@@ -467,5 +476,6 @@ def run_checks(
                 print(f"[{index}/{total}] {r.name}  {r.verdict.value}", file=out, flush=True)
 
     return replace(
-        report_started, checks=tuple(results), conventions=_conventions_of(sampler, context.timeout_s)
+        report_started, checks=tuple(results), conventions=_conventions_of(sampler, context.timeout_s),
+        target_notes=_notes_of(sampler),
     )

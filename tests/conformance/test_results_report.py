@@ -400,3 +400,25 @@ def test_origin_travels_through_json_text_and_junit(tmp_path) -> None:
     assert props["origin"] == "/somewhere/mypkg/sampler.py"
     with pytest.raises(ValueError, match="origin"):
         Report(target="t", device="cpu", dtype="float32", profile="quick", seed=0, origin=3)  # type: ignore[arg-type]
+
+
+def test_adapter_notes_reach_the_report() -> None:
+    """An adapter's ``notes`` (how it read an old release's configuration) appear in the text header and
+    the JSON report, and survive a JSON round trip."""
+    import json as _json
+
+    from ddspec.conformance.checks import schedule
+    from ddspec.conformance.context import CheckContext
+    from ddspec.conformance.report import format_text
+    from ddspec.conformance.results import Report
+    from ddspec.conformance.runner import run_checks
+    from ddspec.conformance.torch_port import make_reference_port
+
+    sampler = make_reference_port()
+    sampler.notes = ("diffusers 0.14.0 has no timestep_spacing: leading, as that release always did",)
+    report = run_checks(sampler, CheckContext(sampler, profile="quick"), schedule.CHECKS)
+    assert report.target_notes == sampler.notes
+    assert "  note: diffusers 0.14.0 has no timestep_spacing" in format_text(report)
+    data = _json.loads(report.to_json())
+    assert data["target_notes"] == list(sampler.notes)
+    assert Report.from_json_dict(data).target_notes == sampler.notes
