@@ -425,3 +425,15 @@ def test_formula_subcommand_is_wired_to_the_checker(capsys) -> None:
     capsys.readouterr()
     assert main(["formula", "x+", "--quantity", "ddim_sigma"]) == 2
     assert capsys.readouterr().err.startswith("ddspec: error: ")
+
+
+def test_derive_subcommand_is_wired_to_the_derivations(capsys) -> None:
+    """``ddspec derive NAME`` reaches :func:`ddspec.derivations.cli_main`: a derivation checks (exit 0,
+    a ✓ per step), and an unknown name exits 2 with the house error prefix."""
+    from ddspec.conformance.cli import main
+
+    assert main(["derive", "ddim-eta-one"]) == 0
+    out = capsys.readouterr().out
+    assert "✓ ddim-eta-one" in out and "✗" not in out
+    assert main(["derive", "no-such-derivation"]) == 2
+    assert capsys.readouterr().err.startswith("ddspec: error: ")
