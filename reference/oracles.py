@@ -34,6 +34,7 @@ from ._validate import as_array, as_betas, as_int, as_timestep, as_timesteps, ch
 from .ddim import ddim_direction_coefficient, ddim_mean_coefficients, ddim_sigma
 from .gaussian import Gaussian
 from .posterior import posterior_coefficients
+from .variances import LEARNED_VARIANCE_TYPES, reverse_variance
 
 __all__ = [
     "PointMass",
@@ -283,6 +284,7 @@ def gaussian_step_map(
     family: str = "ddim",
     eta: float = 0.0,
     variance_type: str = "fixed_small",
+    model_var_output: float | None = None,
 ) -> AffineStep:
     r"""The affine map of one DDIM or DDPM step from index t to t_prev driven by the exact Gaussian denoiser.
 
@@ -293,7 +295,10 @@ def gaussian_step_map(
       with σ = σ(η) of eq. 16;
     * DDPM (Ho et al. 2020, Algorithm 2 with eq. 7 on the respaced schedule):
       :math:`x_s = c_{x_0}\hat x_0 + c_{x_t}x_t + \sqrt{\Sigma}\,z` with Σ = β̃' (``fixed_small``) or β'
-      (``fixed_large``); no noise at the final step (t_prev = −1).
+      (``fixed_large``), or the learned Σ of a model whose variance output is the scalar
+      ``model_var_output`` at this step (``learned``: a log-variance; ``learned_range``: m ∈ [−1, 1],
+      Nichol & Dhariwal 2021, eq. 15; :func:`~ddspec.reference.variances.reverse_variance`); no noise at
+      the final step (t_prev = −1). A learned variance changes Σ only: the mean map is the same.
 
     ``t_prev`` may equal ``t`` only for DDIM (diffusers' set_alpha_to_one=False final step).
     """
@@ -318,14 +323,23 @@ def gaussian_step_map(
         if tp == tt:
             fail("t_prev", t_prev, "a DDPM step must go to an earlier index")
         pc = posterior_coefficients(b, tt, tp)
-        if variance_type == "fixed_small":
+        learned = variance_type in LEARNED_VARIANCE_TYPES
+        if learned != (model_var_output is not None):
+            fail("model_var_output", model_var_output,
+                 f"is required for variance_type={variance_type!r} and refused otherwise" if learned
+                 else f"is only for the learned variance types {LEARNED_VARIANCE_TYPES}")
+        if tp == -1:
+            var = 0.0  # Algorithm 2: z = 0 at the last step, whatever the variance type
+        elif variance_type == "fixed_small":
             var = float(pc.variance)
         elif variance_type == "fixed_large":
             var = float(one_minus_alpha_bar_ratio(b, tt, tp))
+        elif learned:
+            m = float(as_array(model_var_output, "model_var_output"))
+            var = float(reverse_variance(b, tt, variance_type, t_prev=tp, model_var_output=m).variance)
         else:
-            fail("variance_type", variance_type, "the Gaussian propagation supports 'fixed_small' and 'fixed_large'")
-        if tp == -1:
-            var = 0.0
+            fail("variance_type", variance_type,
+                 f"the Gaussian propagation supports 'fixed_small', 'fixed_large' and {LEARNED_VARIANCE_TYPES}")
         return AffineStep(tt, tp, pc.coef_x0 * a0 + pc.coef_xt, pc.coef_x0 * b0, var)
     fail("family", family, "must be 'ddim' or 'ddpm'")
     raise AssertionError  # unreachable
@@ -342,6 +356,7 @@ def gaussian_run_output(
     final_alpha_bar_is_one: bool = True,
     prior_mean: ArrayLike = 0.0,
     prior_variance: ArrayLike = 1.0,
+    model_var_outputs: ArrayLike | None = None,
 ) -> Gaussian:
     r"""Exact law of the output of a whole DDPM/DDIM run driven by the exact Gaussian denoiser.
 
@@ -350,6 +365,11 @@ def gaussian_run_output(
     (:func:`gaussian_step_map`). ``timesteps`` is the strictly decreasing subsequence visited; the last
     step goes to the data (index −1), or to index 0 when ``final_alpha_bar_is_one`` is False
     (diffusers' ``set_alpha_to_one=False``, DDIM only).
+
+    For a learned DDPM variance (``learned``, ``learned_range``), ``model_var_outputs`` holds the model's
+    variance output at each step, one scalar per step in sampling order (the same for every coordinate;
+    the last step's value is ignored, since no noise is added there): the model is the exact denoiser
+    for the mean and a fixed, known function of t for the variance, so the law stays Gaussian.
 
     Note that even a perfect sampler does not reproduce N(m, s²) exactly: the output law depends on the
     discretisation (and on the prior being N(0, I) rather than the exact marginal of x_T); this
@@ -371,9 +391,16 @@ def gaussian_run_output(
     last = -1 if final_alpha_bar_is_one else 0
     if not final_alpha_bar_is_one and family != "ddim":
         fail("final_alpha_bar_is_one", final_alpha_bar_is_one, "False is a DDIM convention (set_alpha_to_one)")
+    mvo: list[float | None] = [None] * len(ts_list)
+    if model_var_outputs is not None:
+        arr = as_array(model_var_outputs, "model_var_outputs")
+        if arr.ndim != 1 or arr.size != len(ts_list):
+            fail("model_var_outputs", model_var_outputs, f"must hold one value per step ({len(ts_list)})")
+        mvo = [float(v) for v in arr]
     for i, t in enumerate(ts_list):
         t_prev = ts_list[i + 1] if i + 1 < len(ts_list) else min(last, t)
-        step = gaussian_step_map(oracle, b, t, t_prev, family=family, eta=eta, variance_type=variance_type)
+        step = gaussian_step_map(oracle, b, t, t_prev, family=family, eta=eta, variance_type=variance_type,
+                                 model_var_output=mvo[i])
         m = step.A * m + step.B
         v = step.A * step.A * v + step.noise_variance
     return Gaussian(m, v)

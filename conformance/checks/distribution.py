@@ -122,6 +122,7 @@ from scipy import stats as sps
 
 from ddspec.reference import forward, parameterisation
 from ddspec.reference.oracles import IsotropicGaussian, gaussian_run_output, gaussian_step_map
+from ddspec.reference.variances import reverse_variance
 
 from .. import expectation, stats, tolerances
 from ..results import CheckResult, Finding, Verdict
@@ -683,9 +684,69 @@ def _run_schedule(ctx: Any, setup: TargetSetup) -> list[int]:
     return sorted({counts[0], counts[len(counts) // 2], counts[-1]})
 
 
+@dataclass(frozen=True)
+class _RunVariance:
+    r"""The reverse variance of every step of a run-output check.
+
+    A fixed type (``fixed_small`` / ``fixed_large``) is the reference's. For a learned DDPM variance the
+    harness is the model, so it also chooses the variance output: a fixed, known function of t,
+    :math:`f(t) = 0.5 + 0.4\sin(0.37t + 0.3) \in [0.1, 0.9]`, the interpolation fraction of Nichol &
+    Dhariwal eq. 15 between log β̃′ and log β′. The target receives m = 2f − 1 (``learned_range``) or the
+    variance :math:`\exp(f\log\beta' + (1-f)\log\tilde\beta')` (``learned``, diffusers' meaning: a
+    variance), rounded to its dtype; the reference is given exactly that rounded value (as a
+    log-variance for ``learned``). The law stays Gaussian and closed-form
+    (:func:`~ddspec.reference.oracles.gaussian_run_output` with ``model_var_outputs``). At the last step
+    (to the data) no noise is added, and the value sent is β′'s (it is not used).
+    """
+
+    variance_type: str
+    dtype: torch.dtype | None = None
+    betas: Array | None = None
+
+    @property
+    def learned(self) -> bool:
+        return self.variance_type in ("learned", "learned_range")
+
+    def _fraction(self, t: int) -> float:
+        return 0.5 + 0.4 * math.sin(0.37 * t + 0.3)
+
+    def target_value(self, t: int, t_prev: int) -> float | None:
+        """What the target receives as its variance output at the step t → t_prev (rounded to its dtype)."""
+        if not self.learned:
+            return None
+        f = self._fraction(t)
+        if self.variance_type == "learned_range":
+            value = 2.0 * f - 1.0
+        else:
+            big = float(reverse_variance(self.betas, t, "fixed_large", t_prev=t_prev).variance)
+            if t_prev < 0:
+                value = big
+            else:
+                small = float(reverse_variance(self.betas, t, "fixed_small", t_prev=t_prev).variance)
+                value = math.exp(f * math.log(big) + (1.0 - f) * math.log(small))
+        return float(torch.tensor(value, dtype=torch.float64).to(self.dtype).double())
+
+    def reference_value(self, t: int, t_prev: int) -> float | None:
+        """The reference's ``model_var_output`` for the same step (a log-variance for ``learned``)."""
+        value = self.target_value(t, t_prev)
+        if value is None or self.variance_type == "learned_range":
+            return value
+        return math.log(value)
+
+    def step_kwargs(self, t: int, t_prev: int) -> dict[str, Any]:
+        """Keyword arguments of :func:`~ddspec.reference.oracles.gaussian_step_map` for this step."""
+        return {"variance_type": self.variance_type, "model_var_output": self.reference_value(t, t_prev)}
+
+    def run_outputs(self, pairs: list[tuple[int, int]]) -> Array | None:
+        """``model_var_outputs`` of :func:`~ddspec.reference.oracles.gaussian_run_output`, or None."""
+        if not self.learned:
+            return None
+        return np.array([self.reference_value(t, tp) for t, tp in pairs], dtype=np.float64)
+
+
 def _clip_tail(
     ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]],
-    eta: float, variance_type: str, n: int,
+    eta: float, variance: _RunVariance, n: int,
 ) -> float:
     r"""Union bound on the chance that some chain's computed x̂₀ leaves [−r, r] at some step (a
     probability bound only when ≤ 1; it may exceed 1).
@@ -731,14 +792,15 @@ def _clip_tail(
                           (np.abs(mean) > r - margin).astype(float))
             lo = np.where(sd > 0, sps.norm.cdf((-(r - margin) - mean) / np.where(sd > 0, sd, 1.0)), 0.0)
         total += n * float(np.sum(hi + lo))
-        step = gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta, variance_type=variance_type)
+        step = gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta,
+                                 **variance.step_kwargs(t, tp))
         m = step.A * m + step.B
         v = step.A * step.A * v + step.noise_variance
     return total
 
 
 def _clipped_oracle(
-    ctx: Any, setup: TargetSetup, r: float, pairs: list[tuple[int, int]], eta: float, variance_type: str,
+    ctx: Any, setup: TargetSetup, r: float, pairs: list[tuple[int, int]], eta: float, variance: _RunVariance,
     n: int, limit: float,
 ) -> tuple[IsotropicGaussian | None, float, float, str | None]:
     r"""The clipped run's data law: ``(oracle, scale, tail, None)`` for the largest scale of
@@ -755,7 +817,7 @@ def _clipped_oracle(
     tail = math.inf
     for scale in CLIP_DATA_SCALES:
         oracle = data_oracle(r, scale)
-        tail = _clip_tail(ctx, setup, oracle, r, pairs, eta, variance_type, n)
+        tail = _clip_tail(ctx, setup, oracle, r, pairs, eta, variance, n)
         if tail <= limit:
             return oracle, scale, tail, None
     smallest = CLIP_DATA_SCALES[-1]
@@ -794,16 +856,15 @@ def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
         return [setup]
     conv = setup.conv
     if conv.family == "ddpm":
-        if is_learned(conv):
-            return [CheckResult.unsupported(
-                base, FAMILY, f"variance_type={conv.variance_type!r}: the closed-form run law covers fixed variances "
-                              "only (a learned variance depends on the model's variance output)")]
         if not conv.final_alpha_bar_is_one:
             return [CheckResult.unsupported(base, FAMILY, "final_alpha_bar_is_one=False is a DDIM convention; "
                                                           "no closed-form law for a DDPM declaring it")]
-        variance_type = "fixed_large" if conv.variance_type.startswith("fixed_large") else "fixed_small"
+        if is_learned(conv):
+            variance = _RunVariance(conv.variance_type, ctx.dtype, setup.betas)
+        else:
+            variance = _RunVariance("fixed_large" if conv.variance_type.startswith("fixed_large") else "fixed_small")
     else:
-        variance_type = "fixed_small"
+        variance = _RunVariance("fixed_small")
     counts = _run_schedule(ctx, setup)
     if not counts:
         return [CheckResult(name=base, family=FAMILY, verdict=Verdict.FAIL, duration_s=elapsed(start),
@@ -820,14 +881,15 @@ def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
             return [CheckResult.skipped(base, FAMILY, f"clip_sample_range={clip_range} <= 0")]
     runs = [(n_steps, *plan_for(ctx, setup, n_steps)) for n_steps in counts]
     return [
-        _run_variant(ctx, setup, f"{base}.{label}", vi, eta, runs, clip_range, variance_type)
+        _run_variant(ctx, setup, f"{base}.{label}", vi, eta, runs, clip_range, variance)
         for vi, (label, eta) in enumerate(run_variants(ctx, setup))
     ]
 
 
 def _run_variant(
     ctx: Any, setup: TargetSetup, name: str, vi: int, eta: float,
-    runs: list[tuple[int, RunPlan | None, str | None, str | None]], clip_range: float | None, variance_type: str,
+    runs: list[tuple[int, RunPlan | None, str | None, str | None]], clip_range: float | None,
+    variance: _RunVariance,
 ) -> CheckResult:
     start = time.perf_counter()
     conv = setup.conv
@@ -852,13 +914,15 @@ def _run_variant(
         oracle, scale, tail = data_oracle(), None, 0.0
         if clip_range is not None:
             limit = CLIP_TAIL_FRACTION * alpha / len(runs)
-            oracle, scale, tail, why = _clipped_oracle(ctx, setup, clip_range, pairs, eta, variance_type, n, limit)
+            oracle, scale, tail, why = _clipped_oracle(ctx, setup, clip_range, pairs, eta, variance, n, limit)
             if oracle is None:
                 notes.append(f"N={n_steps}: skipped, {why}")
                 continue
         try:
             law = gaussian_run_output(oracle, setup.betas, ts, family=conv.family, eta=eta,
-                                      variance_type=variance_type, final_alpha_bar_is_one=conv.final_alpha_bar_is_one)
+                                      variance_type=variance.variance_type,
+                                      final_alpha_bar_is_one=conv.final_alpha_bar_is_one,
+                                      model_var_outputs=variance.run_outputs(pairs))
         except ValueError as exc:
             notes.append(f"N={n_steps}: skipped, no closed-form law: {exc}")
             continue
@@ -879,7 +943,7 @@ def _run_variant(
         var = np.broadcast_to(np.asarray(law.variance, dtype=np.float64), mu.shape)
         det = var == 0.0
         samples, allow, err, call_broke = _run_chains(
-            ctx, setup, oracle, n, n_steps, pairs, eta, variance_type, _OFF_RUN_X + 8 * vi + ni,
+            ctx, setup, oracle, n, n_steps, pairs, eta, variance, _OFF_RUN_X + 8 * vi + ni,
             _OFF_RUN_GEN + 8 * vi + ni, all_max=bool(det.any()))
         if samples is None:
             (broken if call_broke else fatal).append(Finding(step=None, message=f"N={n_steps}: {err}"))
@@ -932,7 +996,10 @@ def _run_variant(
         "oracle": {"mean": base_oracle.mean, "variance": base_oracle.variance, "clip_range": clip_range,
                    "data_scales_tried": list(CLIP_DATA_SCALES) if clip_range is not None else None},
         "timesteps_source": sources,
-        "chains": n, "eta": eta, "variance_type": variance_type if conv.family == "ddpm" else None,
+        "chains": n, "eta": eta, "variance_type": variance.variance_type if conv.family == "ddpm" else None,
+        "model_variance_output": ("0.5 + 0.4 sin(0.37 t + 0.3): the interpolation fraction of Nichol & Dhariwal "
+                                  "eq. 15, sent as m = 2f - 1 (learned_range) or the variance (learned)")
+        if variance.learned else None,
         "runs": summaries, "alpha_per_test": alpha_each if n_tests else None,
         "bonferroni": (f"alpha {alpha:g}: clipping tail {tail_total:.3g}, the rest split equally over {n_tests} tests "
                        "(mean, variance, DKW per step count)"),
@@ -963,7 +1030,7 @@ def _run_variant(
 
 def _run_chains(
     ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, n: int, n_steps: int, pairs: list[tuple[int, int]],
-    eta: float, variance_type: str, x_offset: int, gen_offset: int, *, all_max: bool = False,
+    eta: float, variance: _RunVariance, x_offset: int, gen_offset: int, *, all_max: bool = False,
 ) -> tuple[Array | None, dict[str, Any] | None, str | None, bool]:
     r"""Run n chains through the target: (final samples (n, d), rounding allowances, error, whether
     the error is a call that gave no usable output rather than a non-finite state).
@@ -992,16 +1059,20 @@ def _run_chains(
         a_t = torch.as_tensor(a, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         b_t = torch.as_tensor(b, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         mo = (x.to(work) * a_t + b_t).to(ctx.dtype)
-        out, err = call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator)
+        pv_value = variance.target_value(t, tp)
+        pv = None if pv_value is None else torch.full(shape, pv_value, dtype=ctx.dtype, device=ctx.device)
+        out, err = call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator, predicted_variance=pv)
         if err is None and tuple(out.shape) != shape:
             err = f"output shape {tuple(out.shape)}, expected {shape}"
         if err is not None:
             return None, None, f"step {k} (t={t}): {err}", True
         mo64 = exact_of(mo).reshape(n, DATA_DIM)
         slope = np.abs(gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta,
-                                         variance_type=variance_type).A)
-        b2 = error_bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, None)
-        b9 = error_bound_envelope(setup, eta, t, tp, mo64[:, :cols], x64[:, :cols], _Z_MAX, None)
+                                         **variance.step_kwargs(t, tp)).A)
+        pv64 = None if pv_value is None else np.full_like(x64, pv_value)
+        b2 = error_bound_envelope(setup, eta, t, tp, mo64, x64, _Z_MEAN, pv64)
+        b9 = error_bound_envelope(setup, eta, t, tp, mo64[:, :cols], x64[:, :cols], _Z_MAX,
+                                  None if pv64 is None else pv64[:, :cols])
         e_mean = slope * e_mean + b2
         e_rms = slope * e_rms + np.sqrt(np.mean(b2**2, axis=0))
         e_max = slope[:cols] * e_max + b9

@@ -211,11 +211,53 @@ def test_point_mass_output_law_is_checked_without_statistics():
     assert r.details["alpha_per_test"] == pytest.approx(_quick().false_failure_rate / 3, rel=1e-12)
 
 
-def test_learned_range_step_moments_pass_and_run_output_is_unsupported():
-    results = _run(make_reference_port(family="ddpm", variance_type="learned_range"))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_learned_range_run_output_is_checked_against_its_closed_form(dtype):
+    """The harness is the model, so it supplies the variance output too (a fixed, known function of t):
+    the run law of a learned_range DDPM is closed-form again and is checked, not unsupported."""
+    results = _run(make_reference_port(family="ddpm", variance_type="learned_range"), dtype=dtype)
     assert results["distribution.step_moments.ddpm_learned_range"].verdict is Verdict.PASS
-    assert results["distribution.run_output"].verdict is Verdict.UNSUPPORTED
-    assert "learned_range" in results["distribution.run_output"].message
+    r = results["distribution.run_output.ddpm_learned_range"]
+    assert r.verdict is Verdict.PASS, r.message
+    assert r.details["variance_type"] == "learned_range" and "sin" in r.details["model_variance_output"]
+
+
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_diffusers_learned_variances_run_output_passes(variance_type):
+    """diffusers' ``learned`` takes the variance itself, ``learned_range`` the fraction m ∈ [−1, 1]: both
+    are fed the harness's known variance output and match the closed-form law."""
+    from diffusers import DDPMScheduler
+
+    from ddspec.conformance.adapters import adapt
+
+    sampler = adapt(DDPMScheduler(variance_type=variance_type))
+    results = _run(sampler, checks=[distribution.check_run_output_distribution])
+    r = results[f"distribution.run_output.ddpm_{variance_type}"]
+    assert r.verdict is Verdict.PASS, r.message
+
+
+class _FlippedRange:
+    """A learned_range DDPM that reads the model's variance output with the wrong sign (m → −m: the
+    interpolation of Nichol & Dhariwal eq. 15 runs from β′ to β̃′ instead of from β̃′ to β′)."""
+
+    def __new__(cls):
+        from ddspec.conformance.torch_port import ReferencePort
+
+        class Flipped(ReferencePort):
+            def step(self, model_output, t, x_t, *, predicted_variance=None, **kw):
+                pv = None if predicted_variance is None else -predicted_variance
+                return super().step(model_output, t, x_t, predicted_variance=pv, **kw)
+
+        return Flipped(family="ddpm", variance_type="learned_range", name="flipped-learned-range")
+
+
+def test_learned_range_run_output_catches_a_flipped_variance_fraction():
+    """Power: with the harness's variance output f(t) ∈ [0.1, 0.9], flipping m moves every noisy step's
+    variance towards the other end (β′ ↔ β̃′, a ratio up to ~10 at small t for N = 10), which the run
+    law's variance test sees (observed/allowed 2.2 at seed 0 in the quick profile)."""
+    results = _run(_FlippedRange(), checks=[distribution.check_run_output_distribution])
+    r = results["distribution.run_output.ddpm_learned_range"]
+    assert r.verdict is Verdict.FAIL, r.message
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ thresholding, and the bundled reference port as DDIM and DDPM) runs through the
 whole harness (``ALL_CHECKS``, profile ``quick``) in float32 and float64 with seeds
 :data:`SEEDS`; a wider seed sweep is marked ``slow``. Every verdict must be ``pass``,
 ``acceptable`` (with its consequence stated) or ``skipped`` (with its reason); ``unsupported`` only
-where :data:`DOCUMENTED_UNSUPPORTED` says so (the run-output law of a learned DDPM variance).
+where :data:`DOCUMENTED_UNSUPPORTED` says so (nowhere today: the run-output law of a learned DDPM
+variance is checked, with the harness supplying the model's variance output).
 
 The diffusers configurations of :data:`~tests.quality.zoo.KNOWN_DISCREPANCIES` deviate from the
 papers' equations (``docs/diffusers.md`` has a section per bug). They are expected failures, strict,
@@ -37,12 +38,7 @@ SEEDS = (0, 1)
 SLOW_SEEDS = tuple(range(2, 12))
 
 #: ``{config name: {check-name pattern: why unsupported}}`` — the only places ``unsupported`` is allowed.
-DOCUMENTED_UNSUPPORTED: dict[str, dict[str, str]] = {
-    "diffusers_ddpm_learned_range": {
-        "distribution.run_output": "the closed-form run law covers fixed variances only "
-        "(ddspec.conformance.checks.distribution.check_run_output_distribution)",
-    },
-}
+DOCUMENTED_UNSUPPORTED: dict[str, dict[str, str]] = {}
 
 _CONFIGS = {c.name: c for c in CORRECT_CONFIGS + KNOWN_DISCREPANCIES}
 

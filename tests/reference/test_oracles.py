@@ -116,3 +116,60 @@ def test_validation_errors() -> None:
         oracles.gaussian_run_output(g, BETAS, [10, 5], family="ddxm")
     with pytest.raises(ValueError, match="t"):
         g.eps(np.zeros((1, 2)), 1000, BETAS)
+
+
+# -- learned variances in the closed-form run law ------------------------------------------------------
+
+
+def _learned_case():
+    from ddspec.reference import schedules, timesteps
+
+    betas = schedules.linear_betas(1000)
+    ts = timesteps.leading_timesteps(1000, 10)
+    oracle = oracles.IsotropicGaussian(np.array([0.3, -0.2, 0.05]), 0.5)
+    return betas, ts, oracle
+
+
+def test_learned_range_endpoints_give_the_fixed_laws_exactly() -> None:
+    r"""Nichol & Dhariwal eq. 15 at m = −1 is Σ = β̃′ and at m = +1 is Σ = β′ (exactly: the reference
+    returns the endpoints themselves), so a learned_range run with a constant ∓1 output has exactly the
+    fixed_small / fixed_large run law."""
+    betas, ts, oracle = _learned_case()
+    for m, fixed in ((-1.0, "fixed_small"), (1.0, "fixed_large")):
+        want = oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type=fixed)
+        got = oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type="learned_range",
+                                          model_var_outputs=np.full(ts.size, m))
+        np.testing.assert_array_equal(got.mean, want.mean)
+        np.testing.assert_array_equal(got.variance, want.variance)
+
+
+def test_learned_log_variance_of_beta_tilde_gives_the_fixed_small_law() -> None:
+    r"""``learned`` takes a log-variance: log β̃′ at every step reproduces the fixed_small law (to the
+    rounding of exp(log), a few ULP), and a larger log-variance widens the output (Σ enters the output
+    variance with a positive weight A² ≥ 0 at every later step)."""
+    from ddspec.reference import posterior
+
+    betas, ts, oracle = _learned_case()
+    pairs = list(zip(ts.tolist(), ts.tolist()[1:] + [-1]))
+    logs = np.array([np.log(float(posterior.posterior_coefficients(betas, t, s).variance)) if s >= 0 else 0.0
+                     for t, s in pairs])
+    want = oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type="fixed_small")
+    got = oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type="learned",
+                                      model_var_outputs=logs)
+    np.testing.assert_allclose(got.variance, want.variance, rtol=1e-13)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    wider = oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type="learned",
+                                        model_var_outputs=logs + 0.5)
+    assert np.all(wider.variance > want.variance)
+
+
+def test_learned_run_law_validates_its_variance_outputs() -> None:
+    betas, ts, oracle = _learned_case()
+    with pytest.raises(ValueError, match="model_var_output"):
+        oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type="learned_range")
+    with pytest.raises(ValueError, match="model_var_outputs"):
+        oracles.gaussian_run_output(oracle, betas, ts, family="ddpm", variance_type="learned_range",
+                                    model_var_outputs=np.zeros(ts.size - 1))
+    with pytest.raises(ValueError, match="model_var_output"):
+        oracles.gaussian_step_map(oracle, betas, 500, 400, family="ddpm", variance_type="fixed_small",
+                                  model_var_output=0.0)
