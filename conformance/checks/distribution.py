@@ -845,9 +845,9 @@ def check_run_output_distribution(ctx: Any) -> list[CheckResult]:
     :func:`~ddspec.reference.oracles.gaussian_run_output`, and DKW of the standardised first
     coordinate against Φ, all widened by the accumulated rounding allowance of each chain.
 
-    ``unsupported`` for learned DDPM variances (the model's variance output would have to be chosen;
-    the closed-form propagation covers fixed variances) and for a DDPM declaring
-    ``final_alpha_bar_is_one=False``; steps that are singular for the reference (ε-prediction at
+    Learned DDPM variances are checked too: the harness chooses the model's variance output as well, a
+    fixed, known function of t (:class:`_RunVariance`), so the law stays closed-form. ``unsupported``
+    for a DDPM declaring ``final_alpha_bar_is_one=False``; steps that are singular for the reference (ε-prediction at
     ᾱ = 0) skip their N.
     """
     base, start = "distribution.run_output", time.perf_counter()
