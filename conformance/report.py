@@ -485,6 +485,14 @@ def _testsuite(report: Report) -> ET.Element:
                 "time": f"{r.duration_s:.3f}",
             },
         )
+        case_props = ET.SubElement(case, "properties")
+        for key, value in (("verdict", r.verdict.value), ("observed", r.observed), ("tolerance", r.tolerance),
+                           ("root_errors", "; ".join(sorted({str(e.get("error")) for e in r.details.get("errors") or ()
+                                                             if isinstance(e, dict) and e.get("error")})) or None),
+                           ("diagnosis", r.details.get("diagnosis"))):
+            if value is not None:
+                text = f"{value:.6g}" if isinstance(value, float) else str(value)
+                ET.SubElement(case_props, "property", {"name": key, "value": _xml_text(text)})
         reason = report.allowed_reason(r)
         if report.blocking_reason(r) is not None:
             failure = ET.SubElement(case, "failure", {"message": _xml_text(r.message), "type": r.verdict.value})

@@ -422,3 +422,25 @@ def test_adapter_notes_reach_the_report() -> None:
     data = _json.loads(report.to_json())
     assert data["target_notes"] == list(sampler.notes)
     assert Report.from_json_dict(data).target_notes == sampler.notes
+
+
+def test_junit_testcases_carry_observed_tolerance_and_root_errors(tmp_path) -> None:
+    """Each JUnit ``<testcase>`` carries its verdict, observed error, tolerance and root exception as
+    properties, so a CI dashboard can plot them without parsing messages."""
+    import xml.etree.ElementTree as _ET
+
+    from ddspec.conformance.report import write_junit
+    from ddspec.conformance.results import CheckResult, Report
+
+    checks = (
+        CheckResult(name="single_step.eta=0", family="single_step", verdict="fail", observed=3e-5, tolerance=1e-6,
+                    details={"errors": [{"num_steps": 1, "error": "IndexError: index 1 is out of bounds"}]}),
+        CheckResult(name="schedule.betas", family="schedule", verdict="pass", observed=0.0, tolerance=2e-16),
+    )
+    path = tmp_path / "r.xml"
+    write_junit(Report(target="t", device="cpu", dtype="float32", profile="quick", seed=0, checks=checks), path)
+    cases = {c.get("name"): c for c in _ET.parse(path).getroot().iter("testcase")}
+    props = {name: {p.get("name"): p.get("value") for p in case.find("properties")} for name, case in cases.items()}
+    assert props["single_step.eta=0"] == {"verdict": "fail", "observed": "3e-05", "tolerance": "1e-06",
+                                          "root_errors": "IndexError: index 1 is out of bounds"}
+    assert props["schedule.betas"] == {"verdict": "pass", "observed": "0", "tolerance": "2e-16"}
