@@ -23,6 +23,12 @@ number in ᾱ is 1/(ᾱ(1 − ᾱ)|λ|). The table says so under its rows (:func
 Progress: :func:`run_audit` and :func:`main` take a ``progress`` callback (default None: silent); the
 ``ddspec audit`` command draws it on stderr, only when stderr is a terminal.
 
+Pairings and bounds come from the registry (:mod:`ddspec.reference.registry`): each audited quantity
+names its reference function, its mpmath twin and its ULP bound there, and a schedule's β is measured
+against the twin its registry entry names. The σ(η) rows evaluate the twin's equation (DDIM eq. 16,
+:func:`ddspec.reference.twin.ddim.ddim_sigma`) on one ᾱ table of the twin per schedule rather than
+per call, which keeps the audit of T = 100000 linear in T.
+
 Inputs are exact: the twin of a table quantity (ᾱ, β̃, …) is evaluated on the same float64 β the
 reference used, so that the audit measures the function, not the rounding of its inputs; the twin of
 a schedule's β is evaluated from the float64 parameters (beta_start, s, max_beta, …).
@@ -35,19 +41,15 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import mpmath
 import numpy as np
 from numpy.typing import NDArray
 
-from . import alphas, ddim, posterior, schedules, timesteps, twin
+from . import alphas, registry, schedules, twin
 from ._validate import fail
 from .twin import alphas as t_alphas
-from .twin import ddim as t_ddim
-from .twin import posterior as t_posterior
-from .twin import schedules as t_schedules
-from .twin import timesteps as t_timesteps
 
 __all__ = [
     "BOUNDS",
@@ -66,24 +68,16 @@ __all__ = [
 #: and quantity now being measured (``"linear T=1000: alpha_bar"``), or ``"done"`` at the end.
 Progress = Callable[[int, int, str], None]
 
-#: Documented worst-case bound (ULP) per quantity; docs/accuracy.md lists the same numbers.
+#: Documented worst-case bound (ULP) per quantity, from the registry; docs/accuracy.md lists the same numbers.
 BOUNDS: dict[str, float] = {
-    "beta": 8.0,
-    "alpha_bar": 8.0,
-    "one_minus_alpha_bar": 8.0,
-    "sqrt_alpha_bar": 8.0,
-    "sqrt_one_minus_alpha_bar": 8.0,
-    "snr": 8.0,
-    "log_snr": 8.0,
-    "beta_tilde": 8.0,
-    "posterior_mean_coef1": 8.0,
-    "posterior_mean_coef2": 8.0,
-    "posterior_log_variance_clipped": 8.0,
-    "respaced_beta": 8.0,
-    "ddim_sigma(eta=1)": 8.0,
-    "ddim_sigma(eta=0.5)": 8.0,
-    "ddim_sigma(eta=1, stride)": 8.0,
+    q: float(x.ulp_bound) for x in registry.REGISTRY if x.ulp_bound is not None for q in x.audit
 }
+
+#: The quantities that are a function of β alone (``f(betas)``, twin ``f(betas, dps=...)``), in table order.
+_TABLE_QUANTITIES: tuple[str, ...] = (
+    "alpha_bar", "one_minus_alpha_bar", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "beta_tilde",
+    "posterior_mean_coef1", "posterior_mean_coef2", "snr", "log_snr", "posterior_log_variance_clipped",
+)
 
 #: (schedule name, T). The first ten are the issue's standard set; the rest cover every named schedule.
 STANDARD_CASES: tuple[tuple[str, int], ...] = (
@@ -108,18 +102,28 @@ STANDARD_CASES: tuple[tuple[str, int], ...] = (
 
 QUICK_CASES: tuple[tuple[str, int], ...] = tuple(c for c in STANDARD_CASES if c[1] <= 1000)
 
-_TWIN_BETAS: dict[str, Callable[..., list]] = {
-    "linear": t_schedules.linear_betas,
-    "scaled_linear": t_schedules.scaled_linear_betas,
-    "cosine": t_schedules.cosine_betas,
-    "improved_linear": t_schedules.improved_linear_betas,
-    "sigmoid": t_schedules.sigmoid_betas,
-    "quad": t_schedules.quad_betas,
-    "const": t_schedules.const_betas,
-    "jsd": t_schedules.jsd_betas,
-    "warmup10": lambda T, dps: t_schedules.warmup_betas(T, 0.1, dps=dps),
-    "warmup50": lambda T, dps: t_schedules.warmup_betas(T, 0.5, dps=dps),
+#: Named schedules whose builder is a registry function with fixed extra arguments (the rest are
+#: ``schedules.<name>_betas`` with their defaults).
+_SCHEDULE_BUILDERS: dict[str, tuple[str, dict[str, float]]] = {
+    "warmup10": ("schedules.warmup_betas", {"warmup_frac": 0.1}),
+    "warmup50": ("schedules.warmup_betas", {"warmup_frac": 0.5}),
 }
+
+
+def _pair(quantity: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The (reference, twin) functions of an audited quantity, as the registry pairs them."""
+    x = registry.audit_entry(quantity)
+    assert x.twin is not None, x.function
+    return registry.resolve(x.function), registry.resolve(x.twin, twin=True)
+
+
+def _twin_betas(schedule: str, T: int, dps: int) -> list:
+    """The exact β of a named schedule: the twin of its registry entry, at the builder's parameters."""
+    function, extra = _SCHEDULE_BUILDERS.get(schedule, (f"schedules.{schedule}_betas", {}))
+    x = registry.entry(function)
+    if "beta" not in x.audit or x.twin is None:
+        fail("schedule", schedule, f"{function} is not an audited schedule in the registry")
+    return registry.resolve(x.twin, twin=True)(T, dps=dps, **extra)
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ def _row(quantity: str, schedule: str, T: int, approx: NDArray[np.float64], exac
 
 def _sigma_rows(schedule: str, T: int, betas: NDArray[np.float64], dps: int) -> list[AuditRow]:
     rows: list[AuditRow] = []
+    sigmas = registry.resolve(registry.audit_entry("ddim_sigma(eta=1)").function)
     ab = t_alphas.alpha_bar(betas, dps=dps)
     with mpmath.workdps(dps):
         def twin_sigma(t: int, s: int, eta: float) -> mpmath.mpf:
@@ -159,17 +164,18 @@ def _sigma_rows(schedule: str, T: int, betas: NDArray[np.float64], dps: int) -> 
 
         full = np.arange(T - 1, -1, -1)
         for eta, name in ((1.0, "ddim_sigma(eta=1)"), (0.5, "ddim_sigma(eta=0.5)")):
-            approx = ddim.ddim_sigmas(betas, full, eta)
+            approx = sigmas(betas, full, eta)
             exact = [twin_sigma(int(t), int(t) - 1, eta) for t in full]
             rows.append(_row(name, schedule, T, approx, exact, full))
         stride = max(T // 50, 2)
         sub = np.arange(T - 1, -1, -stride)
-        approx = ddim.ddim_sigmas(betas, sub, 1.0)
+        approx = sigmas(betas, sub, 1.0)
         nxt = list(sub[1:]) + [-1]
         exact = [twin_sigma(int(t), int(s), 1.0) for t, s in zip(sub, nxt)]
         rows.append(_row("ddim_sigma(eta=1, stride)", schedule, T, approx, exact, sub))
-        approx = timesteps.respaced_betas(betas, sub)
-        exact = t_timesteps.respaced_betas(betas, sub, dps=dps)
+        ref_respaced, twin_respaced = _pair("respaced_beta")
+        approx = ref_respaced(betas, sub)
+        exact = twin_respaced(betas, sub, dps=dps)
         rows.append(_row("respaced_beta", schedule, T, approx, exact, np.sort(sub)))
     return rows
 
@@ -217,25 +223,13 @@ def audit_case(schedule: str, T: int, *, dps: int = twin.DEFAULT_DPS, progress: 
     say = progress or (lambda _msg: None)
     betas = schedules.get_betas(schedule, T)
     say("beta")
-    rows = [_row("beta", schedule, T, betas, _TWIN_BETAS[schedule](T, dps=dps))]
-    table_quantities: list[tuple[str, Callable, Callable]] = [
-        ("alpha_bar", alphas.alpha_bar, t_alphas.alpha_bar),
-        ("one_minus_alpha_bar", alphas.one_minus_alpha_bar, t_alphas.one_minus_alpha_bar),
-        ("sqrt_alpha_bar", alphas.sqrt_alpha_bar, t_alphas.sqrt_alpha_bar),
-        ("sqrt_one_minus_alpha_bar", alphas.sqrt_one_minus_alpha_bar, t_alphas.sqrt_one_minus_alpha_bar),
-        ("beta_tilde", posterior.beta_tilde, t_posterior.beta_tilde),
-        ("posterior_mean_coef1", posterior.posterior_mean_coef1, t_posterior.posterior_mean_coef1),
-        ("posterior_mean_coef2", posterior.posterior_mean_coef2, t_posterior.posterior_mean_coef2),
-    ]
-    table_quantities.append(("snr", alphas.snr, t_alphas.snr))  # SNR = 0 where ᾱ = 0: compared exactly
-    if not _zero_terminal(betas):
-        table_quantities.append(("log_snr", alphas.log_snr, t_alphas.log_snr))
-    if T >= 2:
-        table_quantities.append(
-            ("posterior_log_variance_clipped", posterior.posterior_log_variance_clipped,
-             t_posterior.posterior_log_variance_clipped)
-        )
-    for name, ref_fn, twin_fn in table_quantities:
+    rows = [_row("beta", schedule, T, betas, _twin_betas(schedule, T, dps))]
+    zero_terminal = _zero_terminal(betas)
+    for name in _TABLE_QUANTITIES:
+        # SNR = 0 where ᾱ = 0 is compared exactly; log-SNR is -inf there (audit_notes says so)
+        if (name == "log_snr" and zero_terminal) or (name == "posterior_log_variance_clipped" and T < 2):
+            continue
+        ref_fn, twin_fn = _pair(name)
         say(name)
         rows.append(_row(name, schedule, T, ref_fn(betas), twin_fn(betas, dps=dps)))
     say("ddim_sigma, respaced_beta")

@@ -215,6 +215,12 @@ TABLE: dict[str, Builder] = {
     "sampling.ddpm_sample_loop": lambda: dict(
         model_fn=_model_eps, x_T=_x(), timesteps=np.array([5, 3, 1]), betas=BETAS.copy(), noises=[_x2(), _x2(), None],
         variance_type="fixed_large", prediction_type="epsilon", **_common_step()),
+    # registry (the declarative index) and traceability (its generated table)
+    "registry.entry": lambda: dict(function="alphas.alpha_bar"),
+    "registry.resolve": lambda: dict(name="posterior.beta_tilde", twin=True),
+    "registry.audit_entry": lambda: dict(quantity="beta_tilde"),
+    "registry.probe_errors": lambda: dict(function="alphas.alpha_bar_ratio"),
+    "traceability.render": lambda: dict(entries=importlib.import_module("ddspec.reference.registry").REGISTRY[:3]),
     # schedules
     "schedules.linear_betas": lambda: dict(num_timesteps=10, beta_start=1e-4, beta_end=0.02),
     "schedules.improved_linear_betas": lambda: dict(num_timesteps=30),
@@ -280,6 +286,13 @@ EXEMPT: dict[str, str] = {
     "postprocess.ROUNDINGS": "constant",
     "sampling.StepResult": "result container (frozen dataclass) built by the step functions",
     "sampling.SampleTrajectory": "result container (frozen dataclass) built by the loops",
+    "registry.Probe": "declarative record (frozen dataclass) of the registry's probe points",
+    "registry.Entry": "declarative record (frozen dataclass) of one registry row",
+    "registry.REGISTRY": "constant (the registry itself)",
+    "registry.TOOLING_MODULES": "constant",
+    "registry.UNIT_ROUNDOFF": "constant",
+    "traceability.main": "command-line entry point (python -m ddspec.reference.traceability); takes no options "
+                         "and rejects any with exit status 2; its work is render, which is in the table",
     "schedules.NAMED_SCHEDULES": "constant mapping to builders that are in the table (reached through get_betas)",
     "timesteps.SPACINGS": "constant mapping to rules that are in the table (reached through get_timesteps)",
     "variances.VARIANCE_TYPES": "constant",
