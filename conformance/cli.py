@@ -193,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="compact report: the root errors, each failing check with its worst finding, the summary",
     )
     check.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the target in this process (for pdb) instead of a supervised worker process; a "
+        "target that ends the process, hangs or segfaults then takes the run with it",
+    )
+    check.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        help="limit how far the worker's memory may grow (e.g. 512M, 2G; RLIMIT_AS); an allocation "
+        "past it fails the check; not with --in-process",
+    )
+    check.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bar (it is drawn on stderr only when stderr is a terminal)",
@@ -339,6 +351,20 @@ def _run_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(str(exc))
 
+    from .sandbox import WorkerSampler, isolate, parse_memory
+
+    max_memory = None
+    if args.max_memory is not None:
+        if args.in_process:
+            return _error("--max-memory limits the worker process; it cannot be combined with --in-process")
+        try:
+            max_memory = parse_memory(args.max_memory, option="--max-memory")
+        except ValueError as exc:
+            return _error(str(exc))
+    if args.in_process:
+        _warn("--in-process: the targets run in this process; one that exits, crashes or hangs takes the run "
+              "with it (invariants.no_global_state_change's details say how each target ran)")
+
     for opt, path in (("--json", args.json), ("--junit", args.junit)):
         if path:
             parent = os.path.dirname(os.path.abspath(path))
@@ -364,6 +390,8 @@ def _run_check(args: argparse.Namespace) -> int:
     reports = []
     for loaded in targets:
         label, sampler = loaded.label, loaded.sampler
+        if not args.in_process:
+            sampler = isolate(sampler, device=device, timeout_s=args.timeout, max_memory=max_memory, spec=label)
         for note in loaded.warnings:
             _warn(note)
         try:
@@ -392,6 +420,8 @@ def _run_check(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+            if isinstance(sampler, WorkerSampler):
+                sampler.close()
         reports.append(report)
         sys.stdout.write(format_text(report, show_tracebacks=args.traceback,
                                      failures_only=args.failures_only, origin=loaded.origin))

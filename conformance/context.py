@@ -29,7 +29,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .runner import CallOutcome, call_with_timeout
+from .runner import CallOutcome
+from .sandbox import StateLog, WorkerSampler, call_in_process, call_isolated, isolation_of
 
 __all__ = ["Profile", "PROFILES", "DTYPES", "CheckContext", "parse_dtype", "parse_device"]
 
@@ -202,6 +203,7 @@ class CheckContext:
     steps: tuple[int, ...] | None = None
     num_train_timesteps: int | None = None
     _settings: Profile = field(init=False, repr=False)
+    _state_log: StateLog = field(default_factory=StateLog, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.device = parse_device(self.device)
@@ -315,9 +317,32 @@ class CheckContext:
     # -- calling the target ------------------------------------------------------------------------
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> CallOutcome:
-        r"""``fn(*args, **kwargs)`` through :func:`~ddspec.conformance.runner.call_with_timeout`.
+        r"""``fn(*args, **kwargs)``, safely: never raises for what the target does.
 
-        Never raises: an exception or a call running past :attr:`timeout_s` comes back in the
-        :class:`~ddspec.conformance.runner.CallOutcome`.
+        An exception, a call running past :attr:`timeout_s`, or (in isolation) the death of the
+        target's worker process comes back in the :class:`~ddspec.conformance.runner.CallOutcome`.
+        When :attr:`sampler` is isolated (a :class:`~ddspec.conformance.sandbox.WorkerSampler`, from
+        :func:`~ddspec.conformance.sandbox.isolate`), ``fn`` runs in this thread and every access to
+        the target within it shares the deadline (:func:`~ddspec.conformance.sandbox.call_isolated`);
+        otherwise it runs in a helper thread
+        (:func:`~ddspec.conformance.sandbox.call_in_process`). Either way torch's global settings are
+        watched around the target's code and changes go to :attr:`state_log`; a ``KeyboardInterrupt``
+        raised by the target is its failure, a user's Ctrl-C is re-raised.
         """
-        return call_with_timeout(fn, *args, timeout_s=self.timeout_s, **kwargs)
+        if isinstance(self.sampler, WorkerSampler):
+            return call_isolated(self.sampler, fn, args, kwargs, timeout_s=self.timeout_s)
+        return call_in_process(fn, args, kwargs, timeout_s=self.timeout_s, log=self._state_log)
+
+    @property
+    def isolation(self) -> str:
+        r"""How the target runs: ``"worker process (fork, 1 torch thread)"``, ``"in-process"``, ...
+        (:func:`~ddspec.conformance.sandbox.isolation_of`)."""
+        return isolation_of(self.sampler)
+
+    @property
+    def state_log(self) -> StateLog:
+        r"""The :class:`~ddspec.conformance.sandbox.StateLog` of the calls into the target: the
+        worker's for an isolated target, else this context's own."""
+        if isinstance(self.sampler, WorkerSampler):
+            return self.sampler.state_log
+        return self._state_log

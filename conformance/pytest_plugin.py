@@ -38,7 +38,10 @@ errors (a malformed ``--ddspec-allow``, a bad device) stop pytest with ``ddspec:
 
 Other options: ``--ddspec-device`` (cpu), ``--ddspec-dtype`` (float32), ``--ddspec-profile``
 (default: ``default``, the same as ``ddspec check``, so that both check the same thing; ``quick`` for
-a fast gate), ``--ddspec-seed`` (0), ``--ddspec-timeout`` (30 s per call into the target).
+a fast gate), ``--ddspec-seed`` (0), ``--ddspec-timeout`` (30 s per call into the target),
+``--ddspec-in-process`` and ``--ddspec-max-memory SIZE`` (as ``ddspec check --in-process`` /
+``--max-memory``: the targets run in a supervised worker process unless ``--ddspec-in-process``;
+:mod:`ddspec.conformance.sandbox`).
 
 In your own tests
 -----------------
@@ -103,6 +106,8 @@ def ddspec_check(
     allow: Mapping[str, str] | None = None,
     checks: Sequence[Callable[..., list[CheckResult]]] | None = None,
     progress: bool = False,
+    isolate: bool = False,
+    max_memory: int | str | None = None,
 ) -> Report:
     r"""Run ddspec's checks against ``target`` and return the :class:`~ddspec.conformance.results.Report`.
 
@@ -114,6 +119,9 @@ def ddspec_check(
         allow: known deviations ``{check name or glob: reason}``, recorded in the report (a failing
             check they match no longer fails it; see :mod:`ddspec.conformance.results`).
         checks: the check functions (default: every installed check).
+        isolate: run the target in a supervised worker process (:mod:`ddspec.conformance.sandbox`),
+            as ``ddspec check`` and the plugin's items do; default False here (in this process).
+        max_memory: with ``isolate``, how far the worker's memory may grow (bytes, or ``"512M"``).
 
     Raises:
         ddspec.conformance.loader.TargetLoadError: the target cannot be loaded or adapted.
@@ -125,7 +133,7 @@ def ddspec_check(
         loaded = load(target)
         return _check_loaded(loaded.sampler, loaded.label, device=device, dtype=dtype, profile=profile,
                              seed=seed, timeout_s=timeout_s, steps=steps, allow=allow, checks=checks,
-                             progress=progress)
+                             progress=progress, isolate=isolate, max_memory=max_memory, spec=loaded.label)
     from .loader import adapt_object
 
     label_of_type = type(target).__name__
@@ -133,7 +141,8 @@ def ddspec_check(
     name = getattr(sampler, "name", None)
     label = name if isinstance(name, str) and name else type(sampler).__name__
     return _check_loaded(sampler, label, device=device, dtype=dtype, profile=profile, seed=seed,
-                         timeout_s=timeout_s, steps=steps, allow=allow, checks=checks, progress=progress)
+                         timeout_s=timeout_s, steps=steps, allow=allow, checks=checks, progress=progress,
+                         isolate=isolate, max_memory=max_memory)
 
 
 def _check_loaded(
@@ -149,25 +158,38 @@ def _check_loaded(
     allow: Mapping[str, str] | None,
     checks: Sequence[Callable[..., list[CheckResult]]] | None,
     progress: bool,
+    isolate: bool = False,
+    max_memory: int | str | None = None,
+    spec: str | None = None,
 ) -> Report:
-    """:func:`ddspec_check` on an adapted sampler."""
+    """:func:`ddspec_check` on an adapted sampler (in a worker process with ``isolate``)."""
     from .context import CheckContext
     from .results import validate_allowances
     from .runner import installed_checks, run_checks
+    from .sandbox import WorkerSampler
+    from .sandbox import isolate as isolated
 
     allowances = validate_allowances(allow)
-    context = CheckContext(
-        sampler=sampler,
-        device=device,
-        dtype=dtype,
-        profile=profile,
-        seed=seed,
-        timeout_s=timeout_s,
-        progress=progress,
-        steps=None if steps is None else tuple(steps),
-    )
-    check_list = installed_checks() if checks is None else list(checks)
-    return run_checks(sampler, context, check_list, target=label).with_allowances(allowances)
+    if isolate:
+        sampler = isolated(sampler, device=device, timeout_s=timeout_s, max_memory=max_memory, spec=spec)
+    elif max_memory is not None:
+        raise ValueError(f"max_memory={max_memory!r}: limits the worker process; needs isolate=True")
+    try:
+        context = CheckContext(
+            sampler=sampler,
+            device=device,
+            dtype=dtype,
+            profile=profile,
+            seed=seed,
+            timeout_s=timeout_s,
+            progress=progress,
+            steps=None if steps is None else tuple(steps),
+        )
+        check_list = installed_checks() if checks is None else list(checks)
+        return run_checks(sampler, context, check_list, target=label).with_allowances(allowances)
+    finally:
+        if isinstance(sampler, WorkerSampler):
+            sampler.close()
 
 
 def assert_conforms(
@@ -239,6 +261,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "required; repeatable",
     )
     group.addoption(
+        "--ddspec-in-process",
+        action="store_true",
+        help="run the targets in this process (for pdb) instead of a supervised worker process, as "
+        "'ddspec check --in-process'",
+    )
+    group.addoption(
+        "--ddspec-max-memory",
+        default=None,
+        metavar="SIZE",
+        help="limit how far the worker's memory may grow (e.g. 512M, 2G), as 'ddspec check --max-memory'",
+    )
+    group.addoption(
         "--ddspec-strict",
         action="store_true",
         help="acceptable variants, skipped checks and unused allowances fail too (unsupported "
@@ -270,6 +304,17 @@ def pytest_configure(config: pytest.Config) -> None:
         timeout = config.getoption("ddspec_timeout")
         if not (timeout > 0 and timeout != float("inf")):
             raise _usage_error(f"--ddspec-timeout={timeout}: must be a finite number of seconds > 0")
+        max_memory = config.getoption("ddspec_max_memory")
+        if max_memory is not None:
+            if config.getoption("ddspec_in_process"):
+                raise _usage_error("--ddspec-max-memory limits the worker process; it cannot be combined with "
+                                   "--ddspec-in-process")
+            from .sandbox import parse_memory
+
+            try:
+                parse_memory(max_memory, option="--ddspec-max-memory")
+            except ValueError as exc:
+                raise _usage_error(str(exc)) from None
         if config.getoption("ddspec_seed") < 0:
             raise _usage_error(f"--ddspec-seed={config.getoption('ddspec_seed')}: must be >= 0")
 
@@ -301,6 +346,9 @@ def _run(config: pytest.Config, spec: str) -> Report | str:
                 allow=config.stash[_ALLOW_KEY],
                 checks=None,
                 progress=False,
+                isolate=not config.getoption("ddspec_in_process"),
+                max_memory=config.getoption("ddspec_max_memory"),
+                spec=loaded.label,
             )
         except TargetLoadError as exc:
             cache[spec] = str(exc)

@@ -9,6 +9,7 @@ family: :func:`ddspec.conformance.runner.select_checks`).
 """
 
 from . import distribution, invariants, loop, oracle, schedule, single_step, timesteps
+from . import global_state
 
 #: Every check function, in the order `ddspec check` runs them.
 ALL_CHECKS: list = [
@@ -19,6 +20,7 @@ ALL_CHECKS: list = [
     *distribution.CHECKS,
     *invariants.CHECKS,
     *loop.CHECKS,
+    *global_state.CHECKS,
 ]
 
 __all__ = ["ALL_CHECKS", "distribution", "invariants", "loop", "oracle", "schedule", "single_step", "timesteps"]
