@@ -55,7 +55,9 @@ examples:
 A TARGET is 'module:attr' (attr may be dotted; the module is imported from PYTHONPATH or the
 installed packages, then the current directory, or given as a path to a .py file; the report
 names the file it was loaded from). It may name a diffusers scheduler instance, an object
-implementing ddspec's Sampler protocol, or a zero-argument factory or class returning one.
+implementing ddspec's Sampler protocol, a whole sampling loop wrapped in
+ddspec.conformance.adapters.loop.LoopSampler (docs/loops.md), or a zero-argument factory or
+class returning one.
 
 --allow NAME::REASON splits at the first '::' (check names contain '=', as in single_step.eta=0);
 NAME is a check name or an fnmatch glob; REASON is required.
@@ -73,7 +75,9 @@ exit codes (the pytest plugin fails on exactly the same results):
   an --allow that matches no failing check       0        1
   only passes and allowed failures               0        0
   2: bad arguments (a malformed --allow, --steps above T, ...) or a target that cannot be loaded;
-  130: interrupted. Several targets: the largest code.
+  130: interrupted (the partial report of the checks that finished is written). Several targets:
+  the largest code. With --baseline, a check whose error grew more than --max-growth times or
+  whose verdict got worse also gives 1 (added or removed checks are reported, not failed).
 """
 
 
@@ -183,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", metavar="PATH", help="write the report as JSON (schema ddspec.report/1)")
     check.add_argument("--junit", metavar="PATH", help="write the report as JUnit XML")
+    check.add_argument("--html", metavar="PATH",
+                       help="write a self-contained HTML report with plots (needs the 'report' extra: matplotlib)")
+    check.add_argument("--save-baseline", metavar="PATH",
+                       help="save this run's observed errors and verdicts as a baseline (schema ddspec.baseline/1)")
+    check.add_argument("--baseline", metavar="PATH",
+                       help="compare with a saved baseline: exit 1 when a check's error grew more than "
+                            "--max-growth times (even within its tolerance) or its verdict got worse")
+    check.add_argument("--max-growth", metavar="F", type=float, default=10.0,
+                       help="the error growth --baseline tolerates (default 10)")
     check.add_argument(
         "--traceback", action="store_true", help="show tracebacks (load errors, crashed checks)"
     )
@@ -328,7 +341,7 @@ def _run_check(args: argparse.Namespace) -> int:
     from .context import CheckContext, parse_device, parse_dtype
     from . import loader
     from .report import format_text, write_json, write_junit
-    from .runner import installed_checks, run_checks
+    from .runner import InterruptedRun, installed_checks, run_checks
 
     def fail_setup(message: str) -> int:
         if args.traceback:
@@ -365,7 +378,23 @@ def _run_check(args: argparse.Namespace) -> int:
         _warn("--in-process: the targets run in this process; one that exits, crashes or hangs takes the run "
               "with it (invariants.no_global_state_change's details say how each target ran)")
 
-    for opt, path in (("--json", args.json), ("--junit", args.junit)):
+    baseline_obj = None
+    if args.baseline is not None:
+        from . import baseline as baseline_mod
+
+        try:
+            baseline_obj = baseline_mod.load_baseline(args.baseline)
+        except (ValueError, OSError) as exc:
+            return _error(f"--baseline {args.baseline}: {exc}")
+    if not args.max_growth > 1.0:
+        return _error(f"--max-growth {args.max_growth}: must be > 1 (the factor an error may grow by)")
+    if args.html:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            return _error(f"--html {args.html}: the HTML report needs matplotlib: pip install 'ddspec[report]'")
+    for opt, path in (("--json", args.json), ("--junit", args.junit), ("--html", args.html),
+                      ("--save-baseline", args.save_baseline)):
         if path:
             parent = os.path.dirname(os.path.abspath(path))
             if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
@@ -417,6 +446,17 @@ def _run_check(args: argparse.Namespace) -> int:
             stream = _CheckProgress(bar) if bar is not None else None
             report = run_checks(sampler, context, checks, target=label, stream=stream).with_allowances(allow)
             report = dataclasses.replace(report, origin=loaded.origin)
+        except InterruptedRun as stop:
+            # the user's Ctrl-C: write what finished (text and files), then exit 130
+            partial = dataclasses.replace(stop.report.with_allowances(allow), origin=loaded.origin)
+            reports.append(partial)
+            sys.stdout.write(format_text(partial, show_tracebacks=args.traceback,
+                                         failures_only=args.failures_only, origin=loaded.origin))
+            sys.stdout.write("\n")
+            _write_reports(args, reports)
+            print(f"ddspec: interrupted during {label}: the partial report covers the {len(partial.checks)} "
+                  "check(s) that finished", file=sys.stderr)
+            return EXIT_INTERRUPTED
         finally:
             if bar is not None:
                 bar.close()
@@ -428,20 +468,43 @@ def _run_check(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
 
-    try:
-        if args.json:
-            write_json(reports, args.json)
-        if args.junit:
-            write_junit(reports, args.junit)
-    except OSError as exc:
-        return _error(f"cannot write the report: {exc.strerror or exc}: {exc.filename or ''}")
+    written = _write_reports(args, reports)
+    if written is not None:
+        return written
 
     codes = [r.exit_code(args.strict) for r in reports]
     if len(reports) > 1:
         bad = [r.target for r, c in zip(reports, codes) if c]
         verdict = "all conform" if not bad else f"{len(bad)} do not conform: {', '.join(bad)}"
         print(f"ddspec: {len(reports)} targets checked; {verdict}", file=sys.stderr)
-    return max(codes, default=EXIT_OK)
+    gate = EXIT_OK
+    if baseline_obj is not None or args.save_baseline:
+        from . import baseline as baseline_mod
+
+        try:
+            gate = baseline_mod.run_gate(reports, save=args.save_baseline, baseline=baseline_obj,
+                                         max_growth=args.max_growth)
+        except (ValueError, OSError) as exc:
+            return _error(f"baseline: {exc}")
+    return max(max(codes, default=EXIT_OK), gate)
+
+
+def _write_reports(args: argparse.Namespace, reports: list) -> int | None:
+    """Write the --json, --junit and --html files of ``reports``; an exit code when one cannot be written."""
+    from .report import write_json, write_junit
+
+    try:
+        if args.json:
+            write_json(reports, args.json)
+        if args.junit:
+            write_junit(reports, args.junit)
+        if args.html:
+            from .html_report import write_html
+
+            write_html(reports, args.html)
+    except OSError as exc:
+        return _error(f"cannot write the report: {exc.strerror or exc}: {exc.filename or ''}")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -48,6 +48,7 @@ __all__ = [
     "target_kind",
     "select_checks",
     "run_checks",
+    "InterruptedRun",
 ]
 
 _MAX_ERROR_CHARS = 500
@@ -430,6 +431,34 @@ def run_checks(
         seed=context.seed,
     )
     results: list[CheckResult] = []
+    try:
+        _run_all(checks, context, results, out)
+    except KeyboardInterrupt:
+        # the user's Ctrl-C (a target's own KeyboardInterrupt is caught by ctx.call as its failure):
+        # stop, but hand the checks that finished to the caller, which writes the partial report
+        raise InterruptedRun(replace(report_started, checks=tuple(results), target_notes=_notes_of(sampler))) from None
+    return replace(
+        report_started, checks=tuple(results), conventions=_conventions_of(sampler, context.timeout_s),
+        target_notes=_notes_of(sampler),
+    )
+
+
+class InterruptedRun(KeyboardInterrupt):
+    r"""A user's Ctrl-C during :func:`run_checks`; ``report`` holds the checks that finished before it.
+
+    A :class:`KeyboardInterrupt`, so that code that does not know it still stops; ``ddspec check``
+    catches it, writes the partial report (text, JSON, JUnit, HTML) and exits 130.
+    """
+
+    def __init__(self, report: Report) -> None:
+        super().__init__("interrupted")
+        self.report = report
+
+
+def _run_all(
+    checks: list[Callable[..., Any]], context: CheckContext, results: list[CheckResult], out: TextIO
+) -> None:
+    """The check loop of :func:`run_checks`: appends to ``results`` as each check finishes."""
     total = len(checks)
     for index, check in enumerate(checks, start=1):
         before = rng_state_snapshot()
@@ -474,8 +503,3 @@ def run_checks(
                 print(f"[{index}/{total}] {check_label(check)}  (no results)", file=out, flush=True)
             for r in produced:
                 print(f"[{index}/{total}] {r.name}  {r.verdict.value}", file=out, flush=True)
-
-    return replace(
-        report_started, checks=tuple(results), conventions=_conventions_of(sampler, context.timeout_s),
-        target_notes=_notes_of(sampler),
-    )

@@ -437,3 +437,26 @@ def test_derive_subcommand_is_wired_to_the_derivations(capsys) -> None:
     assert "✓ ddim-eta-one" in out and "✗" not in out
     assert main(["derive", "no-such-derivation"]) == 2
     assert capsys.readouterr().err.startswith("ddspec: error: ")
+
+
+def test_ctrl_c_writes_the_partial_report_and_exits_130(tmp_path, monkeypatch, capsys) -> None:
+    """A user's Ctrl-C (a KeyboardInterrupt reaching the runner between checks, not one the target
+    raises) stops the run with exit 130, and the JSON report holds the checks that finished."""
+    import json
+
+    from ddspec.conformance import runner
+    from ddspec.conformance.checks import schedule
+    from ddspec.conformance.cli import main
+
+    def user_pressed_ctrl_c(ctx):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "installed_checks", lambda: [*schedule.CHECKS, user_pressed_ctrl_c])
+    out = tmp_path / "partial.json"
+    code = main(["check", "ddspec.conformance.torch_port:make_reference_port", "--no-progress", "--in-process",
+                 "--json", str(out)])
+    assert code == 130
+    data = json.loads(out.read_text())
+    names = [c["name"] for c in (data["reports"][0] if "reports" in data else data)["checks"]]
+    assert names and all(n.startswith("schedule.") for n in names)
+    assert "interrupted" in capsys.readouterr().err

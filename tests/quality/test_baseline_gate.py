@@ -113,3 +113,32 @@ def test_honest_port_against_its_own_baseline_passes(honest_baseline: Path, tmp_
     assert comparison.exit_code == 0, comparison.format_text()
     assert comparison.regressions == () and comparison.added == () and comparison.removed == ()
     assert comparison.compared == len(report.checks)
+
+
+def make_port_from_env() -> ReferencePort:
+    """The honest port, or the perturbed one when ``DDSPEC_BASELINE_PERTURB=1``: one target spec whose
+    implementation changes between runs, as a library's does between releases."""
+    return make_perturbed_port() if os.environ.get("DDSPEC_BASELINE_PERTURB") == "1" else make_honest_port()
+
+
+def test_cli_baseline_gate_and_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``ddspec check --save-baseline`` then ``--baseline``: the honest release passes the gate (exit 0),
+    the release with the planted in-tolerance regression fails it (exit 1) and the gate's text names
+    the check; ``--html`` writes a self-contained page with its plots."""
+    spec = f"{_HERE}:make_port_from_env"
+    base = ["check", spec, "--profile", "quick", "--no-progress", "-q"]
+    path = tmp_path / "b.json"
+    monkeypatch.delenv("DDSPEC_BASELINE_PERTURB", raising=False)
+    html = tmp_path / "r.html"
+    assert ddspec_main([*base, "--save-baseline", str(path), "--html", str(html)]) == 0
+    assert json.loads(path.read_text())["schema_version"] == "ddspec.baseline/1"
+    page = html.read_text()
+    assert page.count("data:image/png;base64,") >= 1 and "http://" not in page and "https://" not in page
+    capsys.readouterr()
+    assert ddspec_main([*base, "--baseline", str(path)]) == 0
+    capsys.readouterr()
+    monkeypatch.setenv("DDSPEC_BASELINE_PERTURB", "1")
+    assert ddspec_main([*base, "--baseline", str(path)]) == 1
+    assert "single_step.eta=0" in capsys.readouterr().out
+    assert ddspec_main([*base, "--baseline", str(path), "--max-growth", "1"]) == 2
