@@ -273,6 +273,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="limit how far the worker's memory may grow (e.g. 512M, 2G), as 'ddspec check --max-memory'",
     )
     group.addoption(
+        "--ddspec-baseline",
+        default=None,
+        metavar="PATH",
+        help="compare each target's report with a saved baseline (ddspec check --save-baseline): one more "
+        "item per target, ddspec:baseline[SPEC], fails when an error grew more than --ddspec-max-growth "
+        "times or a verdict got worse, as 'ddspec check --baseline'",
+    )
+    group.addoption(
+        "--ddspec-max-growth",
+        type=float,
+        default=10.0,
+        metavar="F",
+        help="the error growth --ddspec-baseline tolerates (default 10)",
+    )
+    group.addoption(
         "--ddspec-strict",
         action="store_true",
         help="acceptable variants, skipped checks and unused allowances fail too (unsupported "
@@ -393,6 +408,18 @@ class DDSpecItem(pytest.Item):
         report = self.report
         assert report is not None
         strict = self._strict()
+        if self.result is None and self.name.startswith("ddspec:baseline["):
+            from . import baseline as baseline_mod
+
+            path = self.config.getoption("ddspec_baseline")
+            growth = float(self.config.getoption("ddspec_max_growth"))
+            try:
+                comparison = baseline_mod.compare(report, path, growth)
+            except (ValueError, OSError) as exc:
+                raise DDSpecCheckFailure(f"ddspec: error: --ddspec-baseline={path!r}: {exc}") from None
+            if comparison.exit_code:
+                raise DDSpecCheckFailure(comparison.format_text())
+            return
         if self.result is None and self.name.startswith("ddspec:checked["):
             raise DDSpecCheckFailure(
                 f"ddspec: nothing was checked on {self.spec}: every result is skipped or unsupported, "
@@ -461,6 +488,11 @@ def _items_for(session: pytest.Session, spec: str) -> list[DDSpecItem]:
         items.append(
             DDSpecItem.from_parent(session, name=f"ddspec:checked[{spec}]",
                                    nodeid=f"ddspec[{spec}]::checked", spec=spec, report=outcome)
+        )
+    if session.config.getoption("ddspec_baseline"):
+        items.append(
+            DDSpecItem.from_parent(session, name=f"ddspec:baseline[{spec}]",
+                                   nodeid=f"ddspec[{spec}]::baseline", spec=spec, report=outcome)
         )
     if outcome.allowances:
         items.append(

@@ -271,3 +271,29 @@ def _maker(mix):
                     disagreements.append((mix, strict, kind, cli, plugin, expected))
             assert rec.ret == (pytest.ExitCode.TESTS_FAILED if max(expected_all) else pytest.ExitCode.OK)
     assert not disagreements
+
+
+def _error_of(size):
+    def check(ctx):
+        return [CheckResult(name="single_step.eta=0", family="single_step", verdict=Verdict.PASS,
+                            observed=size, tolerance=1e-6)]
+    return check
+
+
+def test_baseline_item_fails_on_error_growth(pytester, spec, monkeypatch, tmp_path):
+    """``--ddspec-baseline``: one ``ddspec:baseline[SPEC]`` item per target, failing exactly when the
+    gate of ``ddspec check --baseline`` would: an error 100× its baseline (inside its tolerance) fails
+    at the default growth 10, the same error passes."""
+    from ddspec.conformance import baseline as bl
+    from ddspec.conformance.results import Report
+
+    path = tmp_path / "b.json"
+    bl.save_baseline([Report(target=spec, device="cpu", dtype="float32", profile="default", seed=0,
+                             checks=tuple(_error_of(1e-9)(None)))], path)
+    monkeypatch.setattr(checks_package, "ALL_CHECKS", [_error_of(1e-9)])
+    same = pytester.runpytest("--ddspec-target", spec, "--ddspec-baseline", str(path), "-rA")
+    same.assert_outcomes(passed=2)
+    monkeypatch.setattr(checks_package, "ALL_CHECKS", [_error_of(1e-7)])
+    grown = pytester.runpytest("--ddspec-target", spec, "--ddspec-baseline", str(path), "-rA")
+    grown.assert_outcomes(passed=1, failed=1)
+    assert "single_step.eta=0" in grown.stdout.str() and "baseline" in grown.stdout.str()
