@@ -29,6 +29,7 @@ One object per target::
       "started_at": "2025-01-01T12:00:00+00:00", # ISO 8601, UTC
       "origin": "/abs/path/mypkg/sampler.py" | null,  # the file the target was loaded from
       "target_notes": ["diffusers 0.14.0 has no timestep_spacing: ..."],  # how the adapter read it
+      "isolation": "worker process (fork, 1 torch thread)" | "in-process" | null,
       "conventions": {...} | null,               # what the target declared
       "allowances": {"<name or glob>": "<reason>"},
       "summary": {
@@ -319,7 +320,8 @@ def _header(report: Report, origin: str | None) -> list[str]:
         lines.append(f"  loaded from {origin}")
     lines += [f"  note: {n}" for n in report.target_notes]
     lines += [
-        f"  device {report.device}, dtype {report.dtype}, profile {report.profile}, seed {report.seed}",
+        f"  device {report.device}, dtype {report.dtype}, profile {report.profile}, seed {report.seed}"
+        + (f", isolation: {report.isolation}" if report.isolation else ""),
         f"  {versions}",
         f"  started {report.started_at}",
     ]
@@ -472,7 +474,7 @@ def _testsuite(report: Report) -> ET.Element:
     )
     props = ET.SubElement(suite, "properties")
     for key in ("target", "device", "dtype", "profile", "seed", "ddspec_version", "torch_version",
-                "diffusers_version", "schema_version", "origin"):
+                "diffusers_version", "schema_version", "origin", "isolation"):
         value = getattr(report, key)
         ET.SubElement(props, "property", {"name": key, "value": _xml_text("" if value is None else str(value))})
     for r in report.checks:

@@ -488,6 +488,8 @@ class Report:
         origin: the resolved file the target was loaded from (``ddspec check`` sets it), or None.
         target_notes: the adapter's notes on how it read the target's configuration (e.g. a field
             an old diffusers release lacks, and the behaviour assumed instead).
+        isolation: how the target ran (``"worker process (fork, 1 torch thread)"``, ``"in-process"``),
+            or None when not recorded.
     """
 
     target: str
@@ -505,8 +507,11 @@ class Report:
     started_at: str = field(default_factory=_now_iso)
     origin: str | None = None
     target_notes: tuple[str, ...] = ()
+    isolation: str | None = None
 
     def __post_init__(self) -> None:
+        if self.isolation is not None and not isinstance(self.isolation, str):
+            raise _bad("isolation", self.isolation, "must be a str or None")
         notes = tuple(self.target_notes)
         if not all(isinstance(n, str) for n in notes):
             raise _bad("target_notes", self.target_notes, "must be a sequence of str")
@@ -661,6 +666,7 @@ class Report:
                 "started_at": self.started_at,
                 "origin": self.origin,
                 "target_notes": list(self.target_notes),
+                "isolation": self.isolation,
                 "conventions": self.conventions,
                 "allowances": self.allowances,
                 "summary": {
@@ -699,6 +705,7 @@ class Report:
             started_at=data.get("started_at", ""),
             origin=data.get("origin"),
             target_notes=tuple(data.get("target_notes") or ()),
+            isolation=data.get("isolation"),
         )
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -344,6 +344,15 @@ def _conventions_of(sampler: Any, timeout_s: float) -> dict[str, Any] | None:
         return None
 
 
+def _isolation_of(context: Any) -> str | None:
+    """How the target ran (the context's ``isolation``), or None when the context cannot say."""
+    try:
+        value = context.isolation
+    except Exception:  # noqa: BLE001 - a report is never lost for want of this label
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _notes_of(sampler: Any) -> tuple[str, ...]:
     r"""The adapter's notes on how it read the target (e.g. ``"diffusers 0.14.0 has no timestep_spacing:
     leading, as that release always did"``): its ``notes`` attribute, strings only; () when absent."""
@@ -439,7 +448,7 @@ def run_checks(
         raise InterruptedRun(replace(report_started, checks=tuple(results), target_notes=_notes_of(sampler))) from None
     return replace(
         report_started, checks=tuple(results), conventions=_conventions_of(sampler, context.timeout_s),
-        target_notes=_notes_of(sampler),
+        target_notes=_notes_of(sampler), isolation=_isolation_of(context),
     )
 
 

@@ -380,3 +380,20 @@ def test_a_spawned_worker_reloads_the_target_from_its_spec_and_its_start_is_not_
     closing.append(broken)
     outcome = CheckContext(sampler=broken, profile="quick", num_train_timesteps=10).call(lambda: broken.betas())
     assert not outcome.ok and "the worker could not load 'no_such_module_here:make'" in outcome.error
+
+
+def test_report_header_and_json_say_which_mode_ran(tmp_path) -> None:
+    """The report records how the target ran: a worker process by default, in-process with
+    ``--in-process`` (text header and JSON)."""
+    import json
+
+    from ddspec.conformance.cli import main
+
+    for extra, expected in (((), "worker process"), (("--in-process",), "in-process")):
+        out = tmp_path / f"r{len(extra)}.json"
+        code = main(["check", "ddspec.conformance.torch_port:make_reference_port", "--profile", "quick",
+                     "--no-progress", "-q", "--steps", "1", "--json", str(out), *extra])
+        assert code == 0
+        data = json.loads(out.read_text())
+        report = data["reports"][0] if "reports" in data else data
+        assert report["isolation"].startswith(expected), report["isolation"]
