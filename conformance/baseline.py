@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence, TextIO
 
 from .results import Report, Verdict, json_safe
+from .report import short_number
 
 __all__ = [
     "BASELINE_SCHEMA_VERSION",
@@ -371,14 +372,6 @@ class BaselineComparison:
         return "\n".join(lines) + "\n"
 
 
-def _fmt(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if math.isnan(x) or math.isinf(x):
-        return repr(x)
-    return f"{x:.3g}"
-
-
 def _compare_observed(
     group: str, name: str, base: BaselineEntry, new: BaselineEntry, max_growth: float
 ) -> tuple[Change | None, Change | None, str | None]:
@@ -389,12 +382,12 @@ def _compare_observed(
     if math.isnan(o_b):
         if math.isnan(o_n):
             return None, None, None
-        return None, None, f"{group} {name}: the baseline's observed error is NaN; the run's ({_fmt(o_n)}) is not compared"
+        return None, None, f"{group} {name}: the baseline's observed error is NaN; the run's ({short_number(o_n)}) is not compared"
     tol = base.tolerance if base.tolerance is not None and math.isfinite(base.tolerance) else 0.0
     floor = ZERO_FLOOR * abs(tol)
     denom = max(o_b, floor)
-    how = (f"observed {_fmt(o_n)} vs baseline {_fmt(o_b)} (growth measured on max(baseline, "
-           f"{ZERO_FLOOR:g}·tolerance {_fmt(base.tolerance)}) = {_fmt(denom)})")
+    how = (f"observed {short_number(o_n)} vs baseline {short_number(o_b)} (growth measured on max(baseline, "
+           f"{ZERO_FLOOR:g}·tolerance {short_number(base.tolerance)}) = {short_number(denom)})")
     if math.isnan(o_n):
         return Change(group, name, "observed", f"observed error is NaN; {how}", math.nan), None, None
     if math.isinf(o_n) and not math.isinf(o_b):
@@ -406,14 +399,14 @@ def _compare_observed(
     if denom == 0.0:  # exact before, no tolerance to scale a floor
         if o_n > 0.0:
             return Change(group, name, "observed",
-                          f"observed {_fmt(o_n)} grew from exactly 0 (no tolerance to floor the growth)",
+                          f"observed {short_number(o_n)} grew from exactly 0 (no tolerance to floor the growth)",
                           math.inf), None, None
         return None, None, None
     growth = o_n / denom
     if growth > max_growth:
         return Change(group, name, "observed",
-                      f"error grew {growth:.3g}× > {max_growth:g}× (still {_fmt(o_n)} vs tolerance "
-                      f"{_fmt(new.tolerance)}); {how}", growth), None, None
+                      f"error grew {growth:.3g}× > {max_growth:g}× (still {short_number(o_n)} vs tolerance "
+                      f"{short_number(new.tolerance)}); {how}", growth), None, None
     new_denom = max(o_n, floor)
     if new_denom > 0.0 and o_b / new_denom > max_growth:
         return None, Change(group, name, "observed", f"error shrank {o_b / new_denom:.3g}×; {how}",
@@ -429,7 +422,7 @@ def _compare_z(
         return None, None, None
     if math.isnan(z_b):
         return None, None, f"{group} {name}: the baseline's |z| is NaN; not compared"
-    how = f"|z| {_fmt(z_n)} vs baseline {_fmt(z_b)} (growth measured on max(|z|, {Z_FLOOR:g}))"
+    how = f"|z| {short_number(z_n)} vs baseline {short_number(z_b)} (growth measured on max(|z|, {Z_FLOOR:g}))"
     if math.isnan(z_n):
         return Change(group, name, "z", f"|z| is NaN; {how}", math.nan), None, None
     growth = z_n / max(z_b, Z_FLOOR)

@@ -35,7 +35,7 @@ import math
 import os
 from typing import Any, Iterable, Sequence
 
-from .report import format_finding, format_root_errors, summary_line
+from .report import format_finding, format_root_errors, short_number, summary_line
 from .results import CheckResult, Report, Verdict
 
 __all__ = ["write_html", "render_html", "MissingExtraError", "PLOT_KINDS"]
@@ -84,14 +84,6 @@ def _pyplot() -> Any:
 
 def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if math.isnan(x) or math.isinf(x):
-        return repr(x)
-    return f"{x:.3g}"
 
 
 def _ratio(result: CheckResult) -> float | None:
@@ -327,8 +319,8 @@ def _table(report: Report) -> str:
             message += " — worst: " + format_finding(r.findings[0])
         out.append(
             f'<tr class="{_e(outcome)}"><td class="v">{_e(outcome)}</td><td>{_e(r.name)}</td>'
-            f'<td class="num">{_e(_num(r.observed))}</td><td class="num">{_e(_num(r.tolerance))}</td>'
-            f'<td class="num">{_e(_num(_ratio(r)))}</td><td>{_e(message)}</td></tr>'
+            f'<td class="num">{_e(short_number(r.observed))}</td><td class="num">{_e(short_number(r.tolerance))}</td>'
+            f'<td class="num">{_e(short_number(_ratio(r)))}</td><td>{_e(message)}</td></tr>'
         )
     out.append("</tbody></table>")
     return "".join(out)

@@ -88,6 +88,7 @@ from .results import SCHEMA_VERSION, CheckResult, Finding, Report, Verdict
 __all__ = [
     "format_text",
     "format_finding",
+    "short_number",
     "format_check",
     "summary_line",
     "root_errors",
@@ -113,7 +114,8 @@ def _num(x: float | None) -> str:
     return repr(x)  # the shortest string that reads back as the same double
 
 
-def _err(x: float | None) -> str:
+def short_number(x: float | None) -> str:
+    """An error or a tolerance for a report line: 3 significant digits; ``-`` for None; nan/inf as is."""
     if x is None:
         return "-"
     if math.isnan(x) or math.isinf(x):
@@ -143,10 +145,10 @@ def format_finding(finding: Finding) -> str:
         bound = ""
         if finding.tolerance is not None:
             relation = "<=" if error <= finding.tolerance else ">"
-            bound = f" {relation} tolerance {_err(finding.tolerance)}"
-        what.append(f"|err| {_err(error)}{bound}")
+            bound = f" {relation} tolerance {short_number(finding.tolerance)}"
+        what.append(f"|err| {short_number(error)}{bound}")
     elif finding.tolerance is not None:
-        what.append(f"tolerance {_err(finding.tolerance)}")
+        what.append(f"tolerance {short_number(finding.tolerance)}")
     line = ", ".join(where)
     if what:
         line = f"{line}: {', '.join(what)}" if line else ", ".join(what)
@@ -166,7 +168,7 @@ def format_check(result: CheckResult, *, show_traceback: bool = False, reason: s
     """
     head = f"{result.verdict.value.upper():<11} {result.name}"
     if result.observed is not None or result.tolerance is not None:
-        head += f"  (observed {_err(result.observed)}, tolerance {_err(result.tolerance)})"
+        head += f"  (observed {short_number(result.observed)}, tolerance {short_number(result.tolerance)})"
     lines = [head]
     if reason is not None:
         lines.append(f"    allowed deviation: {reason}")
@@ -331,7 +333,7 @@ def _header(report: Report, origin: str | None) -> list[str]:
 def _compact_check(result: CheckResult) -> list[str]:
     head = f"FAIL  {result.name}"
     if result.observed is not None or result.tolerance is not None:
-        head += f"  (observed {_err(result.observed)}, tolerance {_err(result.tolerance)})"
+        head += f"  (observed {short_number(result.observed)}, tolerance {short_number(result.tolerance)})"
     lines = [head]
     if result.findings:
         lines.append("      " + _shorten(format_finding(result.findings[0]), 300))
@@ -406,7 +408,7 @@ def format_text(
         for r in report.checks:
             verdict = "allowed" if report.allowed_reason(r) is not None else r.verdict.value
             lines.append(
-                f"  {r.name:<{width}}  {verdict:<11}  {_err(r.observed):>10}  {_err(r.tolerance):>10}"
+                f"  {r.name:<{width}}  {verdict:<11}  {short_number(r.observed):>10}  {short_number(r.tolerance):>10}"
             )
     else:
         lines.append("  no checks were run")
