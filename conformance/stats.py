@@ -60,6 +60,7 @@ __all__ = [
     "pooled_min_detectable",
     "pooled_mean_test",
     "pooled_variance_test",
+    "offset_tolerant_variance_test",
     "mean_pattern_test",
     "dkw_epsilon",
     "two_sample_dkw_epsilon",
@@ -1082,6 +1083,81 @@ def pooled_variance_test(
         name=name, kind="pooled_variance", passed=bool(c_lo <= s <= c_hi), statistic=ratio,
         threshold=(c_hi if s > dist.median() else c_lo) / k, p_value=p, false_failure_rate=alpha, power=power,
         min_detectable=rho, n=n, m=None, dims=d, worst_coordinate=j, detail=detail, p_values=np.array([p]),
+    )
+
+
+def offset_tolerant_variance_test(
+    residuals: ArrayLike, allowance: ArrayLike, alpha: float, *, pooled: bool = False,
+    power: float = DEFAULT_POWER, name: str | None = None,
+) -> StatResult:
+    r"""Chi-square test that standardized residuals have unit variance, when their means may be off by a bounded amount.
+
+    The residuals :math:`r_{ij} = z_{ij} + b_{ij}` of column j (a step) are unit Gaussians plus a
+    deterministic offset that is unknown but bounded, :math:`\sum_i b_{ij}^2 \le \lambda_j` (the error
+    model's rounding allowance of the step mean, over σ). Then :math:`S_j = \sum_i r_{ij}^2` is
+    non-central chi-square with n degrees of freedom and non-centrality :math:`\le \lambda_j`, and the
+    family is stochastically increasing in the non-centrality, so
+
+    .. math::
+
+        \text{fail} \iff S_j < \chi^2_{n;\,\alpha_c/2} \ \text{ or } \
+        S_j > \chi'^2_{n,\lambda_j;\,1-\alpha_c/2}
+
+    has level at most α (α_c = α/d, Bonferroni) whatever the offsets within the allowance. With
+    ``pooled=True`` the columns add: :math:`S = \sum_j S_j` against :math:`\chi'^2_{nd,\sum\lambda_j}`.
+    Source: the non-central chi-square law (Johnson, Kotz & Balakrishnan, *Continuous Univariate
+    Distributions* vol. 2, ch. 29) and its monotone likelihood ratio in λ.
+
+    ``statistic`` is the variance ratio S/n (S/(nd) pooled) of the worst column; ``min_detectable`` the
+    ratio ρ such that a variance ρ (or 1/ρ) times the declared one is rejected with probability ≥
+    ``power`` (computed for zero offsets; offsets only raise S, so the upper side is conservative).
+
+    Args:
+        residuals: standardized residuals, shape ``(n,)`` or ``(n, d)``.
+        allowance: :math:`\lambda_j \ge 0` per column, shape ``(d,)`` (or a scalar).
+        alpha: false-failure rate of the whole test, in (0, 1).
+        pooled: one test over all columns instead of one per column.
+    """
+    x, shape = _samples(residuals, "residuals")
+    n, d = x.shape
+    lam = np.asarray(allowance, dtype=np.float64)
+    if lam.ndim > 1 or lam.size not in (1, d) or not np.all(np.isfinite(lam)) or np.any(lam < 0):
+        fail("allowance", allowance, f"must be finite and >= 0, a scalar or one per column ({d})")
+    lam = np.broadcast_to(lam.reshape(-1), (d,))
+    alpha = _alpha(alpha)
+    power = _power(power)
+    name = _name(name, "offset_tolerant_variance_test")
+    beta = 1.0 - power
+    s_cols = np.sum(x * x, axis=0)
+    if pooled:
+        s_all, k, lam_all, alpha_c = np.array([float(s_cols.sum())]), n * d, np.array([float(lam.sum())]), alpha
+    else:
+        s_all, k, lam_all, alpha_c = s_cols, n, lam, alpha / d
+    central = sps.chi2(k)
+    c_lo = float(central.ppf(alpha_c / 2.0))
+    # the upper critical value once per distinct allowance (ncx2's quantile is costly); lambda = 0 is chi2
+    values, where = np.unique(lam_all, return_inverse=True)
+    c_vals = np.array([float(central.isf(alpha_c / 2.0)) if v == 0.0 else float(sps.ncx2(k, v).isf(alpha_c / 2.0))
+                       for v in values])
+    c_hi = c_vals[where.reshape(-1)]
+    central_sf = central.sf(s_all)
+    with np.errstate(all="ignore"):
+        nc_sf = sps.ncx2.sf(s_all, k, np.where(lam_all > 0, lam_all, 1.0))
+    p_hi = np.where(lam_all > 0, nc_sf, central_sf)
+    p = np.minimum(1.0, 2.0 * np.minimum(central.cdf(s_all), p_hi))
+    passed = bool(np.all((s_all >= c_lo) & (s_all <= c_hi)))
+    j = _worst(p)
+    ratio = float(s_all[j] / k)
+    threshold = float(c_hi[j] / k) if s_all[j] > central.median() else c_lo / k
+    rho = max(float(np.max(c_hi)) / float(central.ppf(beta)), float(central.isf(beta)) / c_lo)
+    scope = f"pooled over {d} column(s), {k} dof" if pooled else f"worst column {j} of {d}, {k} dof"
+    detail = (f"offset-tolerant chi-square test ({scope}): variance ratio {ratio:.4g}, pass iff in "
+              f"[{c_lo / k:.4g}, {float(c_hi[j]) / k:.4g}] (non-centrality allowance {float(lam_all[j]):.3g}, "
+              f"alpha {alpha_c:.3g}); detects a ratio >= {rho:.4g} or <= 1/{rho:.4g} with probability >= {power}")
+    return StatResult(
+        name=name, kind="pooled_variance" if pooled else "variance", passed=passed, statistic=ratio,
+        threshold=threshold, p_value=float(p[j]), false_failure_rate=alpha, power=power, min_detectable=rho,
+        n=n, m=None, dims=d, worst_coordinate=j, detail=detail, p_values=p,
     )
 
 

@@ -66,6 +66,22 @@ def tutorial_sample(model: Callable, x_T: torch.Tensor, num_steps: int, *, gener
     return x
 
 
+def tutorial_sample_sigma_beta_t(model: Callable, x_T: torch.Tensor, num_steps: int, *,
+                                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The tutorial loop with a planted bug: σ² = β_t where it declares β̃_t (Ho et al. 2020 allow both, §3.2,
+    but the declaration says fixed_small). With float32 tables the two differ visibly only at the last steps."""
+    betas = torch.linspace(1e-4, 0.02, T)
+    alphas = 1.0 - betas
+    alphas_cumprod = torch.cumprod(alphas, dim=0)
+    x = x_T
+    for i in reversed(range(T)):
+        eps = model(x, torch.full((x.shape[0],), i, dtype=torch.long))
+        mean = (x - betas[i] / torch.sqrt(1.0 - alphas_cumprod[i]) * eps) / torch.sqrt(alphas[i])
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x = mean + torch.sqrt(betas[i]) * z if i > 0 else mean
+    return x
+
+
 # -- 2. ermongroup/ddim style -----------------------------------------------------------------------
 
 
@@ -572,6 +588,9 @@ BUGS: tuple[LoopCase, ...] = (
     LoopCase("clipped_undeclared", _ddim(ClipsUndeclared), ("loop.steps",), "x̂₀ clipped although not declared"),
     LoopCase("eta_ignored", _ddim(EtaIgnored), ("loop.noise",), "σ = 0 whatever η"),
     LoopCase("sigma_from_beta_t", _ddpm(SigmaFromBetaT), ("loop.noise",), "σ² = β_t of the original schedule"),
+    LoopCase("tutorial_sigma_from_beta_t", lambda: LoopSampler(
+        tutorial_sample_sigma_beta_t, _DDPM, accepts_eta=False, supported_num_steps={T}, table_dtype=torch.float32),
+        ("loop.noise",), "tutorial loop, float32 tables, σ² = β_t declared as β̃_t (the small-σ steps decide)"),
     LoopCase("wrong_order", _ddim(WrongOrder), ("loop.timesteps",), "steps run from the data to the noise"),
     LoopCase("step_skipped", _ddim(StepSkipped), ("loop.timesteps",), "the first step skipped"),
     LoopCase("returns_before_last", _ddpm(ReturnsBeforeLastStep), ("loop.final_step",),

@@ -576,3 +576,61 @@ def test_bad_other_arguments() -> None:
         S.seed_for("")
     with pytest.raises(ValueError, match="base_seed"):
         S.seed_for("x", -1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The offset-tolerant variance test (loop.noise's small-σ steps)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _offset_tolerant_rate(n: int, lam: float, a: float, scale: float = 1.0, allowance: float | None = None) -> float:
+    """Exact rejection rate at level a of one column: statistic = scale * ncx2(n, lam / scale), thresholds from
+    the central chi-square (lower) and the non-central chi-square at ``allowance`` (upper)."""
+    allowance = lam if allowance is None else allowance
+    c_lo = sps.chi2(n).ppf(a / 2)
+    c_hi = sps.ncx2(n, allowance).isf(a / 2) if allowance > 0 else sps.chi2(n).isf(a / 2)
+    law = sps.ncx2(n, lam / scale) if lam > 0 else sps.chi2(n)
+    return float(law.cdf(c_lo / scale) + law.sf(c_hi / scale))
+
+
+def test_offset_tolerant_variance_test_calibration_at_the_worst_offset() -> None:
+    # every residual off by b: the non-centrality is exactly n b^2, the allowance's worst case
+    n, b, a = 40, 0.5, 0.05
+    lam = n * b * b
+    x = _rng("otv_cal").normal(0.0, 1.0, size=(n, R)) + b
+    res = S.offset_tolerant_variance_test(x, np.full(R, lam), 0.1)
+    exact = _offset_tolerant_rate(n, lam, a)
+    assert exact <= a  # the level holds whatever the offsets inside the allowance
+    _band("otv_cal", int(np.sum(res.p_values <= a)), R, exact)
+    # the plain variance test, blind to the offsets, rejects far above its level on the same draws
+    plain = S.variance_test(x, 1.0, 0.1, mean=0.0).p_values
+    assert _offset_tolerant_rate(n, lam, a, allowance=0.0) > 3 * a
+    _band("otv_cal_plain", int(np.sum(plain <= a)), R, _offset_tolerant_rate(n, lam, a, allowance=0.0))
+
+
+def test_offset_tolerant_variance_test_power() -> None:
+    n, lam = 60, 6.0
+    res0 = S.offset_tolerant_variance_test(np.zeros((n, R)) + 1.0, np.full(R, lam), SMALL_ALPHA, power=POWER)
+    ratio = res0.min_detectable
+    x = _rng("otv_pow").normal(0.0, math.sqrt(ratio), size=(n, R))
+    res = S.offset_tolerant_variance_test(x, np.full(R, lam), SMALL_ALPHA, power=POWER)
+    exact = _offset_tolerant_rate(n, 0.0, SMALL_ALPHA / R, scale=ratio, allowance=lam)
+    assert exact >= POWER * (1 - 1e-12)
+    _band("otv_pow", int(np.sum(res.p_values <= SMALL_ALPHA / R)), R, exact)
+
+
+def test_offset_tolerant_variance_test_pooled_is_one_long_column() -> None:
+    x = _rng("otv_pool").normal(0.0, 1.1, size=(50, 7))
+    lam = np.linspace(0.0, 3.0, 7)
+    pooled = S.offset_tolerant_variance_test(x, lam, 1e-3, pooled=True)
+    long = S.offset_tolerant_variance_test(x.T.reshape(-1, 1), [lam.sum()], 1e-3)
+    assert pooled.statistic == pytest.approx(float(np.sum(x * x)) / x.size, rel=1e-12)
+    assert pooled.p_value == pytest.approx(long.p_value, rel=1e-9)
+    assert pooled.threshold == pytest.approx(long.threshold, rel=1e-12)
+    assert pooled.dims == 7 and pooled.kind == "pooled_variance"
+
+
+@pytest.mark.parametrize("allowance", [-1.0, float("nan"), [1.0, 2.0, 3.0]])
+def test_offset_tolerant_variance_test_bad_allowance(allowance: object) -> None:
+    with pytest.raises(ValueError, match="allowance"):
+        S.offset_tolerant_variance_test(np.ones((5, 2)), allowance, 0.01)
