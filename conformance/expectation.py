@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ddspec.reference import alphas, sampling, schedules, timesteps
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, NAMED_SPACINGS, BetaSchedule, TimestepSpacing, VarianceType, reference_variance_type
 
 from .protocol import Conventions
 from .tolerances import StepSpec
@@ -50,17 +51,17 @@ def reference_betas(conv: Conventions, *, rescale: bool = True) -> Array:
     """
     T = conv.num_train_timesteps
     name = conv.beta_schedule
-    if name == "custom":
+    if name == BetaSchedule.CUSTOM:
         if conv.trained_betas is None:
             raise UnsupportedConvention("beta_schedule='custom' without trained_betas")
         betas = schedules.custom_betas(np.asarray(conv.trained_betas, dtype=np.float64))
-    elif name == "linear":
+    elif name == BetaSchedule.LINEAR:
         betas = schedules.linear_betas(T, conv.beta_start, conv.beta_end)
-    elif name == "scaled_linear":
+    elif name == BetaSchedule.SCALED_LINEAR:
         betas = schedules.scaled_linear_betas(T, conv.beta_start, conv.beta_end)
-    elif name == "cosine":
+    elif name == BetaSchedule.COSINE:
         betas = schedules.cosine_betas(T)
-    elif name == "sigmoid":
+    elif name == BetaSchedule.SIGMOID:
         betas = schedules.sigmoid_betas(T, conv.beta_start, conv.beta_end)
     else:
         raise UnsupportedConvention(f"beta_schedule={name!r} is not a schedule the reference knows")
@@ -71,9 +72,9 @@ def reference_betas(conv: Conventions, *, rescale: bool = True) -> Array:
 
 def reference_timesteps(conv: Conventions, num_steps: int) -> NDArray[np.int64]:
     """The timesteps of an N-step run under the declared spacing (sampling order)."""
-    if conv.timestep_spacing not in ("leading", "trailing", "linspace"):
+    if conv.timestep_spacing not in NAMED_SPACINGS:
         raise UnsupportedConvention(f"timestep_spacing={conv.timestep_spacing!r} has no reference rule")
-    offset = conv.steps_offset if conv.timestep_spacing == "leading" else 0
+    offset = conv.steps_offset if conv.timestep_spacing == TimestepSpacing.LEADING else 0
     return timesteps.get_timesteps(conv.timestep_spacing, conv.num_train_timesteps, num_steps, offset)
 
 
@@ -87,18 +88,11 @@ def step_pairs(conv: Conventions, ts: NDArray[np.int64]) -> list[tuple[int, int]
 
 
 def _reference_variance_type(conv: Conventions) -> str:
-    vt = conv.variance_type or "fixed_small"
-    mapping = {
-        "fixed_small": "fixed_small",
-        "fixed_small_log": "fixed_small",
-        "fixed_large": "fixed_large",
-        "fixed_large_log": "fixed_large",
-        "learned": "learned",
-        "learned_range": "learned_range",
-    }
-    if vt not in mapping:
-        raise UnsupportedConvention(f"variance_type={vt!r} has no reference equation")
-    return mapping[vt]
+    vt = conv.variance_type or VarianceType.FIXED_SMALL.value
+    try:
+        return reference_variance_type(vt).value
+    except ValueError:
+        raise UnsupportedConvention(f"variance_type={vt!r} has no reference equation") from None
 
 
 def reference_step(
@@ -124,7 +118,7 @@ def reference_step(
         )
     vt = _reference_variance_type(conv)
     var_out = None
-    if vt in ("learned", "learned_range"):
+    if vt in LEARNED_VARIANCE_TYPES:
         if predicted_variance is None:
             raise UnsupportedConvention(f"variance_type={vt!r} needs a predicted variance")
         var_out = np.log(predicted_variance) if vt == "learned" else predicted_variance

@@ -76,11 +76,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ddspec.reference import vocabulary as _vocabulary
 from ddspec.reference._validate import as_betas, as_int, fail
 from ddspec.reference.timesteps import get_timesteps
 
@@ -98,18 +100,12 @@ __all__ = [
     "declared_timesteps",
 ]
 
-FAMILIES: tuple[str, ...] = ("ddpm", "ddim")
-BETA_SCHEDULES: tuple[str, ...] = ("linear", "scaled_linear", "cosine", "sigmoid", "custom")
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
-DDPM_VARIANCE_TYPES: tuple[str, ...] = (
-    "fixed_small",
-    "fixed_small_log",
-    "fixed_large",
-    "fixed_large_log",
-    "learned",
-    "learned_range",
-)
-TIMESTEP_SPACINGS: tuple[str, ...] = ("leading", "trailing", "linspace", "custom")
+# The vocabularies are spelled once, in ddspec.reference.vocabulary; these names are kept for callers.
+FAMILIES: tuple[str, ...] = _vocabulary.FAMILIES
+BETA_SCHEDULES: tuple[str, ...] = _vocabulary.BETA_SCHEDULES
+PREDICTION_TYPES: tuple[str, ...] = _vocabulary.PREDICTION_TYPES
+DDPM_VARIANCE_TYPES: tuple[str, ...] = _vocabulary.DECLARED_VARIANCE_TYPES
+TIMESTEP_SPACINGS: tuple[str, ...] = _vocabulary.TIMESTEP_SPACINGS
 
 
 def _declared_unsupported(unsupported: tuple[str, ...], field: str) -> bool:
@@ -209,6 +205,12 @@ class Conventions:
     unsupported: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # a vocabulary member (PredictionType.EPSILON) is stored as its plain string, so that reports,
+        # JSON and f-strings show "epsilon" whatever the caller passed
+        for name in ("family", "beta_schedule", "prediction_type", "variance_type", "timestep_spacing"):
+            value = getattr(self, name)
+            if isinstance(value, Enum):
+                object.__setattr__(self, name, str(value.value))
         if not isinstance(self.unsupported, tuple) or not all(isinstance(u, str) for u in self.unsupported):
             fail("unsupported", self.unsupported, "must be a tuple of str")
         if self.family not in FAMILIES:
@@ -259,6 +261,13 @@ class Conventions:
         ):
             if not isinstance(getattr(self, name), bool):
                 fail(name, getattr(self, name), "must be a bool")
+
+    @property
+    def x0_constraint(self) -> _vocabulary.X0Constraint:
+        r"""What the sampler does to x̂₀: ``threshold`` (dynamic thresholding wins, as in diffusers), ``clip`` or ``none``."""
+        if self.thresholding:
+            return _vocabulary.X0Constraint.THRESHOLD
+        return _vocabulary.X0Constraint.CLIP if self.clip_sample else _vocabulary.X0Constraint.NONE
 
     @property
     def fully_supported(self) -> bool:
@@ -328,7 +337,7 @@ def declared_timesteps(conventions: Conventions, num_steps: int) -> NDArray[np.i
     T = conventions.num_train_timesteps
     N = as_int(num_steps, "num_steps", low=1, high=T)
     spacing = conventions.timestep_spacing
-    if spacing not in ("leading", "trailing", "linspace"):
+    if spacing not in _vocabulary.NAMED_SPACINGS:
         fail("timestep_spacing", spacing, "has no built-in rule; the sampler must supply its own timesteps")
-    offset = conventions.steps_offset if spacing == "leading" else 0
+    offset = conventions.steps_offset if spacing == _vocabulary.TimestepSpacing.LEADING else 0
     return np.asarray(get_timesteps(spacing, T, N, offset), dtype=np.int64)

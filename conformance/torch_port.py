@@ -45,12 +45,14 @@ from numpy.typing import NDArray
 from ddspec.reference import alphas as ref_alphas
 from ddspec.reference import schedules as ref_schedules
 from ddspec.reference._validate import SingularError, as_betas, as_int, as_scalar, fail
+from ddspec.reference.vocabulary import NAMED_SPACINGS, DeclaredVarianceType
 
 from .protocol import PREDICTION_TYPES, Conventions, declared_timesteps
 
 __all__ = ["ReferencePort", "make_reference_port", "PORT_VARIANCE_TYPES"]
 
-PORT_VARIANCE_TYPES: tuple[str, ...] = ("fixed_small", "fixed_large", "learned_range")
+PORT_VARIANCE_TYPES: tuple[str, ...] = tuple(
+    v.value for v in (DeclaredVarianceType.FIXED_SMALL, DeclaredVarianceType.FIXED_LARGE, DeclaredVarianceType.LEARNED_RANGE))
 
 
 def _schedule(
@@ -159,7 +161,7 @@ class ReferencePort:
             if variance_type not in (None, "fixed_small"):
                 fail("variance_type", variance_type, "does not apply to family='ddim' (sigma comes from eta)")
             declared_variance = None
-        if timestep_spacing not in ("leading", "trailing", "linspace"):
+        if timestep_spacing not in NAMED_SPACINGS:
             fail("timestep_spacing", timestep_spacing, "must be 'leading', 'trailing' or 'linspace'")
         as_scalar(clip_sample_range, "clip_sample_range", low=0.0, low_open=True)
         as_scalar(dynamic_thresholding_ratio, "dynamic_thresholding_ratio", low=0.0, high=1.0)

@@ -42,6 +42,7 @@ import torch
 from numpy.typing import NDArray
 
 from ddspec.reference.oracles import IsotropicGaussian
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from .protocol import Conventions
 
@@ -194,7 +195,7 @@ class Probe:
         self.record = record
         self.calls: list[ModelCall] = []
         self._fields: dict[tuple[Any, ...], Array] = {}
-        self.learned = conventions.family == "ddpm" and conventions.variance_type in ("learned", "learned_range")
+        self.learned = conventions.family == "ddpm" and conventions.variance_type in LEARNED_VARIANCE_TYPES
         self._affine_key = (conventions.prediction_type, hash(np.asarray(betas).tobytes()),
                             hash(oracle.mean.tobytes()), hash(oracle.variance.tobytes()))
 

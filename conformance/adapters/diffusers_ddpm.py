@@ -41,6 +41,7 @@ import torch
 from numpy.typing import NDArray
 
 from ddspec.reference._validate import as_int, as_scalar, fail
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, NAMED_SPACINGS
 
 from ..protocol import (
     DDPM_VARIANCE_TYPES,
@@ -59,7 +60,7 @@ BETA_SCHEDULE_NAMES: dict[str, str] = {
 }
 """diffusers ``beta_schedule`` name -> ddspec name. Others (e.g. DDPM's undocumented "laplace") are unsupported."""
 
-_SPACINGS = ("leading", "trailing", "linspace")
+_SPACINGS = NAMED_SPACINGS
 
 
 def _entry(field: str, value: object, why: str) -> str:
@@ -264,7 +265,7 @@ class DiffusersDDPMAdapter:
         ts = self._ensure_timesteps(num_steps)
         tt = as_step_timestep(t, ts, num_steps)
         vt = self.conventions.variance_type
-        if vt in ("learned", "learned_range"):
+        if vt in LEARNED_VARIANCE_TYPES:
             if not isinstance(predicted_variance, torch.Tensor) or predicted_variance.shape != x_t.shape:
                 fail("predicted_variance", getattr(predicted_variance, "shape", predicted_variance),
                      f"variance_type={vt!r} needs a tensor of x_t's shape {tuple(x_t.shape)}")

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from ddspec.reference._validate import as_array, as_betas, as_int, fail
 from ddspec.reference.alphas import alpha_bar
+from ddspec.reference.vocabulary import NAMED_SPACINGS
 
 from ..protocol import Conventions, declared_timesteps
 
@@ -71,7 +72,7 @@ class FunctionSampler:
         if b.size != conventions.num_train_timesteps:
             fail("betas", betas, f"has length {b.size}, conventions.num_train_timesteps={conventions.num_train_timesteps}")
         if timesteps_fn is None:
-            if conventions.timestep_spacing not in ("leading", "trailing", "linspace"):
+            if conventions.timestep_spacing not in NAMED_SPACINGS:
                 fail("timesteps_fn", None,
                      f"is required for timestep_spacing={conventions.timestep_spacing!r} (no built-in rule)")
         elif not callable(timesteps_fn):

@@ -40,6 +40,7 @@ import torch
 from numpy.typing import NDArray
 
 from ddspec.reference.timesteps import get_timesteps
+from ddspec.reference.vocabulary import NAMED_SPACINGS
 
 from ..protocol import Conventions
 
@@ -268,7 +269,7 @@ class LoopSampler:
         if declared is not None:
             return _int_sequence(declared(n), f"timesteps({n})")
         conv = self.conventions
-        if conv.timestep_spacing not in ("leading", "trailing", "linspace"):
+        if conv.timestep_spacing not in NAMED_SPACINGS:
             raise _bad("timestep_spacing", conv.timestep_spacing,
                        "has no reference rule; declare the loop's list with LoopSampler(..., timesteps=...)")
         offset = conv.steps_offset if conv.timestep_spacing == "leading" else 0

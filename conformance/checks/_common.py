@@ -49,6 +49,7 @@ from numpy.typing import NDArray
 from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.timesteps import check_subsequence
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
 from ..expectation import (
@@ -866,7 +867,7 @@ def step_positions(num: int) -> list[int]:
 
 def is_learned(conv: Conventions) -> bool:
     """Whether the declared variance is a model output (DDPM ``learned`` / ``learned_range``)."""
-    return conv.family == "ddpm" and conv.variance_type in ("learned", "learned_range")
+    return conv.family == "ddpm" and conv.variance_type in LEARNED_VARIANCE_TYPES
 
 
 def random_predicted_variance(ctx: Any, conv: Conventions, shape: tuple[int, ...], offset: int) -> torch.Tensor | None:

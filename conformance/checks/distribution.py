@@ -123,6 +123,7 @@ from scipy import stats as sps
 from ddspec.reference import forward, parameterisation
 from ddspec.reference.oracles import IsotropicGaussian, gaussian_run_output, gaussian_step_map
 from ddspec.reference.variances import reverse_variance
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from .. import expectation, stats, tolerances
 from ..results import CheckResult, Finding, Verdict
@@ -705,7 +706,7 @@ class _RunVariance:
 
     @property
     def learned(self) -> bool:
-        return self.variance_type in ("learned", "learned_range")
+        return self.variance_type in LEARNED_VARIANCE_TYPES
 
     def _fraction(self, t: int) -> float:
         return 0.5 + 0.4 * math.sin(0.37 * t + 0.3)

@@ -52,6 +52,7 @@ from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
 from ddspec.reference import timesteps as ref_timesteps
 from ddspec.reference.oracles import gaussian_run_output
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, reference_variance_type
 
 from .. import stats
 from ..context import CheckContext
@@ -706,7 +707,7 @@ def check_loop_runs(ctx: CheckContext) -> list[CheckResult]:
 def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) -> CheckResult:
     name = f"loop.output_law.{_suffix(n, eta)}"
     conv = setup.conv
-    if conv.family == "ddpm" and conv.variance_type not in ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log"):
+    if conv.family == "ddpm" and conv.variance_type in LEARNED_VARIANCE_TYPES:
         return CheckResult.skipped(name, FAMILY, f"no closed-form output law for variance_type={conv.variance_type!r}")
     oracle = probe_oracle((1, *STATE_SHAPE))
     try:
@@ -714,7 +715,7 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
         first = oracle.marginal(int(ts[0]), setup.betas)
         law = gaussian_run_output(
             oracle, setup.betas, ts, family=conv.family, eta=eta or 0.0,
-            variance_type="fixed_large" if (conv.variance_type or "").startswith("fixed_large") else "fixed_small",
+            variance_type=reference_variance_type(conv.variance_type or "fixed_small").value,
             final_alpha_bar_is_one=conv.final_alpha_bar_is_one, prior_mean=first.mean, prior_variance=first.variance)
     except ValueError as exc:
         return CheckResult.skipped(name, FAMILY, f"no closed-form law for the declared N={n} run: {exc}")

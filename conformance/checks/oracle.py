@@ -46,6 +46,7 @@ import numpy as np
 from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.oracles import PointMass
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
 from ..expectation import UnsupportedConvention, final_step_consequence, reference_betas, reference_step, step_spec
@@ -94,7 +95,7 @@ def _oracle_output(oracle: PointMass, prediction_type: str, x: np.ndarray, t: in
 
 
 def _fixed_variance(conv, betas: np.ndarray, t: int, t_prev: int, shape: tuple[int, ...]) -> np.ndarray | None:
-    if conv.family != "ddpm" or conv.variance_type not in ("learned", "learned_range"):
+    if conv.family != "ddpm" or conv.variance_type not in LEARNED_VARIANCE_TYPES:
         return None
     if conv.variance_type == "learned_range":
         return np.zeros(shape)

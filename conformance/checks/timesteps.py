@@ -29,6 +29,7 @@ It is a tie exactly when twice its remainder equals the denominator. ``leading``
 from __future__ import annotations
 
 import numpy as np
+from ddspec.reference.vocabulary import NAMED_SPACINGS
 import torch
 
 from ..context import CheckContext
@@ -222,7 +223,7 @@ def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     entries = unsupported_entries(conv, TIMESTEP_FIELDS)
     if entries:
         return unsupported_results(["timesteps.sequence"], FAMILY, entries)
-    if conv.timestep_spacing not in ("leading", "trailing", "linspace"):
+    if conv.timestep_spacing not in NAMED_SPACINGS:
         return unsupported_results(
             ["timesteps.sequence"], FAMILY,
             [f"timestep_spacing={conv.timestep_spacing!r}: the target uses its own rule, which has no reference"],
