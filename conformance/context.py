@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .runner import CallOutcome
+from .guard import CallOutcome
 from .sandbox import StateLog, WorkerSampler, call_in_process, call_isolated, isolation_of
 
 __all__ = ["Profile", "PROFILES", "DTYPES", "CheckContext", "parse_dtype", "parse_device"]
@@ -320,7 +320,7 @@ class CheckContext:
         r"""``fn(*args, **kwargs)``, safely: never raises for what the target does.
 
         An exception, a call running past :attr:`timeout_s`, or (in isolation) the death of the
-        target's worker process comes back in the :class:`~ddspec.conformance.runner.CallOutcome`.
+        target's worker process comes back in the :class:`~ddspec.conformance.guard.CallOutcome`.
         When :attr:`sampler` is isolated (a :class:`~ddspec.conformance.sandbox.WorkerSampler`, from
         :func:`~ddspec.conformance.sandbox.isolate`), ``fn`` runs in this thread and every access to
         the target within it shares the deadline (:func:`~ddspec.conformance.sandbox.call_isolated`);

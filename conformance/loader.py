@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from importlib.machinery import PathFinder
 from typing import Any
 
-from .runner import _describe_exception, _one_line
+from .guard import _describe_exception, _one_line
 
 __all__ = [
     "TargetLoadError",

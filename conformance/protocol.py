@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Any, TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -98,6 +98,7 @@ __all__ = [
     "Conventions",
     "Sampler",
     "declared_timesteps",
+    "target_kind",
 ]
 
 # The vocabularies are spelled once, in ddspec.reference.vocabulary; these names are kept for callers.
@@ -341,3 +342,9 @@ def declared_timesteps(conventions: Conventions, num_steps: int) -> NDArray[np.i
         fail("timestep_spacing", spacing, "has no built-in rule; the sampler must supply its own timesteps")
     offset = conventions.steps_offset if spacing == _vocabulary.TimestepSpacing.LEADING else 0
     return np.asarray(get_timesteps(spacing, T, N, offset), dtype=np.int64)
+
+
+def target_kind(sampler: Any) -> str:
+    r"""``"loop"`` for a whole-loop target (:class:`~ddspec.conformance.adapters.loop.LoopSampler`, or any
+    object whose ``target_kind`` attribute is ``"loop"``), else ``"step"``."""
+    return "loop" if getattr(sampler, "target_kind", None) == "loop" else "step"

@@ -17,7 +17,7 @@ and the report; the checks are unchanged, since they reach the target only throu
 * **Calls and timeouts.** In isolation, :meth:`CheckContext.call` runs its callable in the calling
   thread (no helper thread) with a deadline of ``timeout_s``; each forwarded member access waits for
   the worker's answer until that deadline. A call past it is a timed-out
-  :class:`~ddspec.conformance.runner.CallOutcome`, the worker is killed (``SIGKILL``), and a fresh one
+  :class:`~ddspec.conformance.guard.CallOutcome`, the worker is killed (``SIGKILL``), and a fresh one
   is started for the next call: nothing is abandoned.
 * **Deaths.** A worker that dies during a call (any exit code, a signal, an OOM kill) makes that
   call a failed outcome, ``"WorkerDied: the target ended the worker process with exit code 0 during
@@ -63,7 +63,7 @@ target's running is replaced before the next call. ``invariants.no_global_state_
 ``invariants.no_global_rng``.
 
 ``--in-process`` keeps the target in the harness's process (for pdb): calls run in a helper thread
-with :func:`~ddspec.conformance.runner.call_with_timeout` (a hung call is abandoned, not killed),
+with :func:`~ddspec.conformance.guard.call_with_timeout` (a hung call is abandoned, not killed),
 global state is watched the same way, and a target's ``KeyboardInterrupt`` is still told apart from
 a user's Ctrl-C (it is raised in the helper thread, a Ctrl-C in the main thread). A target that ends
 the process still ends the run there.
@@ -87,7 +87,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .runner import CallOutcome, _describe_exception, _one_line, call_with_timeout, target_kind
+from .guard import CallOutcome, _describe_exception, _one_line, call_with_timeout
+from .protocol import target_kind
 
 __all__ = [
     "ISOLATION_MODES",
@@ -409,7 +410,7 @@ def _rng_set(states: dict[str, Any]) -> None:
 def call_in_process(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, timeout_s: float, log: StateLog,
 ) -> CallOutcome:
-    r"""``fn(*args, **kwargs)`` by :func:`~ddspec.conformance.runner.call_with_timeout`, watched.
+    r"""``fn(*args, **kwargs)`` by :func:`~ddspec.conformance.guard.call_with_timeout`, watched.
 
     torch's global settings and the threads alive are recorded around the call *in the helper thread*
     (grad mode is thread-local) and a change is logged in ``log`` and restored. A ``KeyboardInterrupt``
@@ -726,7 +727,7 @@ class WorkerSampler:
     that forwards its call. Reading or calling raises in the caller what happened to the worker
     (an exception of the target, a death, a timeout), for
     :meth:`~ddspec.conformance.context.CheckContext.call` to turn into a
-    :class:`~ddspec.conformance.runner.CallOutcome`.
+    :class:`~ddspec.conformance.guard.CallOutcome`.
 
     Attributes:
         state_log: the :class:`StateLog` of every forwarded call.
@@ -1015,7 +1016,7 @@ def call_isolated(proxy: WorkerSampler, fn: Callable[..., Any], args: tuple[Any,
     r"""``fn(*args, **kwargs)`` in the calling thread, every access to ``proxy`` within ``timeout_s``.
 
     Never raises for what the target does: its exception, the worker's death or a timeout come back
-    as a :class:`~ddspec.conformance.runner.CallOutcome`. A ``KeyboardInterrupt`` here is the user's
+    as a :class:`~ddspec.conformance.guard.CallOutcome`. A ``KeyboardInterrupt`` here is the user's
     (the target's is caught in the worker) and is re-raised.
     """
     start = time.perf_counter()

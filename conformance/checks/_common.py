@@ -332,7 +332,7 @@ _CALL_FAILED = re.compile(r"step\(t=[^()]*\) failed: (?P<error>.*)\Z", re.S)
 
 def failed_call(call: str, error: str) -> str:
     r"""``"step raised IndexError: …"`` (or ``"step timed out after …"``): a failed call of the target
-    in words, ``error`` being the runner's description (:meth:`ddspec.conformance.runner.CallOutcome.describe`)."""
+    in words, ``error`` being the runner's description (:meth:`ddspec.conformance.guard.CallOutcome.describe`)."""
     return f"{call} {error}" if error.startswith(_TIMED_OUT) else f"{call} raised {error}"
 
 

@@ -31,7 +31,7 @@ they check the contract of :meth:`ddspec.conformance.protocol.Sampler.step`:
     check fails, stating the std (``docs/tolerances.md``, "Final noise below the output's resolution").
 ``invariants.no_global_rng``
     A step given explicit noise or a generator leaves every global RNG untouched (torch CPU/CUDA, numpy,
-    Python; :func:`ddspec.conformance.runner.rng_state_snapshot`). A leak is restored at once, so that
+    Python; :func:`ddspec.conformance.guard.rng_state_snapshot`). A leak is restored at once, so that
     it cannot disturb later checks.
 
 Which steps are exercised: the N-step run of the largest profile step count N ≤ 50 (its first,
@@ -77,7 +77,7 @@ from numpy.typing import NDArray
 
 from .. import expectation
 from ..results import CheckResult, Finding, Verdict
-from ..runner import restore_rng_state, rng_leaked, rng_state_snapshot
+from ..guard import restore_rng_state, rng_leaked, rng_state_snapshot
 from ..tolerances import unit_roundoff
 from ._common import (
     MAX_REPRESENTATIVE_STEPS,
@@ -770,9 +770,9 @@ def check_no_global_rng(ctx: Any) -> list[CheckResult]:
     r"""``invariants.no_global_rng``: a step given explicit noise or a generator draws from no global RNG.
 
     The global states (torch CPU and CUDA, numpy's legacy global, Python's ``random``) are recorded
-    before each call (:func:`~ddspec.conformance.runner.rng_state_snapshot`) and compared after it
-    (:func:`~ddspec.conformance.runner.rng_leaked`); a leak is reported and the states are restored
-    (:func:`~ddspec.conformance.runner.restore_rng_state`) at once.
+    before each call (:func:`~ddspec.conformance.guard.rng_state_snapshot`) and compared after it
+    (:func:`~ddspec.conformance.guard.rng_leaked`); a leak is reported and the states are restored
+    (:func:`~ddspec.conformance.guard.restore_rng_state`) at once.
     """
     run = _begin(ctx, "invariants.no_global_rng", reference_free=True)
     if isinstance(run, CheckResult):
