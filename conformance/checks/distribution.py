@@ -517,6 +517,43 @@ def check_step_moments(ctx: Any) -> list[CheckResult]:
     ]
 
 
+@dataclass(frozen=True)
+class _PlannedStep:
+    r"""One step of a step-moments variant: where it is, its inputs (as given to the target and as float64)
+    and the reference law :math:`\mathcal N(\mu, \mathrm{diag}(v))` of its output."""
+
+    position: int
+    step: int
+    t: int
+    t_prev: int
+    mean: Array
+    variance: Array
+    x_t: Any
+    model_output: Any
+    predicted_variance: Any
+    x_t64: Array
+    model_output64: Array
+    predicted_variance64: Array | None
+
+    @property
+    def stochastic(self) -> bool:
+        return bool(np.any(self.variance > 0))
+
+
+@dataclass(frozen=True)
+class _PlannedRun:
+    r"""One N of a run-output variant: its timesteps, step pairs, the closed-form output law, the probability
+    budgeted for x̂₀ leaving the clip range, and the data oracle (with its scale) the run is driven by."""
+
+    n_steps: int
+    timesteps: NDArray[np.int64]
+    pairs: list[tuple[int, int]]
+    law: Any
+    tail: float
+    oracle: IsotropicGaussian
+    scale: float | None
+
+
 def _step_moments_variant(
     ctx: Any, setup: TargetSetup, name: str, vi: int, eta: float, n_steps: int, pairs: list[tuple[int, int]],
     source: str, note: str | None,
@@ -540,15 +577,18 @@ def _step_moments_variant(
             notes.append(f"step {k} (t={t} -> {tp}): skipped, reference {why}")
             continue
         var = np.broadcast_to(np.asarray(ref.variance, dtype=np.float64), x64.shape).reshape(-1)
-        plan.append((pi, k, t, tp, ref.mean.reshape(-1), var, (x1, mo1, pv1, x64, mo64, pv64)))
-    n_stat = sum(_n_step_tests(int(np.count_nonzero(p[5] > 0))) for p in plan)
+        plan.append(_PlannedStep(pi, k, t, tp, ref.mean.reshape(-1), var, x1, mo1, pv1, x64, mo64, pv64))
+    n_stat = sum(_n_step_tests(int(np.count_nonzero(p.variance > 0))) for p in plan)
     alpha_each = alpha / n_stat if n_stat else alpha
     acc = _Account(name, stats.Ledger(budget=alpha), [], [])
     positions = []
     detects: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
 
-    for pi, k, t, tp, mu, var, (x1, mo1, pv1, x64, mo64, pv64) in plan:
+    for planned in plan:
+        pi, k, t, tp, mu, var = planned.position, planned.step, planned.t, planned.t_prev, planned.mean, planned.variance
+        x1, mo1, pv1 = planned.x_t, planned.model_output, planned.predicted_variance
+        x64, mo64, pv64 = planned.x_t64, planned.model_output64, planned.predicted_variance64
         where = {"step": k, "timestep": t, "what": f"step {k} of N={n_steps} (t={t} -> {tp})"}
         positions.append({"step": k, "t": t, "t_prev": tp, "max_variance": float(var.max()),
                           "kind": "stochastic" if np.any(var > 0) else "deterministic"})
@@ -927,18 +967,20 @@ def _run_variant(
         except ValueError as exc:
             notes.append(f"N={n_steps}: skipped, no closed-form law: {exc}")
             continue
-        plan.append((n_steps, ts, pairs, law, tail, oracle, scale))
+        plan.append(_PlannedRun(n_steps, ts, pairs, law, tail, oracle, scale))
     acc = _Account(name, stats.Ledger(budget=alpha), [], [])
     power = stats.DEFAULT_POWER
     detects: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    tail_total = math.fsum(p[4] for p in plan)
+    tail_total = math.fsum(p.tail for p in plan)
     if tail_total > 0:
         acc.ledger.allocate(f"{name}/x0 leaves +-{clip_range:g} (clipping active)", tail_total)
-    n_tests = sum(3 for p in plan if np.any(np.asarray(p[3].variance) > 0))
+    n_tests = sum(3 for p in plan if np.any(np.asarray(p.law.variance) > 0))
     alpha_each = (alpha - tail_total) / n_tests if n_tests else alpha
     summaries = []
-    for ni, (n_steps, ts, pairs, law, tail, oracle, scale) in enumerate(plan):
+    for ni, planned_run in enumerate(plan):
+        n_steps, ts, pairs, law = planned_run.n_steps, planned_run.timesteps, planned_run.pairs, planned_run.law
+        tail, oracle, scale = planned_run.tail, planned_run.oracle, planned_run.scale
         where = {"step": len(pairs) - 1, "timestep": pairs[-1][1], "what": f"output of the N={n_steps} run"}
         mu = np.asarray(law.mean, dtype=np.float64)
         var = np.broadcast_to(np.asarray(law.variance, dtype=np.float64), mu.shape)
