@@ -145,6 +145,7 @@ from ._common import (
     setup_target,
     step_counts,
     step_positions,
+    offset_for,
 )
 
 __all__ = [
@@ -171,9 +172,12 @@ _Z_MEAN = 2.0  # |z| envelope for the mean and RMS of the per-draw bounds
 _Z_MAX = 9.0  # |z| envelope for every single draw
 _PHI0 = 1.0 / math.sqrt(2.0 * math.pi)  # max of the standard normal density
 
-# Offsets of this module's random streams (seed + offset), distinct from the other checks'.
-_OFF_SM_X, _OFF_SM_PV, _OFF_SM_GEN = 7100, 7101, 7120  # + 4 * position (+ 4 * variant for GEN)
-_OFF_RUN_X, _OFF_RUN_GEN = 7300, 7400
+
+
+def _offset(*parts: object) -> int:
+    r"""The offset (seed + offset) of one of this module's random streams, named, never numbered by hand
+    (:func:`~ddspec.conformance.checks._common.offset_for`)."""
+    return offset_for("distribution", *parts)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -468,7 +472,7 @@ def _step_inputs(
     would make x̂₀ huge at large t, where clipping would then hide the x̂₀ path). float64 draws from
     ``seed + offset``, cast to the target's dtype; the reference gets the cast values.
     """
-    g = ctx.randn((3, 1) + shape, _OFF_SM_X + 4 * position, dtype=torch.float64, device="cpu").numpy()
+    g = ctx.randn((3, 1) + shape, _offset("step_moments", "x", position), dtype=torch.float64, device="cpu").numpy()
     betas = setup.betas
     x0 = 0.5 * g[0]
     x_t = forward.q_sample(x0, t, g[1], betas)
@@ -479,7 +483,7 @@ def _step_inputs(
     else:
         eps_hat = parameterisation.predict_eps_from_x0(x_t, x0_hat, t, betas)
         mo = eps_hat if pt == "epsilon" else parameterisation.v_from_x0_eps(x0_hat, eps_hat, t, betas)
-    pv = random_predicted_variance(ctx, setup.conv, (1,) + shape, _OFF_SM_PV + 4 * position)
+    pv = random_predicted_variance(ctx, setup.conv, (1,) + shape, _offset("step_moments", "pv", position))
     return ctx.to_target(x_t), ctx.to_target(mo), pv
 
 
@@ -596,7 +600,7 @@ def _step_moments_variant(
         mob = mo1.expand((n,) + shape).contiguous()
         pvb = None if pv1 is None else pv1.expand((n,) + shape).contiguous()
         out, err = call_step(ctx, setup, mob, t, xb, n_steps, eta,
-                             generator=ctx.generator(_OFF_SM_GEN + 4 * vi + pi), predicted_variance=pvb)
+                             generator=ctx.generator(_offset("step_moments", "generator", vi, pi)), predicted_variance=pvb)
         if err is None and tuple(out.shape) != (n,) + shape:
             err = f"output shape {tuple(out.shape)}, expected {(n,) + shape}"
         if err is not None:
@@ -986,8 +990,8 @@ def _run_variant(
         var = np.broadcast_to(np.asarray(law.variance, dtype=np.float64), mu.shape)
         det = var == 0.0
         samples, allow, err, call_broke = _run_chains(
-            ctx, setup, oracle, n, n_steps, pairs, eta, variance, _OFF_RUN_X + 8 * vi + ni,
-            _OFF_RUN_GEN + 8 * vi + ni, all_max=bool(det.any()))
+            ctx, setup, oracle, n, n_steps, pairs, eta, variance, _offset("run_output", "x_T", vi, ni),
+            _offset("run_output", "generator", vi, ni), all_max=bool(det.any()))
         if samples is None:
             (broken if call_broke else fatal).append(Finding(step=None, message=f"N={n_steps}: {err}"))
             if call_broke:

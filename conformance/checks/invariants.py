@@ -100,6 +100,7 @@ from ._common import (
     setup_target,
     step_counts,
     step_positions,
+    offset_for,
 )
 
 __all__ = [
@@ -117,8 +118,9 @@ __all__ = [
 Array = NDArray[np.float64]
 FAMILY = "invariants"
 
-#: Offsets of the random streams of this module (``seed + offset``); distinct from other checks'.
-_OFF_X, _OFF_MO, _OFF_Z, _OFF_Z2, _OFF_PV, _OFF_GEN, _OFF_GEN2 = 7201, 7202, 7203, 7204, 7205, 7206, 7207
+#: Offsets of the random streams of this module (``seed + offset``), named, never numbered by hand.
+_OFF_X, _OFF_MO, _OFF_Z, _OFF_Z2, _OFF_PV, _OFF_GEN, _OFF_GEN2 = (
+    offset_for(FAMILY, role) for role in ("x", "model_output", "z", "z2", "pv", "generator", "generator2"))
 
 
 # ---------------------------------------------------------------------------------------------------
