@@ -99,6 +99,8 @@ __all__ = [
     "Sampler",
     "declared_timesteps",
     "target_kind",
+    "NOISE_SOURCES",
+    "noise_source",
 ]
 
 # The vocabularies are spelled once, in ddspec.reference.vocabulary; these names are kept for callers.
@@ -178,7 +180,9 @@ class Conventions:
         instead of the raw model output. Must be ``False`` for DDPM.
     supports_noise_injection:
         Whether ``step(..., noise=z)`` makes the target use exactly z. If ``False``, stochastic steps
-        can only be checked statistically.
+        can only be checked statistically. Where the noise of a step comes from when none is injected
+        is the target's ``noise_source`` (:func:`noise_source`): a ``generator`` it is given (the
+        default) or torch's ``global`` RNG.
     unsupported:
         ``"<field>=<value>: <reason>"`` entries for config fields or values the adapter cannot
         interpret. Empty when the declaration is complete.
@@ -348,3 +352,32 @@ def target_kind(sampler: Any) -> str:
     r"""``"loop"`` for a whole-loop target (:class:`~ddspec.conformance.adapters.loop.LoopSampler`, or any
     object whose ``target_kind`` attribute is ``"loop"``), else ``"step"``."""
     return "loop" if getattr(sampler, "target_kind", None) == "loop" else "step"
+
+
+#: Where a target's noise comes from when none is injected: a ``torch.Generator`` the harness passes, or
+#: torch's global RNG (``torch.randn_like`` inside the step or loop).
+NOISE_SOURCES: tuple[str, ...] = ("generator", "global")
+
+
+def noise_source(sampler: Any) -> str:
+    r"""Where ``sampler`` draws its noise when none is injected: its ``noise_source`` attribute, else ``"generator"``.
+
+    Three ways noise reaches a step, from the sharpest check to the loosest:
+
+    * injected (``conventions.supports_noise_injection``): the step uses the harness's z, and a stochastic
+      step is compared with the reference exactly;
+    * ``"generator"``: the step draws from the ``torch.Generator`` it is given; the statistical checks
+      judge its law, and the invariants require that no global RNG moves;
+    * ``"global"``: the step draws from torch's global RNG. The harness seeds it for each call inside
+      ``torch.random.fork_rng`` (your global state comes back unchanged), runs the target in-process,
+      and reports the use of the global RNG as declared, not as a leak.
+
+    Raises:
+        ValueError: the attribute is not one of :data:`NOISE_SOURCES`; the message names it.
+    """
+    value = getattr(sampler, "noise_source", None)
+    if value is None:
+        return "generator"
+    if value not in NOISE_SOURCES:
+        fail("noise_source", value, f"must be one of {NOISE_SOURCES}")
+    return str(value)

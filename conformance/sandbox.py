@@ -994,8 +994,8 @@ def isolate(sampler: Any, *, device: Any = "cpu", timeout_s: float = 30.0, max_m
         ValueError: a bad ``max_memory`` or ``start_method``.
     """
     limit = None if max_memory is None else parse_memory(max_memory)
-    if target_kind(sampler) == "loop":
-        return sampler
+    if target_kind(sampler) == "loop" or getattr(sampler, "noise_source", None) == "global":
+        return sampler  # the harness seeds the global RNG around each call: it must be this process's
     if start_method is None:
         start_method = "spawn" if str(device).startswith("cuda") else "fork"
     if start_method == "fork" and not hasattr(os, "fork"):
@@ -1008,7 +1008,11 @@ def isolation_of(sampler: Any) -> str:
     (``"in-process (a loop target)"`` for a loop target)."""
     if isinstance(sampler, WorkerSampler):
         return sampler.mode
-    return "in-process (a loop target)" if target_kind(sampler) == "loop" else "in-process"
+    if target_kind(sampler) == "loop":
+        return "in-process (a loop target)"
+    if getattr(sampler, "noise_source", None) == "global":
+        return "in-process (draws from the global RNG)"
+    return "in-process"
 
 
 def call_isolated(proxy: WorkerSampler, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *,

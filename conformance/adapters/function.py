@@ -26,7 +26,7 @@ from ddspec.reference._validate import as_array, as_betas, as_int, fail
 from ddspec.reference.alphas import alpha_bar
 from ddspec.reference.vocabulary import NAMED_SPACINGS
 
-from ..protocol import Conventions, declared_timesteps
+from ..protocol import NOISE_SOURCES, Conventions, declared_timesteps
 
 __all__ = ["FunctionSampler", "StepFn"]
 
@@ -52,6 +52,10 @@ class FunctionSampler:
         The sampler's own ᾱ table, if it stores one; default :func:`ddspec.reference.alphas.alpha_bar`.
     name:
         Label for reports.
+    noise_source:
+        Where the step draws its noise when none is injected: ``"generator"`` (the one it is given, the
+        default) or ``"global"`` (torch's global RNG; the harness seeds it per call inside ``fork_rng``,
+        :func:`~ddspec.conformance.protocol.noise_source`).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class FunctionSampler:
         timesteps_fn: Callable[[int], ArrayLike] | None = None,
         alphas_cumprod: ArrayLike | None = None,
         name: str = "function",
+        noise_source: str = "generator",
     ) -> None:
         if not callable(step_fn):
             fail("step_fn", step_fn, "must be callable")
@@ -89,6 +94,9 @@ class FunctionSampler:
         self._timesteps_fn = timesteps_fn
         self.conventions = conventions
         self.name = str(name)
+        if noise_source not in NOISE_SOURCES:
+            fail("noise_source", noise_source, f"must be one of {NOISE_SOURCES}")
+        self.noise_source = noise_source
 
     def betas(self) -> NDArray[np.float64]:
         """float64 copy of the β table given at construction."""

@@ -61,7 +61,7 @@ from ..expectation import (
     step_spec,
     zero_snr_original,
 )
-from ..protocol import Conventions
+from ..protocol import Conventions, noise_source
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import UNIT_ROUNDOFF, StepSpec, alpha_bar_relative_bound, step_bound, table_roundoff, unit_roundoff
 
@@ -769,6 +769,7 @@ class TargetSetup:
     delta: Array
     table_note: str
     hung: list[str] = field(default_factory=list, compare=False)
+    noise_source: str = "generator"
 
     def ab(self, t: int) -> float:
         """ᾱ at index t (1 at t = −1, the data)."""
@@ -808,6 +809,11 @@ def setup_target(ctx: Any, name: str, family: str) -> TargetSetup | CheckResult:
         return CheckResult(name=name, family=family, verdict=Verdict.UNSUPPORTED,
                            message=f"no reference schedule for the declared conventions: {exc}",
                            duration_s=elapsed(start))
+    source = ctx.call(lambda: noise_source(ctx.sampler))
+    if not source.ok:
+        return CheckResult(name=name, family=family, verdict=Verdict.FAIL,
+                           message=f"the target's noise_source is not usable: {source.describe()}",
+                           duration_s=elapsed(start))
     u_compute = unit_roundoff(ctx.dtype)
     table = ctx.call(lambda: np.asarray(ctx.sampler.alphas_cumprod(), dtype=np.float64))
     if table.ok and table.value.shape == betas.shape and np.all(np.isfinite(table.value)):
@@ -818,7 +824,8 @@ def setup_target(ctx: Any, name: str, family: str) -> TargetSetup | CheckResult:
         note = "target's alpha_bar table unreadable (see the schedule checks); assumed stored in the compute dtype"
     u_table = max(u_tab, u_compute)
     delta = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
-    return TargetSetup(ctx.sampler, conv, betas, ref_alphas.alpha_bar(betas), u_compute, u_table, delta, note)
+    return TargetSetup(ctx.sampler, conv, betas, ref_alphas.alpha_bar(betas), u_compute, u_table, delta, note,
+                       noise_source=source.value)
 
 
 def step_counts(ctx: Any, setup: TargetSetup) -> list[int]:
@@ -903,12 +910,23 @@ def call_step(
     """
     if setup.hung:
         return None, f"not called: {setup.hung[0]}"
-    outcome = ctx.call(
-        lambda: setup.sampler.step(
-            model_output, int(t), x_t, num_steps=int(num_steps), eta=float(eta), noise=noise,
-            generator=generator, predicted_variance=predicted_variance,
-        )
-    )
+    if generator is not None and noise is None and setup.noise_source == "global":
+        # the target draws from torch's global RNG: seed it with a draw from the generator the check chose
+        # (successive calls get fresh seeds, as successive draws from one generator would), inside
+        # fork_rng, so that the call is reproducible and the caller's global state comes back unchanged
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+        devices = [x_t.device] if x_t.device.type == "cuda" else []
+
+        def step() -> Any:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed)
+                return setup.sampler.step(model_output, int(t), x_t, num_steps=int(num_steps), eta=float(eta),
+                                          noise=None, generator=None, predicted_variance=predicted_variance)
+    else:
+        def step() -> Any:
+            return setup.sampler.step(model_output, int(t), x_t, num_steps=int(num_steps), eta=float(eta),
+                                      noise=noise, generator=generator, predicted_variance=predicted_variance)
+    outcome = ctx.call(step)
     if not outcome.ok:
         why = f"step(t={t}, num_steps={num_steps}, eta={eta:g}) failed: {outcome.describe()}"
         if outcome.timed_out:

@@ -223,7 +223,9 @@ def _target_only_setup(ctx: Any, unsupported: CheckResult) -> tuple[TargetSetup 
     with np.errstate(divide="ignore", invalid="ignore"):
         betas = 1.0 - table / np.concatenate(([1.0], table[:-1]))
     u_compute = unit_roundoff(ctx.dtype)
-    setup = TargetSetup(ctx.sampler, conv, betas, table, u_compute, u_compute, np.zeros(T), table_note)
+    source = ctx.call(lambda: noise_source(ctx.sampler))
+    setup = TargetSetup(ctx.sampler, conv, betas, table, u_compute, u_compute, np.zeros(T), table_note,
+                        noise_source=source.value if source.ok else "generator")
     note = (f"reference-free: {unsupported.message}; this invariant needs no reference, so it runs on the "
             f"target's own timesteps(N) and {table_note}")
     return setup, note
@@ -305,8 +307,10 @@ def _fatal(name: str, start: float, message: str) -> CheckResult:
 
 
 def _modes(ctx: Any, setup: TargetSetup) -> list[str]:
-    """How noise reaches the target: injected (when supported) and through a generator."""
-    return (["noise"] if setup.conv.supports_noise_injection else []) + ["generator"]
+    """How noise reaches the target: injected (when supported), and through a generator or, for a target whose
+    ``noise_source`` is ``"global"``, the global RNG (seeded per call by
+    :func:`~ddspec.conformance.checks._common.call_step` from the generator it is handed)."""
+    return (["noise"] if setup.conv.supports_noise_injection else []) + [setup.noise_source]
 
 
 def _call_mode(
@@ -424,7 +428,7 @@ def check_no_input_mutation(ctx: Any) -> list[CheckResult]:
         originals = {"model_output": inp.mo, "x_t": inp.x, "noise": inp.z, "predicted_variance": inp.pv}
         _, call_err = call_step(ctx, run.setup, args["model_output"], cfg.t, args["x_t"], cfg.num_steps, cfg.eta,
                                 noise=args.get("noise"),
-                                generator=ctx.generator(_OFF_GEN) if mode == "generator" else None,
+                                generator=ctx.generator(_OFF_GEN) if mode != "noise" else None,
                                 predicted_variance=args.get("predicted_variance"))
         run.checked += 1
         if call_err:
@@ -567,7 +571,7 @@ def check_batch_independence(ctx: Any) -> list[CheckResult]:
         if setup.conv.supports_noise_injection:
             mode = "noise"
         elif deterministic:
-            mode = "generator"
+            mode = setup.noise_source
         else:
             run.notes.append(f"{_where(cfg, '-')}: skipped, stochastic step and the target takes no injected noise")
             continue
@@ -780,8 +784,12 @@ def check_no_global_rng(ctx: Any) -> list[CheckResult]:
     if isinstance(run, CheckResult):
         return [run]
     inp = run.inp
+    if run.setup.noise_source == "global":
+        run.notes.append("the target declares noise_source='global': the harness seeds torch's global RNG for each "
+                         "call inside fork_rng, so that use is declared, not a leak; numpy's and Python's global "
+                         "RNGs must still not move")
     for cfg, mode in _cases(ctx, run):
-        generator = ctx.generator(_OFF_GEN) if mode == "generator" else None
+        generator = ctx.generator(_OFF_GEN) if mode != "noise" else None
         before = rng_state_snapshot()
         try:
             _, call_err = call_step(ctx, run.setup, inp.mo.clone(), cfg.t, inp.x.clone(), cfg.num_steps, cfg.eta,
