@@ -480,6 +480,7 @@ class Tally:
     _worst_compared: float = 0.0
     candidates: list[_Candidate] = field(default_factory=list)
     calls: BrokenCalls = field(default_factory=BrokenCalls)
+    per_step: list[dict[str, Any]] = field(default_factory=list)
 
     def _keep(self, ratio: float, finding: Finding, info: dict[str, Any]) -> None:
         self.candidates.append(_Candidate(ratio, finding, info))
@@ -536,6 +537,12 @@ class Tally:
                 self.tolerance = tol_v
         top = float(flat[order[0]]) if k else 0.0
         self.worst_ratio = max(self.worst_ratio, top)
+        if k and len(self.per_step) < MAX_PER_STEP:
+            worst = tuple(int(j) for j in np.unravel_index(int(order[0]), got.shape))
+            err_w = float(err[worst]) if np.isfinite(err[worst]) else None
+            self.per_step.append({"step": step, "timestep": timestep, "label": label, "error": err_w,
+                                  "tolerance": float(bound[worst]) if np.isfinite(bound[worst]) else None,
+                                  "ratio": top if np.isfinite(top) else None})
         return top
 
     def broken(
@@ -592,6 +599,10 @@ class Tally:
         return max(self.candidates, key=lambda c: c.ratio).info
 
 
+#: The most compared steps a :class:`Tally` records in ``details["per_step"]`` (the HTML report's curve).
+MAX_PER_STEP = 400
+
+
 def tally_result(
     name: str,
     family: str,
@@ -631,6 +642,8 @@ def tally_result(
     errors = tally.calls.errors()
     if errors:
         details = dict(details, errors=errors)
+    if tally.per_step and "per_step" not in details:
+        details = dict(details, per_step=list(tally.per_step))
     return CheckResult(
         name=name, family=family, verdict=Verdict.FAIL if tally.failed else Verdict.PASS,
         observed=observed, tolerance=tolerance, message=message, findings=tally.findings(),

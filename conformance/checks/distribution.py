@@ -982,6 +982,7 @@ def _run_variant(
     n_tests = sum(3 for p in plan if np.any(np.asarray(p.law.variance) > 0))
     alpha_each = (alpha - tail_total) / n_tests if n_tests else alpha
     summaries = []
+    qq: dict[str, Any] | None = None
     for ni, planned_run in enumerate(plan):
         n_steps, ts, pairs, law = planned_run.n_steps, planned_run.timesteps, planned_run.pairs, planned_run.law
         tail, oracle, scale = planned_run.tail, planned_run.oracle, planned_run.scale
@@ -1023,6 +1024,8 @@ def _run_variant(
             sd0 = math.sqrt(float(var[j0]))
             shift0 = float(e_max[:, j0 if det.any() else 0].max()) / sd0
             _dkw_part(acc, (samples[:, j0] - mu[j0]) / sd0, alpha_each, shift0, f"{label}/dkw", where, j0)
+            if qq is None:
+                qq = _qq_points((samples[:, j0] - mu[j0]) / sd0, f"N={n_steps}, coordinate {j0}, standardized")
             sd_all = np.sqrt(var[sto])
             rho = stats.min_detectable(n, alpha_each, power, "variance", dims=int(sto.sum()))
             detects.append({
@@ -1058,6 +1061,8 @@ def _run_variant(
                     if detects}
     details["min_detectable"] = {"power": power, "worst": worst_detect, "per_step_count": detects}
     details["errors"] = errors
+    if qq is not None:
+        details["qq"] = qq
     detect = ""
     if worst_detect:
         detect = (f" Per coordinate of the output it detects a std error >= {_pct(worst_detect['std_error'])} %, "
@@ -1073,6 +1078,22 @@ def _run_variant(
         notes=notes, details=details, checked=len(summaries), consequence=consequence, fatal=fatal, broken=broken,
         detect=detect,
     )
+
+
+#: Points of the QQ plot kept in ``details["qq"]`` (evenly spaced order statistics).
+QQ_POINTS = 200
+
+
+def _qq_points(u: Array, what: str) -> dict[str, Any]:
+    r"""QQ data of standardized draws u against N(0, 1): order statistics at plotting positions (i + ½)/n,
+    at most :data:`QQ_POINTS` of them, 4 significant digits (``details["qq"]`` for the HTML report)."""
+    u = np.sort(np.asarray(u, dtype=np.float64)[np.isfinite(u)])
+    if u.size == 0:
+        return {"what": what, "theoretical": [], "empirical": []}
+    idx = np.unique(np.linspace(0, u.size - 1, min(QQ_POINTS, u.size)).round().astype(int))
+    theo = sps.norm.ppf((idx + 0.5) / u.size)
+    return {"what": what, "theoretical": [float(f"{v:.4g}") for v in theo],
+            "empirical": [float(f"{v:.4g}") for v in u[idx]]}
 
 
 def _run_chains(

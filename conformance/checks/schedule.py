@@ -163,6 +163,9 @@ def _table_result(
         "worst_index": worst,
         "worst_ratio": float(ratio[worst]),
         "n_exceeding": n_bad,
+        # the error per index in ULPs of the table's dtype (relative spacing 2u; absolute error where the exact
+        # value is 0), for the HTML report's curve; 3 significant digits, None where not finite
+        "ulp_per_index": [float(f"{v:.3g}") if np.isfinite(v) else None for v in err / (2.0 * table_u)],
         **extra,
     }
     return CheckResult(

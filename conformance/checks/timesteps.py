@@ -88,6 +88,10 @@ def _as_int_sequence(value: object) -> tuple[np.ndarray | None, str | None]:
     return arr.astype(np.int64), None
 
 
+#: The longest sequence kept whole in ``details["expected"]`` / ``details["got"]`` (the HTML report's plot).
+MAX_SEQUENCE = 1000
+
+
 def _head(seq: np.ndarray, k: int = 12) -> list[int]:
     return [int(v) for v in seq[:k]]
 
@@ -143,7 +147,8 @@ def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResu
     if got is None:
         return fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)
     details = dict(base, expected_head=_head(expected), got_head=_head(got),
-                   expected_length=int(expected.size), got_length=int(got.size))
+                   expected_length=int(expected.size), got_length=int(got.size),
+                   expected=[int(v) for v in expected[:MAX_SEQUENCE]], got=[int(v) for v in got[:MAX_SEQUENCE]])
 
     if got.size != expected.size:
         common = min(got.size, expected.size)
