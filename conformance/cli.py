@@ -6,6 +6,10 @@ r"""The ``ddspec`` command.
     torch port of the reference and, when diffusers is installed, diffusers' ``DDPMScheduler()`` and
     ``DDIMScheduler()``.
 
+``ddspec sweep [FACTORY] --grid GRID.toml``, ``ddspec sweep-merge SHARD.json ...``
+    Check every cell of a configuration grid on pytest-xdist workers, optionally one shard of it, and
+    merge the shards' documents (:mod:`ddspec.conformance.sweep`, docs/sweeps.md).
+
 ``ddspec audit``
     Audit the reference itself against its mpmath twins (``ddspec.reference.audit``).
 
@@ -244,7 +248,66 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print each derivation with a check mark per step. See 'ddspec derive --help'.",
         add_help=False,
     )
+    _add_sweep_parsers(sub)
     return parser
+
+
+def _add_sweep_parsers(sub: Any) -> None:
+    r"""The ``sweep`` and ``sweep-merge`` subcommands (:mod:`ddspec.conformance.sweep`, docs/sweeps.md)."""
+    sweep = sub.add_parser(
+        "sweep",
+        help="check every cell of a configuration grid of a scheduler class, on many workers (pytest-xdist)",
+        description="Check every cell of a configuration grid (a TOML file, docs/sweeps.md): FACTORY(**config) "
+        "for every combination of the grid's axes, each through the checks of 'ddspec check'. The cells run as "
+        "pytest items on pytest-xdist workers. Ends with a table of which cells fail which family.",
+        epilog="examples:\n"
+        "  ddspec sweep diffusers:DDIMScheduler --grid docs/grids/diffusers_ddim.toml -n auto\n"
+        "  ddspec sweep diffusers:DDIMScheduler --grid g.toml --shard 2/4 --json shard2.json\n"
+        "  ddspec sweep-merge shard*.json -o merged.json --markdown table.md\n\n"
+        "exit codes: 0 every cell conforms; 1 a cell does not conform (or its worker crashed); 2 bad arguments, "
+        "a bad grid file, or a sweep whose cells ran more statistical checks than its false-failure budget "
+        "booked; 130 interrupted.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sweep.add_argument("factory", nargs="?", metavar="FACTORY",
+                       help="module:attr of a scheduler class or a callable taking the config keywords "
+                            "(default: the grid file's 'factory')")
+    sweep.add_argument("--grid", required=True, metavar="GRID.toml", help="the configuration grid (docs/sweeps.md)")
+    sweep.add_argument("--shard", metavar="i/n", help="run only shard i of n (cells whose index mod n is i-1)")
+    sweep.add_argument("-n", "--workers", default="auto", metavar="auto|K",
+                       help="pytest-xdist worker processes (default: auto, one per CPU)")
+    sweep.add_argument("--profile", default="quick", choices=_PROFILES,
+                       help="how thorough each cell is (default: quick)")
+    sweep.add_argument("--dtype", choices=_DTYPES,
+                       help="dtype of every cell (default: float32; not with a 'dtype' axis in the grid)")
+    sweep.add_argument("--seed", type=_seed, default=0, help="base seed of every random input (default: 0)")
+    sweep.add_argument("--timeout", type=_positive_seconds, default=30.0, metavar="SECONDS",
+                       help="limit for one call into the target (default: 30)")
+    sweep.add_argument("--budget", type=float, default=None, metavar="P",
+                       help="false-failure budget of the whole sweep, spread over every statistical check of "
+                            "every cell of the grid (default: 1e-6)")
+    sweep.add_argument("--allow", action="append", default=[], metavar="NAME::REASON",
+                       help="a known deviation, allowed in every cell as in 'ddspec check --allow'; repeatable")
+    sweep.add_argument("--in-process", action="store_true",
+                       help="run each target inside its xdist worker instead of a supervised child process")
+    sweep.add_argument("--json", metavar="PATH", help="write the sweep document (schema ddspec.sweep/1)")
+    sweep.add_argument("--no-reports", action="store_true",
+                       help="leave the cells' full reports out of --json (keep counts, failing checks, ledger)")
+    sweep.add_argument("--markdown", metavar="PATH", help="write the grid's results as a Markdown table")
+    sweep.add_argument("--no-progress", action="store_true",
+                       help="no progress (a bar on a terminal, else a line per cell on stderr)")
+
+    merge = sub.add_parser(
+        "sweep-merge",
+        help="merge the JSON documents of a sweep's shards into one",
+        description="Merge the shards of one sweep ('ddspec sweep --shard i/n --json ...'): the union of their "
+        "cells and one false-failure ledger, the sum of theirs. Prints the grid's summary table.",
+    )
+    merge.add_argument("inputs", nargs="+", metavar="SHARD.json")
+    merge.add_argument("-o", "--output", metavar="PATH", help="write the merged document here")
+    merge.add_argument("--markdown", metavar="PATH", help="write the grid's results as a Markdown table")
+    merge.add_argument("--update-doc", metavar="DOC.md",
+                       help="replace the generated table of this grid in DOC.md (between its marker comments)")
 
 
 def _version() -> str:
@@ -507,6 +570,118 @@ def _write_reports(args: argparse.Namespace, reports: list) -> int | None:
     return None
 
 
+def _sweep_outputs(doc: dict, markdown: str | None, update_doc: str | None = None) -> int | None:
+    """Print the sweep's summary table and write its Markdown; an exit code when that fails."""
+    from . import sweep as sweep_mod
+
+    sys.stdout.write(sweep_mod.summary_table(doc))
+    sys.stdout.flush()
+    try:
+        if markdown:
+            with open(markdown, "w", encoding="utf-8") as handle:
+                handle.write(sweep_mod.format_markdown(doc))
+        if update_doc:
+            with open(update_doc, encoding="utf-8") as handle:
+                text = handle.read()
+            text = sweep_mod.replace_doc_section(text, doc["name"], sweep_mod.format_markdown(doc))
+            with open(update_doc, "w", encoding="utf-8") as handle:
+                handle.write(text)
+    except OSError as exc:
+        return _error(f"cannot write the table: {exc.strerror or exc}: {exc.filename or ''}")
+    except ValueError as exc:
+        return _error(f"--update-doc {update_doc}: {exc}")
+    for problem in sweep_mod.ledger_problems(doc):
+        print(f"ddspec: error: {problem}", file=sys.stderr)
+    return None
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    try:
+        from . import sweep as sweep_mod
+    except ImportError as exc:
+        return _error(f"'ddspec sweep' needs pytest and pytest-xdist ({exc}): pip install 'ddspec[sweep]'")
+    try:
+        grid = sweep_mod.load_grid(args.grid)
+    except OSError as exc:
+        return _error(f"--grid {args.grid}: cannot read it: {exc.strerror or exc}")
+    except ValueError as exc:
+        return _error(f"--grid {args.grid}: {exc}")
+    factory = args.factory or grid.factory
+    if factory is None:
+        return _error(f"FACTORY: none given, and the grid file {args.grid} names no 'factory'")
+    if args.dtype is not None and any(name == "dtype" for name, _ in grid.axes):
+        return _error(f"--dtype {args.dtype}: the grid {args.grid} has a 'dtype' axis; give the dtypes in one place")
+    workers: int | str = args.workers
+    if workers != "auto":
+        try:
+            workers = _positive_int(workers)
+        except argparse.ArgumentTypeError as exc:
+            return _error(f"-n {args.workers}: {exc}; expected 'auto' or a number of workers >= 1")
+    for opt, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path:
+            parent = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+                return _error(f"{opt} {path}: cannot write there (no such writable directory: {parent})")
+    from .results import parse_allowance
+
+    try:
+        allow = dict(parse_allowance(text, option="--allow") for text in args.allow)
+    except ValueError as exc:
+        return _error(str(exc))
+    try:
+        shard = sweep_mod.parse_shard(args.shard) if args.shard is not None else None
+        plan = sweep_mod.make_plan(factory, grid, profile=args.profile, seed=args.seed, timeout_s=args.timeout,
+                                   dtype=args.dtype or "float32", budget=args.budget, shard=shard,
+                                   in_process=args.in_process, allow=allow)
+    except ValueError as exc:  # names the argument: "budget=2.0: ...", "factory='x': ...", "--shard='3/2': ..."
+        message = str(exc)
+        if message.startswith("factory="):
+            return _error(f"FACTORY {message.removeprefix('factory=')}")
+        return _error(message if message.startswith("--") else f"--{message}")
+    show = not args.no_progress
+    bar = show and _stderr_is_terminal()
+    try:
+        doc = sweep_mod.run_sweep(plan, workers=workers, stream=sys.stderr if show and not bar else None,
+                                  progress_bar=bar)
+    except RuntimeError as exc:  # no pytest-xdist, or pytest could not run the items (its output follows)
+        first, _, rest = str(exc).partition("\n")
+        code = _error(first)
+        if rest:
+            print(rest, file=sys.stderr)
+        return code
+    if args.json:
+        try:
+            sweep_mod.write_sweep(doc, args.json, reports=not args.no_reports)
+        except OSError as exc:
+            return _error(f"--json {args.json}: {exc.strerror or exc}")
+    failed = _sweep_outputs(doc, args.markdown)
+    return failed if failed is not None else sweep_mod.sweep_exit_code(doc)
+
+
+def _run_sweep_merge(args: argparse.Namespace) -> int:
+    from . import sweep as sweep_mod
+
+    docs = []
+    for path in args.inputs:
+        try:
+            docs.append(sweep_mod.load_sweep(path))
+        except OSError as exc:
+            return _error(f"{path}: cannot read it: {exc.strerror or exc}")
+        except ValueError as exc:
+            return _error(str(exc))
+    try:
+        merged = sweep_mod.merge_sweeps(docs)
+    except ValueError as exc:
+        return _error(f"sweep-merge {' '.join(args.inputs)}: {exc}")
+    if args.output:
+        try:
+            sweep_mod.write_sweep(merged, args.output)
+        except OSError as exc:
+            return _error(f"-o {args.output}: {exc.strerror or exc}")
+    failed = _sweep_outputs(merged, args.markdown, args.update_doc)
+    return failed if failed is not None else sweep_mod.sweep_exit_code(merged)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     r"""Run the ``ddspec`` command with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -533,6 +708,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "check":
             return _run_check(args)
+        if args.command == "sweep":
+            return _run_sweep(args)
+        if args.command == "sweep-merge":
+            return _run_sweep_merge(args)
         return _error(f"unknown command {args.command!r}")  # pragma: no cover - argparse refuses it
     except KeyboardInterrupt:
         print("ddspec: interrupted", file=sys.stderr)
