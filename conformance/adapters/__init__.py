@@ -8,9 +8,14 @@ r"""Adapters: one module per foreign library, all behind :class:`ddspec.conforma
    :class:`~.diffusers_ddpm.DiffusersDDPMAdapter` / :class:`~.diffusers_ddim.DiffusersDDIMAdapter`
    (diffusers is imported only when the object's class comes from it, so this package imports
    without diffusers installed);
-3. a zero-argument callable (a factory, or a class such as ``DDIMScheduler``) is called once and its
-   result adapted by rules 1–2;
-4. anything else raises ``TypeError`` with a one-line reason.
+3. objects of libraries that are not installable here, recognised by duck typing (each adapter imports
+   nothing from its library at module import) and wrapped as whole-loop targets:
+   an improved-/guided-diffusion ``GaussianDiffusion``/``SpacedDiffusion`` → its ``p_sample_loop``
+   (:func:`~.improved_diffusion.p_sample_target`; ``ddim_target`` for DDIM), a CompVis ``DDIMSampler``
+   → :func:`~.compvis.ddim_sampler_target`, a CompVis image-space ``DDPM`` → :func:`~.compvis.ddpm_target`;
+4. a zero-argument callable (a factory, or a class such as ``DDIMScheduler``) is called once and its
+   result adapted by rules 1–3;
+5. anything else raises ``TypeError`` with a one-line reason.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import inspect
 from typing import Any
 
 from ..protocol import Sampler
+from . import compvis, improved_diffusion
 from .diffusers_ddim import DiffusersDDIMAdapter
 from .diffusers_ddpm import DiffusersDDPMAdapter
 from .function import FunctionSampler
@@ -41,6 +47,24 @@ def _adapt_instance(obj: object) -> Sampler | LoopSampler | None:
             return DiffusersDDPMAdapter(obj)
         if isinstance(obj, DDIMScheduler):
             return DiffusersDDIMAdapter(obj)
+    return _adapt_duck_typed(obj)
+
+
+def _adapt_duck_typed(obj: object) -> LoopSampler | None:
+    r"""Objects of libraries not installed here, recognised by their attributes (issue 9)."""
+    # issue 9 part A: improved-/guided-diffusion and CompVis latent/stable diffusion
+    if improved_diffusion.is_gaussian_diffusion(obj):
+        return improved_diffusion.p_sample_target(obj)
+    if compvis.is_ddim_sampler(obj):
+        return compvis.ddim_sampler_target(obj)
+    if compvis.is_ldm_ddpm(obj):
+        if callable(getattr(obj, "apply_model", None)):
+            raise TypeError(f"adapt: cannot adapt {type(obj).__module__}.{type(obj).__qualname__}: a latent model's "
+                            "p_sample takes a conditioning; wrap it as DDIMSampler(model), or use "
+                            "ddspec.conformance.adapters.compvis.ddim_sampler_target")
+        return compvis.ddpm_target(obj)
+    # issue 9 part B (denoising-diffusion-pytorch, ermongroup/ddim, diffusers inverse/parallel/pipelines):
+    # its registration lines go here.
     return None
 
 
@@ -71,7 +95,7 @@ def adapt(obj: Any) -> Sampler | LoopSampler:
             return sampler
         raise TypeError(
             f"adapt: the factory {getattr(obj, '__qualname__', repr(obj))} returned {type(made).__qualname__}, "
-            "which is neither a Sampler nor a diffusers DDPMScheduler/DDIMScheduler"
+            "which adapt() does not recognise (not a Sampler, a LoopSampler, nor an object of a supported library)"
         )
     what = type(obj).__module__ + "." + type(obj).__qualname__
     if _from_diffusers(obj):
@@ -79,5 +103,6 @@ def adapt(obj: Any) -> Sampler | LoopSampler:
     elif callable(obj):
         reason = "a callable must take no arguments"
     else:
-        reason = "expected a Sampler, a diffusers DDPMScheduler/DDIMScheduler, or a zero-argument factory"
+        reason = ("expected a Sampler, a LoopSampler, a diffusers DDPMScheduler/DDIMScheduler, an improved-diffusion "
+                  "GaussianDiffusion, a CompVis DDIMSampler or DDPM, or a zero-argument factory")
     raise TypeError(f"adapt: cannot adapt {what}: {reason}")

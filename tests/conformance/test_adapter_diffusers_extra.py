@@ -1,0 +1,279 @@
+r"""diffusers (installed, 0.42.1): ``DDIMInverseScheduler``, ``DDPMParallelScheduler`` / ``DDIMParallelScheduler``
+(with ``batch_step_no_noise``), and ``DDPMPipeline`` / ``DDIMPipeline`` as loop targets with their post-processing.
+
+Every adapter is one line of glue. Correct configurations pass in float32 and float64; the findings
+(``t − T//N`` as the previous/source timestep, x̂₀-prediction's singular first inversion step) are shown
+with their cause; planted bugs fail. Expected values come from the reference (``ddim_invert_step``, the
+reference step's mean, ``to_uint8``) or closed forms written here, never from the code under test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from diffusers import (  # noqa: E402
+    DDIMInverseScheduler,
+    DDIMParallelScheduler,
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMParallelScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+)
+
+from ddspec.conformance.adapters.diffusers_ddim import DiffusersDDIMAdapter  # noqa: E402
+from ddspec.conformance.adapters.diffusers_ddpm import DiffusersDDPMAdapter  # noqa: E402
+from ddspec.conformance.adapters.diffusers_inverse import DiffusersInverseAdapter, check_inversion  # noqa: E402
+from ddspec.conformance.adapters.diffusers_parallel import (  # noqa: E402
+    DiffusersDDIMParallelAdapter,
+    DiffusersDDPMParallelAdapter,
+    check_batch_step_no_noise,
+)
+from ddspec.conformance.adapters.diffusers_pipeline import DiffusersPipelineLoop, check_postprocess  # noqa: E402
+from ddspec.conformance.context import CheckContext  # noqa: E402
+from ddspec.conformance.results import Report, Verdict  # noqa: E402
+from ddspec.conformance.runner import installed_checks, run_checks  # noqa: E402
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def _report(target: Any, dtype: str = "float32", steps: tuple[int, ...] | None = None) -> Report:
+    return run_checks(target, CheckContext(target, dtype=dtype, profile="quick", seed=0, steps=steps), installed_checks())
+
+
+def _bad(report: Report) -> list[str]:
+    return [f"{r.name}: {r.verdict.value}: {r.message[:240]}" for r in report.checks
+            if r.verdict in (Verdict.FAIL, Verdict.UNSUPPORTED)]
+
+
+# -- DDIMInverseScheduler ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", [
+    {}, {"clip_sample": False}, {"set_alpha_to_one": False}, {"prediction_type": "v_prediction"},
+    {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {"beta_schedule": "squaredcos_cap_v2"},
+    {"timestep_spacing": "trailing"},
+], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_inversion_passes(config: dict, dtype: torch.dtype) -> None:
+    adapter = DiffusersInverseAdapter(DDIMInverseScheduler(**config))
+    for n in (1, 10, 50):  # T // N divides T: the source t − T//N is the previous listed timestep
+        result = check_inversion(adapter, n, dtype=dtype)
+        assert result.verdict == Verdict.PASS, result.message
+        assert result.observed is not None and result.observed <= 0.5  # factor-2 margin
+
+
+def test_inversion_model_is_called_at_the_destination() -> None:
+    adapter = DiffusersInverseAdapter(DDIMInverseScheduler())
+    seen: list[int] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    run = adapter.invert(model, torch.zeros(2, 3, 4, 4), 4)
+    assert seen == [0, 250, 500, 750] == run.timesteps.tolist()  # leading: k * (1000 // 4)
+    assert "destination" in " ".join(adapter.notes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_trailing_inversion_steps_from_t_minus_stride(dtype: torch.dtype) -> None:
+    # trailing, N = 7: the list is round(1000 - k * 1000/7) - 1 ascending; the scheduler steps from t - 142,
+    # so already its first step starts at index 142 - 142 = 0 instead of the data (-1)
+    adapter = DiffusersInverseAdapter(DDIMInverseScheduler(timestep_spacing="trailing"))
+    listed = sorted(round(1000 - k * 1000 / 7) - 1 for k in range(7))
+    assert adapter.timesteps(7).tolist() == listed
+    result = check_inversion(adapter, 7, dtype=dtype)
+    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed > 2.0
+    assert "t - T//N" in result.message and f"to {listed[0]} from {listed[0] - 142}, listed -1" in result.message
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_prediction_first_inversion_step_is_non_finite(dtype: torch.dtype) -> None:
+    # from the data (alpha_bar = 1) eps = (x - x0_hat) / sqrt(1 - 1): diffusers divides by zero
+    result = check_inversion(DiffusersInverseAdapter(DDIMInverseScheduler(prediction_type="sample")), 10, dtype=dtype)
+    assert result.verdict == Verdict.FAIL
+    assert "singular" in result.message and "non-finite" in result.message
+
+
+class AlphaOneIgnored(DDIMInverseScheduler):
+    """Planted: starts from alpha_bar_0 although set_alpha_to_one=True."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.initial_alpha_cumprod = self.alphas_cumprod[0]
+
+
+def test_planted_inversion_bug_fails() -> None:
+    result = check_inversion(DiffusersInverseAdapter(AlphaOneIgnored()), 10)
+    assert result.verdict == Verdict.FAIL and result.findings[0].step == 0
+
+
+def test_inverse_adapter_refuses_other_objects() -> None:
+    with pytest.raises(ValueError, match="^scheduler="):
+        DiffusersInverseAdapter(DDIMScheduler())
+
+
+# -- parallel schedulers -----------------------------------------------------------------------------
+
+
+def test_parallel_adapters_declare_what_the_plain_ones_declare() -> None:
+    cfg = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False,
+           "prediction_type": "v_prediction", "timestep_spacing": "trailing"}
+    assert DiffusersDDPMParallelAdapter(DDPMParallelScheduler(**cfg)).conventions == \
+        DiffusersDDPMAdapter(DDPMScheduler(**cfg)).conventions
+    assert DiffusersDDIMParallelAdapter(DDIMParallelScheduler(**cfg)).conventions == \
+        DiffusersDDIMAdapter(DDIMScheduler(**cfg)).conventions
+    with pytest.raises(ValueError, match="^scheduler="):
+        DiffusersDDPMParallelAdapter(DDPMScheduler())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cls, adapter", [(DDPMParallelScheduler, DiffusersDDPMParallelAdapter),
+                                          (DDIMParallelScheduler, DiffusersDDIMParallelAdapter)])
+def test_parallel_step_passes_the_step_checks(cls: type, adapter: type, dtype: str) -> None:
+    report = _report(adapter(cls()), dtype)
+    assert not _bad(report), _bad(report)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls, adapter", [(DDPMParallelScheduler, DiffusersDDPMParallelAdapter),
+                                          (DDIMParallelScheduler, DiffusersDDIMParallelAdapter)])
+@pytest.mark.parametrize("config", [{}, {"prediction_type": "v_prediction", "clip_sample": True},
+                                    {"timestep_spacing": "trailing"}], ids=["default", "v_clip", "trailing"])
+def test_batch_step_no_noise_passes(cls: type, adapter: type, config: dict, dtype: torch.dtype) -> None:
+    a = adapter(cls(**config))
+    for n in (1, 10, 50):  # N divides T: t - T//N is the next listed timestep for leading and trailing alike
+        result = check_batch_step_no_noise(a, n, dtype=dtype)
+        assert result.verdict == Verdict.PASS, result.message
+        assert result.observed is not None and result.observed <= 0.5
+
+
+@pytest.mark.parametrize("cls, adapter", [(DDPMParallelScheduler, DiffusersDDPMParallelAdapter),
+                                          (DDIMParallelScheduler, DiffusersDDIMParallelAdapter)])
+@pytest.mark.parametrize("spacing", ["trailing", "linspace"])
+def test_batch_step_no_noise_takes_t_minus_stride(cls: type, adapter: type, spacing: str) -> None:
+    # N = 7: T // N = 142, but trailing's and linspace's strides are 1000/7 and 999/6: the next listed
+    # timestep is not t - 142 at most steps
+    result = check_batch_step_no_noise(adapter(cls(timestep_spacing=spacing)), 7)
+    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed > 2.0
+    assert "t - T//N" in result.message and result.details["prev_t_minus_stride"]
+
+
+def test_ddim_batch_step_no_noise_is_checked_at_eta_zero_only() -> None:
+    result = check_batch_step_no_noise(DiffusersDDIMParallelAdapter(DDIMParallelScheduler()), 10, eta=0.5)
+    assert result.verdict == Verdict.SKIPPED and "eta == 0" in result.message
+
+
+class ScaledBatchStep(DDPMParallelScheduler):
+    """Planted: batch_step_no_noise off by a relative 1e-3."""
+
+    def batch_step_no_noise(self, model_output: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        return super().batch_step_no_noise(model_output, timesteps, sample) * (1 + 1e-3)
+
+
+def test_planted_batch_step_bug_fails() -> None:
+    result = check_batch_step_no_noise(DiffusersDDPMParallelAdapter(ScaledBatchStep()), 10)
+    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed > 2.0
+
+
+# -- pipelines ---------------------------------------------------------------------------------------
+
+
+def _unet() -> Any:
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=4, in_channels=3, out_channels=3, block_out_channels=(8,), layers_per_block=1,
+                       down_block_types=("DownBlock2D",), up_block_types=("UpBlock2D",), norm_num_groups=4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("pipeline_cls, scheduler", [(DDPMPipeline, DDPMScheduler()), (DDIMPipeline, DDIMScheduler()),
+                                                     (DDIMPipeline, DDPMScheduler())],
+                         ids=["ddpm", "ddim", "ddim_from_ddpm_config"])
+def test_pipeline_loop_passes(pipeline_cls: type, scheduler: Any, dtype: str) -> None:
+    loop = DiffusersPipelineLoop(pipeline_cls(unet=_unet(), scheduler=scheduler))
+    report = _report(loop, dtype)
+    assert not _bad(report), _bad(report)
+    families = {r.name.split(".")[1] for r in report.checks if r.verdict in (Verdict.PASS, Verdict.ACCEPTABLE)}
+    assert {"timesteps", "final_step", "output_law", "determinism", "inputs_unchanged"} <= families
+
+
+def test_ddim_pipeline_notes_its_scheduler_conversion() -> None:
+    loop = DiffusersPipelineLoop(DDIMPipeline(unet=_unet(), scheduler=DDPMScheduler()))
+    assert loop.conventions.family == "ddim" and loop.accepts_eta
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pipeline_cls, scheduler_cls", [(DDPMPipeline, DDPMScheduler), (DDIMPipeline, DDIMScheduler)])
+def test_postprocess_matches_the_reference(pipeline_cls: type, scheduler_cls: type, dtype: torch.dtype) -> None:
+    loop = DiffusersPipelineLoop(pipeline_cls(unet=_unet(), scheduler=scheduler_cls(clip_sample=False)))
+    unit, uint8 = check_postprocess(loop, dtype=dtype)
+    assert unit.verdict == Verdict.PASS and uint8.verdict == Verdict.PASS, (unit.message, uint8.message)
+    assert unit.details["outside_share"] > 0, "the clamp to [0, 1] was not exercised"
+
+
+class TruncatingPipeline(DDPMPipeline):
+    """Planted: uint8 by truncation, improved-diffusion's cast, where diffusers rounds."""
+
+    @staticmethod
+    def numpy_to_pil(images: np.ndarray) -> list:
+        from PIL import Image
+
+        return [Image.fromarray((im * 255).astype("uint8")) for im in images]
+
+
+class ShrunkOutputPipeline(DDPMPipeline):
+    """Planted: the [0, 1] output scaled by 0.999."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        out = super().__call__(*args, **kwargs)
+        out.images = out.images * 0.999
+        return out
+
+
+def test_planted_postprocess_bugs_fail() -> None:
+    trunc = check_postprocess(DiffusersPipelineLoop(TruncatingPipeline(unet=_unet(), scheduler=DDPMScheduler(clip_sample=False))))
+    assert [r.verdict for r in trunc] == [Verdict.PASS, Verdict.FAIL]
+    shrunk = check_postprocess(DiffusersPipelineLoop(ShrunkOutputPipeline(unet=_unet(), scheduler=DDPMScheduler(clip_sample=False))))
+    assert shrunk[0].verdict == Verdict.FAIL
+
+
+class NoiseAtLastStep(DDPMScheduler):
+    """Planted: adds noise of std 0.05 after the last step."""
+
+    def step(self, model_output: torch.Tensor, timestep: Any, sample: torch.Tensor, generator: Any = None, **kw: Any) -> Any:
+        out = super().step(model_output, timestep, sample, generator=generator, **kw)
+        if int(timestep) == int(self.timesteps[-1]):
+            out.prev_sample = out.prev_sample + 0.05 * torch.randn(sample.shape, generator=generator, dtype=sample.dtype)
+        return out
+
+
+def test_planted_pipeline_loop_bug_fails() -> None:
+    report = _report(DiffusersPipelineLoop(DDPMPipeline(unet=_unet(), scheduler=NoiseAtLastStep())))
+    assert any(r.name.startswith("loop.final_step") and r.verdict == Verdict.FAIL for r in report.checks), _bad(report)
+
+
+def test_pipeline_loop_refuses_other_objects_and_leaves_the_pipeline_alone() -> None:
+    with pytest.raises(ValueError, match="^pipeline="):
+        DiffusersPipelineLoop(DDPMScheduler())
+    pipe = DDPMPipeline(unet=_unet(), scheduler=DDPMScheduler())
+    unet, scheduler = pipe.unet, pipe.scheduler
+    _report(DiffusersPipelineLoop(pipe), steps=(10,))
+    assert pipe.unet is unet and pipe.scheduler is scheduler and "step" not in vars(scheduler)
+
+
+def test_extra_checks_hooks_run_the_adapter_checks() -> None:
+    """The hook a runner can call for the checks the step and loop families do not run."""
+    assert [r.name for r in DiffusersInverseAdapter(DDIMInverseScheduler()).extra_checks(steps=(10,))] == \
+        ["single_step.inversion.N=10"]
+    assert [r.verdict for r in DiffusersDDPMParallelAdapter(DDPMParallelScheduler()).extra_checks(steps=(1, 10))] == \
+        [Verdict.PASS, Verdict.PASS]
+    loop = DiffusersPipelineLoop(DDPMPipeline(unet=_unet(), scheduler=DDPMScheduler()))
+    assert [r.name for r in loop.extra_checks()] == ["loop.postprocess.unit", "loop.postprocess.uint8"]
