@@ -113,19 +113,21 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from scipy import stats as sps
 
+from ddspec.reference import alphas as ref_alphas
 from ddspec.reference import forward, parameterisation
 from ddspec.reference.oracles import IsotropicGaussian, gaussian_run_output, gaussian_step_map
 from ddspec.reference.variances import reverse_variance
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from .. import expectation, stats, tolerances
+from ..protocol import Conventions
 from ..results import CheckResult, Finding, Verdict
 from ._common import (
     RunPlan,
@@ -789,30 +791,31 @@ class _RunVariance:
         return np.array([self.reference_value(t, tp) for t, tp in pairs], dtype=np.float64)
 
 
-def _clip_tail(
-    ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]],
-    eta: float, variance: _RunVariance, n: int,
+def clip_tail_bound(
+    conv: Conventions, betas: Array, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]], eta: float,
+    n: int, *, u_table: float, delta_at: Callable[[int], float], step_kwargs: Callable[[int, int], dict[str, Any]],
+    start_mean: Array | None = None, start_variance: Array | None = None,
 ) -> float:
-    r"""Union bound on the chance that some chain's computed x̂₀ leaves [−r, r] at some step (a
-    probability bound only when ≤ 1; it may exceed 1).
+    r"""Union bound on the chance that some chain's computed x̂₀ leaves [−r, r] at some step of a run driven by
+    ``oracle``'s exact denoiser (a probability bound only when ≤ 1; it may exceed 1).
 
-    x_t ~ N(m_k, v_k) per coordinate at step k (propagated exactly by
-    :func:`~ddspec.reference.oracles.gaussian_step_map` from N(0, I)); x̂₀* = a₀ x_t + b₀; the target's
-    x̂₀ differs from x̂₀* by its rounding, bounded by a margin in the manner of
-    :func:`~ddspec.conformance.tolerances.step_bound`: SAFETY·(γ_K(u) · |magnitude of the x̂₀
-    conversion| + δ_t · |∂x̂₀/∂ln ᾱ_t|), every operand at 9 standard deviations of its law. The union
-    bound over chains, coordinates and steps of the normal tails gives the result (inf if the margin
-    eats the range).
+    x_t ~ N(m_k, v_k) per coordinate at step k, propagated exactly by
+    :func:`~ddspec.reference.oracles.gaussian_step_map` from N(``start_mean``, ``start_variance``)
+    (default N(0, I)); x̂₀* = a₀ x_t + b₀; the target's x̂₀ differs from x̂₀* by its rounding, bounded by a
+    margin in the manner of :func:`~ddspec.conformance.tolerances.step_bound`: SAFETY·(γ_K(u) · |magnitude
+    of the x̂₀ conversion| + δ_t · |∂x̂₀/∂ln ᾱ_t|), every operand at 9 standard deviations of its law, with
+    u = ``u_table`` and δ_t = ``delta_at(t)``. The union bound over the n chains, the coordinates and the
+    steps of the normal tails gives the result (inf if the margin eats the range).
     """
-    conv = setup.conv
-    m = np.zeros(oracle.dim)
-    v = np.ones(oracle.dim)
+    m = np.zeros(oracle.dim) if start_mean is None else np.broadcast_to(np.asarray(start_mean, dtype=np.float64), (oracle.dim,)).copy()
+    v = np.ones(oracle.dim) if start_variance is None else np.broadcast_to(np.asarray(start_variance, dtype=np.float64), (oracle.dim,)).copy()
     total = 0.0
-    g = float(tolerances.gamma(tolerances.K_OPS, setup.u_table))
+    g = float(tolerances.gamma(tolerances.K_OPS, u_table))
+    alpha_bar = ref_alphas.alpha_bar(betas)
     for t, tp in pairs:
-        a0, b0 = _affine(oracle, setup.betas, t, "sample")
-        am, bm = _affine(oracle, setup.betas, t, conv.prediction_type)
-        ab = setup.ab(t)
+        a0, b0 = _affine(oracle, betas, t, "sample")
+        am, bm = _affine(oracle, betas, t, conv.prediction_type)
+        ab = 1.0 if t < 0 else float(alpha_bar[t])
         sa, s1 = math.sqrt(ab), math.sqrt(max(1.0 - ab, 0.0))
         x_env = float(np.max(np.abs(m) + _Z_MAX * np.sqrt(v)))
         mo_env = float(np.max(np.abs(am * m + bm) + _Z_MAX * np.abs(am) * np.sqrt(v)))
@@ -827,7 +830,7 @@ def _clip_tail(
             slope = 0.5 * (sa * x_env + (ab / s1 if s1 > 0 else 0.0) * mo_env)
         else:
             magnitude, slope = mo_env, 0.0
-        margin = tolerances.SAFETY * (g * magnitude + setup.delta_at(t) * slope)
+        margin = tolerances.SAFETY * (g * magnitude + delta_at(t) * slope)
         if not margin < r:
             return math.inf
         mean = a0 * m + b0
@@ -837,11 +840,20 @@ def _clip_tail(
                           (np.abs(mean) > r - margin).astype(float))
             lo = np.where(sd > 0, sps.norm.cdf((-(r - margin) - mean) / np.where(sd > 0, sd, 1.0)), 0.0)
         total += n * float(np.sum(hi + lo))
-        step = gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta,
-                                 **variance.step_kwargs(t, tp))
+        step = gaussian_step_map(oracle, betas, t, tp, family=conv.family, eta=eta, **step_kwargs(t, tp))
         m = step.A * m + step.B
         v = step.A * step.A * v + step.noise_variance
     return total
+
+
+def _clip_tail(
+    ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]],
+    eta: float, variance: _RunVariance, n: int,
+) -> float:
+    r""":func:`clip_tail_bound` for a run-output check of a step target (chains from N(0, I), the target's
+    table error model ``setup``)."""
+    return clip_tail_bound(setup.conv, setup.betas, oracle, r, pairs, eta, n, u_table=setup.u_table,
+                           delta_at=setup.delta_at, step_kwargs=variance.step_kwargs)
 
 
 def _clipped_oracle(

@@ -60,7 +60,9 @@ from ..expectation import final_step_consequence, reference_betas, reference_ste
 from ..protocol import Conventions
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import alpha_bar_relative_bound, table_roundoff, unit_roundoff
+from ..expectation import step_pairs
 from ..trajectory import FIELD_SCALE, Probe, Trajectory, Transition, drive, probe_oracle
+from .distribution import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, clip_tail_bound
 from ._common import (
     StepTolerance, Tally, choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call, tally_result,
 )
@@ -81,6 +83,8 @@ _MAX_LAW = 10_000_000
 #: The most a z statistic of the noise tests may move under the rounding allowance of the step means
 #: (the tests' critical values are 5 or more): steps where it could move more are left out.
 RESIDUAL_ROUNDING_LIMIT = 0.25
+#: The probe's data law at scale 1 (:func:`~ddspec.conformance.trajectory.probe_oracle`'s defaults).
+_PROBE_SPREAD, _PROBE_STD = 0.3, 0.12
 
 
 # -- the plan --------------------------------------------------------------------------------------
@@ -186,9 +190,11 @@ def _seed(ctx: CheckContext, *parts: object) -> int:
 
 
 def _run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, *, kind: str,
-         global_seed: int | None = None, tag: str = "", start: tuple[Any, Any] | None = None) -> Trajectory:
+         global_seed: int | None = None, tag: str = "", start: tuple[Any, Any] | None = None,
+         data_scale: float = 1.0) -> Trajectory:
     r"""One run of the loop driven by the field probe (``kind="field"``, states recorded) or the pure oracle
-    (``"oracle"``). x_T is standard normal, or ``start = (mean, variance)`` per coordinate."""
+    (``"oracle"``). x_T is standard normal, or ``start = (mean, variance)`` per coordinate; the probe's data
+    law is :func:`~ddspec.conformance.trajectory.probe_oracle` scaled by ``data_scale`` (:func:`_data_oracle`)."""
     batch = _field_batch(ctx, n) if kind == "field" else _law_batch(ctx, n)
     shape = (batch, *STATE_SHAPE)
     if setup.hung:  # an abandoned call may still be running: call the loop no more
@@ -198,7 +204,7 @@ def _run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, *, kind
         mean = torch.from_numpy(np.array(start[0], dtype=np.float64).reshape(STATE_SHAPE))
         x_T = mean + torch.from_numpy(np.sqrt(np.array(start[1], dtype=np.float64)).reshape(STATE_SHAPE)) * x_T
     x_T = x_T.to(device=ctx.device, dtype=ctx.dtype)
-    probe = Probe(setup.conv, setup.betas, probe_oracle(shape), seed=_seed(ctx, "loop", kind, n, "field"),
+    probe = Probe(setup.conv, setup.betas, _data_oracle(shape, data_scale), seed=_seed(ctx, "loop", kind, n, "field"),
                   field_scale=FIELD_SCALE if kind == "field" else 0.0, timestep_table=setup.timestep_table,
                   record=kind == "field")
     run = drive(setup.target, probe, x_T, n, eta=eta, seed=_seed(ctx, "loop", kind, n, eta, tag, "rng"),
@@ -206,6 +212,58 @@ def _run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, *, kind
     if run.error is not None and "timed out" in run.error:
         setup.hung.append(f"an earlier run timed out (N={n})")
     return run
+
+
+def _data_oracle(shape: tuple[int, ...], scale: float = 1.0) -> Any:
+    r"""The probe's Gaussian data law, its mean and standard deviation scaled by λ = ``scale`` ∈ (0, 1]."""
+    return probe_oracle(shape, spread=_PROBE_SPREAD * scale, std=_PROBE_STD * scale)
+
+
+def _clip_range(conv: Conventions) -> float | None:
+    r"""The range x̂₀ is confined to when the loop clips or thresholds (dynamic thresholding is the identity
+    while every |x̂₀| ≤ 1), else None."""
+    if conv.thresholding:
+        return 1.0
+    return float(conv.clip_sample_range) if conv.clip_sample else None
+
+
+def _clipped_scale(ctx: CheckContext, setup: LoopSetup, ts: NDArray[np.int64], eta: float | None, batch: int,
+                   r: float) -> tuple[float | None, float, str | None]:
+    r"""``(λ, tail, None)``: the largest data scale λ of
+    :data:`~ddspec.conformance.checks.distribution.CLIP_DATA_SCALES` for which the union bound on some run's
+    x̂₀ leaving ±r (:func:`~ddspec.conformance.checks.distribution.clip_tail_bound`, from the data's marginal at
+    the first timestep, with the loop's error model) is at most ``CLIP_TAIL_FRACTION`` of the false-failure
+    rate; ``(None, tail, why)`` when none is. Chosen from the configuration alone, never from the draws.
+
+    Why it is needed: a declared clipping is a no-op under the exact denoiser only while x̂₀ stays in ±r;
+    DDPM's ``fixed_large`` (β′ > β̃′) widens every state beyond the data's marginal, and x̂₀ with it
+    (improved-diffusion's defaults: FIXED_LARGE with clipping). A narrower data law keeps x̂₀ inside.
+    """
+    conv = setup.conv
+    limit = CLIP_TAIL_FRACTION * float(ctx.settings.false_failure_rate)
+    pairs = step_pairs(conv, ts)
+    vt = reference_variance_type(conv.variance_type or "fixed_small").value
+
+    def delta_at(t: int) -> float:
+        return 0.0 if t < 0 else float(setup.tol.deltas[t])
+
+    tail = math.inf
+    for scale in CLIP_DATA_SCALES:
+        oracle = _data_oracle((1, *STATE_SHAPE), scale)
+        first = oracle.marginal(int(ts[0]), setup.betas)
+        tail = clip_tail_bound(conv, setup.betas, oracle, r, pairs, eta or 0.0, batch, u_table=setup.tol.u_step,
+                               delta_at=delta_at, step_kwargs=lambda t, tp: {"variance_type": vt},
+                               start_mean=first.mean, start_variance=first.variance)
+        if tail <= limit:
+            return scale, tail, None
+    if math.isinf(tail):
+        return None, tail, (f"x0 is clipped to +-{r:g}, and at some step the error model's margin for the loop's "
+                            f"rounding of x0 (u = {setup.tol.u_step:.3g}; a conversion with 1/sqrt(alpha_bar) at the "
+                            "noisiest steps) leaves no room inside that range: whether the clipping acts cannot be "
+                            "bounded, so the output law need not be Gaussian (the step checks still judge every step)")
+    return None, tail, (f"x0 is clipped to +-{r:g}, and even at the smallest data scale ({CLIP_DATA_SCALES[-1]:g}) the "
+                        f"union bound on some run's x0 leaving that range is {tail:.3g} > {limit:.3g}: the output law "
+                        "need not be Gaussian")
 
 
 # -- expect ----------------------------------------------------------------------------------------
@@ -709,9 +767,16 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
     conv = setup.conv
     if conv.family == "ddpm" and conv.variance_type in LEARNED_VARIANCE_TYPES:
         return CheckResult.skipped(name, FAMILY, f"no closed-form output law for variance_type={conv.variance_type!r}")
-    oracle = probe_oracle((1, *STATE_SHAPE))
+    scale, tail = 1.0, 0.0
     try:
         ts = setup.target.expected_timesteps(n)
+        r = _clip_range(conv)
+        if r is not None:
+            found, tail, why = _clipped_scale(ctx, setup, ts, eta, _law_batch(ctx, n), r)
+            if found is None:
+                return CheckResult.skipped(name, FAMILY, why or "clipping")
+            scale = found
+        oracle = _data_oracle((1, *STATE_SHAPE), scale)
         first = oracle.marginal(int(ts[0]), setup.betas)
         law = gaussian_run_output(
             oracle, setup.betas, ts, family=conv.family, eta=eta or 0.0,
@@ -723,15 +788,17 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
     # x_T from the data's own marginal at the first timestep: then every x̂₀ stays inside [-1, 1] (a declared
     # clipping is a no-op) even for runs that start at a small t, where N(0, I) is far from that marginal
     run = _run(ctx, setup, n, eta, kind="oracle", start=(np.broadcast_to(first.mean, oracle.mean.shape),
-                                                         np.broadcast_to(first.variance, oracle.mean.shape)))
+                                                         np.broadcast_to(first.variance, oracle.mean.shape)),
+               data_scale=scale)
     if run.error is not None:
         return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL, message=f"the run failed: {run.error}",
                            findings=(Finding(message=run.error),), duration_s=elapsed(start))
     X = run.output.reshape(run.output.shape[0], -1)
     mean, var = np.asarray(law.mean), np.broadcast_to(np.asarray(law.variance), law.mean.shape)
-    a = ctx.settings.false_failure_rate
+    a = ctx.settings.false_failure_rate - tail
     details = {"N": n, "eta": eta, "batch": int(X.shape[0]), "expected_timesteps_head": [int(v) for v in ts[:12]],
-               "expected_mean_head": mean[:4], "expected_variance_head": var[:4]}
+               "expected_mean_head": mean[:4], "expected_variance_head": var[:4], "data_scale": scale,
+               "clip_tail_probability": tail}
     if np.any(var <= 0):
         err = np.abs(X - mean)
         return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL if float(err.max()) > 1e-3 else Verdict.PASS,

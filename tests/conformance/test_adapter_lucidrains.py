@@ -62,7 +62,16 @@ def test_ddim_sample_passes(objective: str, schedule: str, steps: tuple[int, ...
     report = _report(target, dtype, steps)
     assert not _bad(report), _bad(report)
     passed = {r.name.split(".")[1] for r in report.checks if r.verdict in (Verdict.PASS, Verdict.ACCEPTABLE)}
-    assert {"timesteps", "steps", "noise", "output_law", "final_step"} <= passed
+    assert {"timesteps", "steps", "noise", "final_step"} <= passed
+    if objective == "pred_noise" and schedule != "linear":
+        # lucidrains always clips x0; at t = T - 1 of these schedules the error model's margin for the float32
+        # x0 conversion (1/sqrt(alpha_bar) ~ 2e4) leaves no room inside [-1, 1], so whether the clip acts
+        # cannot be bounded and the output law is not judged (see the test of the terminal step below)
+        law = [r for r in report.checks if r.name.startswith("loop.output_law")]
+        assert law and all(r.verdict == Verdict.PASS or (r.verdict == Verdict.SKIPPED and "no room" in r.message)
+                           for r in law)
+    else:
+        assert "output_law" in passed
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -177,14 +186,19 @@ def test_eps_prediction_at_the_terminal_step_is_a_harness_limit() -> None:
     r"""ε-prediction at t = 999 of the cosine schedule: ᾱ = ᾱ_998 · (1 − 0.999) ≈ 2.4e-9, so
     x̂₀ = A x − B ε̂ with A = 1/√ᾱ ≈ 2.0e4 and B = √(1/ᾱ − 1) ≈ A, each stored in float32. Their rounding
     (up to ½ ulp(2e4) ≈ 1e-3 each) moves x̂₀ by ~1e-3, while the exact N = 1 output law has a standard
-    deviation of √ᾱ·s²/… ≈ 1e-6. The declared float32 coefficients make the step checks pass, but the
-    output-law check does not charge them: it fails at N = 1 only, and for the output law only."""
+    deviation of √ᾱ·s²/… ≈ 1e-6. The declared float32 coefficients make the step checks pass. The output-law
+    check, since lucidrains clips x̂₀, first bounds the chance that the clip acts; the margin for that rounding
+    at t = 999 leaves no room inside [−1, 1], so the law is not judged (skipped, with the reason) rather than
+    failed: the earlier false alarm at N = 1 is gone, and every step is still judged by ``loop.steps``."""
     d = _diffusion("pred_noise", "cosine")
     ab = d.alphas_cumprod.double()[-1].item()
     A = 1 / math.sqrt(ab)
     assert 1e-9 < ab < 5e-9 and 0.5 * float(np.spacing(np.float32(A))) > 5e-4
     report = _report(LucidrainsAdapter(d), "float64", steps=(1, 10))
-    assert _failing(report) == {"loop.output_law.N=1,eta=0", "loop.output_law.N=1,eta=1"}
+    assert not _failing(report)
+    law = [r for r in report.checks if r.name.startswith("loop.output_law.N=1")]
+    assert law and all(r.verdict == Verdict.SKIPPED and "no room" in r.message for r in law)
+    assert any(r.name.startswith("loop.steps.N=1") and r.verdict == Verdict.PASS for r in report.checks)
 
 
 # -- planted bugs -------------------------------------------------------------------------------------
