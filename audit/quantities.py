@@ -8,7 +8,7 @@ A :class:`Quantity` says
 * where it is evaluated (:class:`Point`): every index of each schedule; for DDIM also the strided
   (t, t_prev) pairs of 50- and 10-step ``leading`` subsequences and several η; for the L_t weight both
   fixed variances,
-* the reference's float64 error bound in ULP (docs/accuracy.md, ``reference/audit.py`` ``BOUNDS``, or
+* the reference's float64 error bound in ULP (docs/accuracy.md, ``audit/accuracy.py`` ``BOUNDS``, or
   derived here from those bounds plus one rounding per operation), which is the checker's tolerance.
 
 Index convention: a point's ``t`` is the 0-based index (docs/conventions.md) and ``t_prev = -1`` is
@@ -317,7 +317,7 @@ class Quantity:
         return self.kind in ("cosine_alpha_bar", "cosine_beta")
 
 
-_TAB8 = "audited table, docs/accuracy.md (reference/audit.py BOUNDS)"
+_TAB8 = "audited table, docs/accuracy.md (audit/accuracy.py BOUNDS)"
 _H = "Ho et al. 2020"
 _D = "Song, Meng & Ermon 2021 (DDIM)"
 _SH = "Salimans & Ho 2022, §4"

@@ -5,6 +5,6 @@ Conventions (0-based timestep index, ᾱ before the first step = 1, exact float6
 harness, never code under test.
 """
 
-from ._validate import SingularError
+from .validation import SingularError
 
 __all__ = ["SingularError"]

@@ -25,15 +25,19 @@ measured bounds are in ``docs/accuracy.md``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
-from ._validate import SingularError, as_betas, as_timesteps, check_finite_result, fail
+from .validation import SingularError, as_betas, as_timesteps, check_finite_result, fail
 
 __all__ = [
+    "AlphaBarTables",
+    "alpha_bar_tables",
     "alphas",
     "alpha_bar",
     "alpha_bar_prev",
@@ -74,9 +78,52 @@ def _tables(key: bytes) -> tuple[Array, Array, Array, Array]:
     return ab_hi, ab_lo, c_hi, c_lo
 
 
+@dataclass(frozen=True)
+class AlphaBarTables:
+    r"""The schedule's tables, computed once: ᾱ and 1 − ᾱ as double-doubles (``hi + lo``, read-only arrays).
+
+    ``alpha_bar_hi[i] + alpha_bar_lo[i]`` is :math:`\bar\alpha_{i+1}` to about 2⁻¹⁰⁶ relative, and
+    ``one_minus_hi[i] + one_minus_lo[i]`` is :math:`1 - \bar\alpha_{i+1}` without cancellation (see the
+    module docstring). Every table of this module and of :mod:`~ddspec.reference.posterior`,
+    :mod:`~ddspec.reference.ddim`, :mod:`~ddspec.reference.variances` and
+    :mod:`~ddspec.reference.likelihood` is formed from these, as improved-diffusion forms all of its
+    tables once in ``GaussianDiffusion.__init__``. Unpacks as the four arrays in field order.
+    """
+
+    alpha_bar_hi: Array
+    alpha_bar_lo: Array
+    one_minus_hi: Array
+    one_minus_lo: Array
+
+    def __iter__(self) -> Iterator[Array]:
+        return iter((self.alpha_bar_hi, self.alpha_bar_lo, self.one_minus_hi, self.one_minus_lo))
+
+    @property
+    def alpha_bar(self) -> Array:
+        r""":math:`\bar\alpha`, rounded once from the double-double."""
+        return self.alpha_bar_hi + self.alpha_bar_lo
+
+    @property
+    def one_minus_alpha_bar(self) -> Array:
+        r""":math:`1 - \bar\alpha`, rounded once from the double-double."""
+        return self.one_minus_hi + self.one_minus_lo
+
+
+def alpha_bar_tables(betas: ArrayLike) -> AlphaBarTables:
+    r"""The double-double tables of :math:`\bar\alpha_t = \prod_{s\le t}(1-\beta_s)` and :math:`1-\bar\alpha_t`.
+
+    .. math:: \bar\alpha_t = h_t + \ell_t,\qquad 1 - \bar\alpha_t = c_t + d_t\quad(\text{unevaluated sums})
+
+    Source: Ho et al. 2020, §2 (eq. 4 uses ᾱ). Index convention: entry i is the papers' t = i + 1;
+    ᾱ before the first step (index −1) is 1 and is not stored. Computed once per schedule (cached on
+    the bytes of ``betas``) as described in the module docstring; the arrays are read-only.
+    """
+    return AlphaBarTables(*_tables(np.ascontiguousarray(as_betas(betas)).tobytes()))
+
+
 def _dd_tables(betas: ArrayLike) -> tuple[Array, Array, Array, Array]:
-    b = as_betas(betas)
-    return _tables(np.ascontiguousarray(b).tobytes())
+    """Deprecated private name: the tuple of :func:`alpha_bar_tables`."""
+    return tuple(alpha_bar_tables(betas))  # type: ignore[return-value]
 
 
 def _zero_by_a_beta_of_one(betas: ArrayLike, i: int) -> bool:
@@ -101,7 +148,7 @@ def alpha_bar(betas: ArrayLike) -> Array:
     :math:`\bar\alpha_{i+1}`, so ``alpha_bar(betas)[0] == 1 - betas[0]``. Computed as a double-double
     product (see the module docstring), then rounded once.
     """
-    hi, lo, _, _ = _dd_tables(betas)
+    hi, lo, _, _ = alpha_bar_tables(betas)
     return hi + lo
 
 
@@ -116,7 +163,7 @@ def one_minus_alpha_bar(betas: ArrayLike) -> Array:
 
     Formed from the double-double ᾱ, so there is no cancellation: at index 0 the result is β₁ exactly.
     """
-    _, _, c_hi, c_lo = _dd_tables(betas)
+    _, _, c_hi, c_lo = alpha_bar_tables(betas)
     return c_hi + c_lo
 
 
@@ -125,14 +172,14 @@ def sqrt_alpha_bar(betas: ArrayLike) -> Array:
 
     Evaluated as a double-double square root of the double-double ᾱ, then rounded once.
     """
-    hi, lo, _, _ = _dd_tables(betas)
+    hi, lo, _, _ = alpha_bar_tables(betas)
     rh, rl = _dd.dd_sqrt(hi, lo)
     return np.asarray(rh + rl, dtype=np.float64)
 
 
 def sqrt_one_minus_alpha_bar(betas: ArrayLike) -> Array:
     r""":math:`\sqrt{1 - \bar\alpha_t}`, the standard deviation of :math:`q(x_t \mid x_0)` (Ho et al. 2020, eq. 4)."""
-    _, _, c_hi, c_lo = _dd_tables(betas)
+    _, _, c_hi, c_lo = alpha_bar_tables(betas)
     rh, rl = _dd.dd_sqrt(c_hi, c_lo)
     return np.asarray(rh + rl, dtype=np.float64)
 
@@ -146,7 +193,7 @@ def snr(betas: ArrayLike) -> Array:
     :class:`SingularError` where the SNR exceeds ~1e300 (β ≲ 1e-300 at the first step), beyond the
     quotient's range, instead of returning NaN.
     """
-    hi, lo, c_hi, c_lo = _dd_tables(betas)
+    hi, lo, c_hi, c_lo = alpha_bar_tables(betas)
     with np.errstate(over="ignore", invalid="ignore"):
         qh, ql = _dd.dd_div(hi, lo, c_hi, c_lo)
         out = np.asarray(qh + ql, dtype=np.float64)
@@ -165,7 +212,7 @@ def log_snr(betas: ArrayLike) -> Array:
 
     Raises :class:`SingularError` where ᾱ = 0 (λ = −∞), rather than returning −inf.
     """
-    hi, lo, c_hi, c_lo = _dd_tables(betas)
+    hi, lo, c_hi, c_lo = alpha_bar_tables(betas)
     if np.any(hi <= 0.0):
         i = int(np.argmax(hi <= 0.0))
         why = ("a beta of 1 there: zero terminal SNR" if _zero_by_a_beta_of_one(betas, i)
@@ -196,7 +243,7 @@ def one_minus_alpha_bar_at(betas: ArrayLike, t: ArrayLike) -> Array:
 
 
 def _ratio_dd(betas: ArrayLike, t: ArrayLike, s: ArrayLike) -> tuple[Array, Array, NDArray[np.int64], NDArray[np.int64]]:
-    hi, lo, _, _ = _dd_tables(betas)
+    hi, lo, _, _ = alpha_bar_tables(betas)
     n = hi.size
     tt = as_timesteps(t, n, "t", allow_data=True)
     ss = as_timesteps(s, n, "s", allow_data=True)

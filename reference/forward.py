@@ -33,7 +33,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
 from .alphas import alpha_bar_ratio, one_minus_alpha_bar, one_minus_alpha_bar_ratio, sqrt_alpha_bar, sqrt_one_minus_alpha_bar
-from ._validate import as_array, as_betas, as_int, as_timestep, check_same_shape
+from .validation import as_array, as_betas, as_int, as_timestep, check_same_shape
 from .gaussian import Gaussian
 
 __all__ = ["q_step", "q_marginal", "q_transition", "q_sample"]

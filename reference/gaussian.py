@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, check_finite_result, fail
+from .validation import as_array, check_finite_result, fail
 
 __all__ = ["Gaussian"]
 

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
-from ._validate import as_array, as_betas, as_scalar, as_timestep, check_finite_result, check_same_shape, fail
+from .validation import as_array, as_betas, as_scalar, as_timestep, check_finite_result, check_same_shape, fail
 from .alphas import sqrt_one_minus_alpha_bar
 
 __all__ = ["classifier_guided_mean", "classifier_guided_eps", "classifier_free_guidance"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, as_scalar, check_same_shape, fail
+from .validation import as_array, as_scalar, check_same_shape, fail
 
 __all__ = ["SMALL_ANGLE", "slerp"]
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, as_betas, as_int, as_timesteps, check_same_shape, fail
+from .validation import as_array, as_betas, as_int, as_timesteps, check_same_shape, fail
 from .alphas import sqrt_alpha_bar, sqrt_one_minus_alpha_bar
 from .parameterisation import predict_x0_from_eps
 from .sampling import ModelFn, SampleTrajectory

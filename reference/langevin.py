@@ -9,6 +9,7 @@ step size :math:`\alpha_i = \epsilon\,\sigma_i^2/\sigma_L^2`:
 The score of a DDPM's noisy marginal is :math:`-\epsilon_\theta/\sqrt{1-\bar\alpha_t}`
 (:func:`~ddspec.reference.parameterisation.score_from_eps`), which is how a corrector step
 (Song et al. 2021, score SDE, predictor–corrector) uses the same update. The noise is an argument.
+The whole loop of Algorithm 1, the σ ladder and the NCSN loss are in :mod:`ddspec.reference.ncsn`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, as_scalar, check_finite_result, check_same_shape
+from .validation import as_array, as_scalar, check_finite_result, check_same_shape
 
 __all__ = ["annealed_langevin_step", "langevin_step_size"]
 

@@ -10,9 +10,12 @@ r"""The variational bound and the training losses of DDPM (Ho et al. 2020, §3.3
 discretized decoder :math:`p_\theta(x_0 \mid x_1)` (eq. 13, :func:`discretized_gaussian_log_likelihood`),
 the prior term (:func:`prior_kl`, :func:`prior_bpd`), one term of the sum (:func:`vlb_term`), the whole
 bound (:func:`vlb_terms_bpd`, :func:`total_vlb_bpd`), the simple and hybrid losses (eq. 14,
-:func:`l_simple`; Nichol & Dhariwal 2021 eq. 16, :func:`l_hybrid`) and the ε-form of a KL term
+:func:`l_simple`; Nichol & Dhariwal 2021 eq. 16, :func:`l_hybrid`, and improved-diffusion's rescaled
+form with its units, :func:`l_hybrid_rescaled`, :func:`vb_term_scale`), the ε-form of a KL term
 (eq. 8's mean part in the ε form of eq. 12, :func:`eps_kl_weight`, and eq. 8's constant C,
-:func:`eps_kl_constant`).
+:func:`eps_kl_constant`), and the whole-trajectory densities whose expected log-ratio is the bound
+(eq. 3: :func:`log_q_trajectory`, :func:`log_p_trajectory`). The numerical kernels (series,
+quadrature) are in ``reference/_numerics.py``.
 
 Index convention (``docs/conventions.md``): a timestep argument is the 0-based index; index ``t``
 is the papers' t + 1. :func:`vlb_term` at index ``t >= 1`` is the papers' :math:`L_{t}` (the KL
@@ -35,24 +38,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import scipy.special as sc
 from numpy.typing import ArrayLike, NDArray
 
-from . import _dd
-from .alphas import _dd_tables, alpha_bar, sqrt_alpha_bar, sqrt_one_minus_alpha_bar
-from ._validate import (
+from . import _dd, _numerics
+from .alphas import alpha_bar_tables, alpha_bar, sqrt_alpha_bar, sqrt_one_minus_alpha_bar
+from .validation import (
     SingularError,
     as_array,
     as_betas,
+    as_int,
     as_scalar,
     as_timestep,
     check_finite_result,
     check_same_shape,
     fail,
 )
+from .forward import q_step
 from .posterior import posterior_log_variance_clipped, q_posterior
 
 __all__ = [
@@ -73,6 +77,11 @@ __all__ = [
     "l_hybrid",
     "eps_kl_weight",
     "eps_kl_constant",
+    "VB_LOSS_TYPES",
+    "vb_term_scale",
+    "l_hybrid_rescaled",
+    "log_q_trajectory",
+    "log_p_trajectory",
 ]
 
 Array = NDArray[np.float64]
@@ -92,66 +101,8 @@ TANH_FLOOR = 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
-# Accurate building blocks
+# Argument handling (the numerical kernels are in reference/_numerics.py)
 # ---------------------------------------------------------------------------------------------
-
-# 1/k! for k = 3 .. 30 (the series tail of e^d − 1 − d − d²/2 on −1 <= d <= 2 is below 2^-60 relative).
-_INV_FACT = [1.0 / math.factorial(k) for k in range(3, 31)]
-# (−1)^k / k for k = 3 .. 130 (the series tail of r − log1p(r) − r²/2 on −0.7 <= r <= 1/2 is below 2^-60 relative).
-_ALT_INV = [(-1.0) ** k / k for k in range(3, 131)]
-
-
-def _horner(coefs: list[float], x: Array) -> Array:
-    """Σ_j coefs[j] x^j by Horner's rule."""
-    acc = np.full_like(x, coefs[-1])
-    for c in reversed(coefs[:-1]):
-        acc = acc * x + c
-    return acc
-
-
-def _expm1_minus_id(dh: Array, dl: Array) -> Array:
-    r""":math:`h(d) = e^{d} - 1 - d \ge 0` for :math:`d = d_h + d_l` given as an unevaluated sum.
-
-    −1 <= d <= 2: :math:`d^2/2` exactly (TwoProduct) plus the series :math:`d^3\sum_{k\ge3} d^{k-3}/k!`.
-    d > 2: ``expm1(d) − d``; d < −1: ``(−d − 1) + exp(d)`` (no cancellation either way).
-    The low part enters to first order, :math:`h'(d_h) d_l = \operatorname{expm1}(d_h) d_l`.
-    """
-    out = np.empty_like(dh)
-    small = (dh >= -1.0) & (dh <= 2.0)
-    big = dh > 2.0
-    neg = dh < -1.0
-    if small.any():
-        d = dh[small]
-        p, e = _dd.two_prod(d, d)
-        tail = d * p * _horner(_INV_FACT, d)
-        out[small] = 0.5 * p + (0.5 * e + tail + np.expm1(d) * dl[small])
-    if big.any():
-        d = dh[big]
-        em = np.expm1(d)
-        out[big] = (em - d) + em * dl[big]
-    if neg.any():
-        d = dh[neg]
-        out[neg] = (-d - 1.0) + (np.exp(d) + np.expm1(d) * dl[neg])
-    return out
-
-
-def _r_minus_log1p(r: Array) -> Array:
-    r""":math:`k(r) = r - \log(1 + r) \ge 0` for :math:`r > -1`, without cancellation.
-
-    −0.7 <= r <= 1/2: :math:`r^2/2` exactly (TwoProduct) plus :math:`r^3\sum_{k\ge3}(-1)^k r^{k-3}/k`
-    (for r < 0 every term is positive); elsewhere the direct difference (there
-    :math:`k(r) \ge 0.19\,|r|`, so only a few bits cancel).
-    """
-    out = np.empty_like(r)
-    small = (r >= -0.7) & (r <= 0.5)
-    if small.any():
-        x = r[small]
-        p, e = _dd.two_prod(x, x)
-        out[small] = 0.5 * p + (0.5 * e + x * p * _horner(_ALT_INV, x))
-    if (~small).any():
-        x = r[~small]
-        out[~small] = x - np.log1p(x)
-    return out
 
 
 def _broadcast(**arrays: Array) -> tuple[Array, ...]:
@@ -210,7 +161,7 @@ def normal_kl(mean1: ArrayLike, logvar1: ArrayLike, mean2: ArrayLike, logvar2: A
     m1, l1, m2, l2 = _broadcast(mean1=m1, logvar1=l1, mean2=m2, logvar2=l2)
     with np.errstate(over="ignore", invalid="ignore"):
         dh, dl = _dd.two_sum(l1, -l2)
-        h = _expm1_minus_id(np.asarray(dh, dtype=np.float64), np.asarray(dl, dtype=np.float64))
+        h = _numerics.expm1_minus_id(np.asarray(dh, dtype=np.float64), np.asarray(dl, dtype=np.float64))
         sh, sl = _dd.two_sum(m1, -m2)
         p, e = _dd.two_prod(sh, sh)
         sq = p + (e + 2.0 * sh * sl)
@@ -262,12 +213,6 @@ def log_standard_normal_cdf(x: ArrayLike) -> Array:
 # ---------------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _gauss_legendre() -> tuple[Array, Array]:
-    nodes, weights = np.polynomial.legendre.leggauss(20)
-    return nodes, weights
-
-
 def _grid_index(x: Array, name: str) -> NDArray[np.int64]:
     """Bin index k of each x on the grid {−1 + 2k/255}; off-grid values (> GRID_TOL away) are an error."""
     k = np.rint((x + 1.0) * 127.5)
@@ -278,66 +223,6 @@ def _grid_index(x: Array, name: str) -> NDArray[np.int64]:
         fail(name, x, f"must lie on the 8-bit grid {{-1 + 2k/255, k = 0..255}} (within {GRID_TOL:g}); "
                       f"bad value {x[i]!r} at index {i if len(i) != 1 else i[0]}")
     return k.astype(np.int64)
-
-
-def _log_ndtr(z: Array) -> Array:
-    """log Φ(z): ``log_ndtr`` for z <= 0, ``log1p(−Φ(−z))`` for z > 0 (scipy's log(Φ(z)) there loses
-    relative accuracy when log Φ(z) is small, ~10 ULP at z ≈ 1.4)."""
-    return np.where(z > 0, np.log1p(-sc.ndtr(-np.abs(z))), sc.log_ndtr(np.minimum(z, 0.0)))
-
-
-def _rational_minus(num: Array, mu: Array) -> Array:
-    """fl(num/255 − mu) from the double-double num/255: no rounding of the grid point is amplified
-    when mu is close to it (num is an integer, exact in float64)."""
-    qh, ql = _dd.dd_div(num, np.zeros_like(num), 255.0, 0.0)
-    dh, dl = _dd.two_sum(qh, -mu)
-    return dh + (dl + ql)
-
-
-def _log_bin_exact(k: NDArray[np.int64], mu: Array, log_s: Array) -> Array:
-    r"""log P(bin k) under N(mu, e^{2 log_s}) with the exact Φ; edge bins open (see the public docstring)."""
-    inv_s = np.exp(-log_s)
-    a = _rational_minus(2.0 * k - 256.0, mu) * inv_s  # standardized lower edge
-    b = _rational_minus(2.0 * k - 254.0, mu) * inv_s  # standardized upper edge
-    m = _rational_minus(2.0 * k - 255.0, mu) * inv_s  # standardized bin centre
-    h = (2.0 / 255.0) * inv_s  # standardized bin width
-    out = np.empty_like(mu)
-
-    first = k == 0
-    last = k == 255
-    inner = ~first & ~last
-    out[first] = _log_ndtr(b[first])  # (−∞, −1 + 1/255]
-    out[last] = _log_ndtr(-a[last])  # [1 − 1/255, +∞): log(1 − Φ(a)) = log Φ(−a)
-
-    # Narrow bin near the centre of the Gaussian: integrate the density, no CDF difference.
-    quad = inner & (h <= 1.0) & (np.abs(m) * h <= 1.0)
-    if quad.any():
-        mq, hq = m[quad], h[quad]
-        nodes, weights = _gauss_legendre()
-        u = 0.5 * hq[:, None] * nodes[None, :]
-        mean_g = 0.5 * np.sum(weights[None, :] * np.exp(-mq[:, None] * u - 0.5 * u * u), axis=1)
-        # ∫ = h · mean_g with log h = log(2/255) − log σ taken directly (no underflow for huge σ)
-        log_h = math.log(2.0 / 255.0) - log_s[quad]
-        out[quad] = -0.5 * mq * mq - 0.5 * math.log(2.0 * math.pi) + (log_h + np.log(mean_g))
-
-    # Otherwise reflect so that the bin centre is <= 0 (Φ(b) − Φ(a) = Φ(−a) − Φ(−b)).
-    rest = inner & ~quad
-    if rest.any():
-        ar, br, mr = a[rest], b[rest], m[rest]
-        flip = mr > 0
-        lo_s = np.where(flip, -br, ar)
-        hi_s = np.where(flip, -ar, br)
-        res = np.empty_like(ar)
-        tail = hi_s <= 0  # both ends in the lower tail: log Φ(hi) + log(1 − Φ(lo)/Φ(hi))
-        if tail.any():
-            la = sc.log_ndtr(lo_s[tail])
-            lb = sc.log_ndtr(hi_s[tail])
-            res[tail] = lb + np.log(-np.expm1(la - lb))
-        strad = ~tail  # the bin contains 0 (and is wider than 1 here): 1 − Φ(lo) − Φ(−hi)
-        if strad.any():
-            res[strad] = np.log1p(-(sc.ndtr(lo_s[strad]) + sc.ndtr(-hi_s[strad])))
-        out[rest] = res
-    return out
 
 
 def _log_bin_tanh(x: Array, mu: Array, log_s: Array) -> Array:
@@ -366,7 +251,7 @@ def _decoder(x: ArrayLike, means: ArrayLike, log_scales: ArrayLike, cdf: str, x_
         out = _log_bin_tanh(xx.ravel(), mu.ravel(), ls.ravel())
     else:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            out = _log_bin_exact(k.ravel(), mu.ravel(), ls.ravel())
+            out = _numerics.log_bin_probability(k.ravel(), mu.ravel(), ls.ravel())
     out = out.reshape(shape)
     return check_finite_result(out, "discretized_gaussian_log_likelihood",
                                "log-probability below the float64 range (a scale e^log_scales too small "
@@ -442,7 +327,7 @@ def prior_kl(x0: ArrayLike, betas: ArrayLike) -> Array:
     with np.errstate(over="ignore", invalid="ignore"):
         p, e = _dd.two_prod(xx, xx)
         sig = ab * (p + e)
-    var = float(_r_minus_log1p(np.array([-ab]))[0])
+    var = float(_numerics.r_minus_log1p(np.array([-ab]))[0])
     return check_finite_result(0.5 * (sig + var), "prior_kl", "ᾱ_T x0² overflows float64")
 
 
@@ -707,7 +592,8 @@ def l_hybrid(eps: ArrayLike, eps_pred: ArrayLike, vlb_term_value: ArrayLike, lam
     computing ``vlb_term_value`` with the mean held fixed (e.g. :func:`vlb_term` with the model mean
     as a constant). Units: whatever ``vlb_term_value`` is in. improved-diffusion passes one term in
     bits/dim multiplied by T/1000 (``RESCALED_MSE``), i.e. λ·T·L_t, the uniform-t estimate of
-    λ·L_vlb with λ = 1/1000 (anchors "Likelihood").
+    λ·L_vlb with λ = 1/1000 (anchors "Likelihood"): that form, with its units, is
+    :func:`l_hybrid_rescaled` (and the factor alone :func:`vb_term_scale`).
     """
     ls = l_simple_per_sample(eps, eps_pred)
     v = as_array(vlb_term_value, "vlb_term_value")
@@ -728,7 +614,7 @@ def l_hybrid(eps: ArrayLike, eps_pred: ArrayLike, vlb_term_value: ArrayLike, lam
 
 def _beta_tilde_dd(b: Array, t: int) -> tuple[float, float]:
     """β̃ at index t >= 1 as a double-double: (1 − ᾱ_{t−1}) β_t / (1 − ᾱ_t)."""
-    _, _, c_hi, c_lo = _dd_tables(b)
+    _, _, c_hi, c_lo = alpha_bar_tables(b)
     nh, nl = _dd.dd_mul(float(c_hi[t - 1]), float(c_lo[t - 1]), float(b[t]), 0.0)
     qh, ql = _dd.dd_div(nh, nl, float(c_hi[t]), float(c_lo[t]))
     return float(qh), float(ql)
@@ -755,7 +641,7 @@ def eps_kl_weight(betas: ArrayLike, t: int, sigma2: float) -> float:
     beta = float(b[tt])
     if beta >= 1.0:
         raise SingularError(f"eps_kl_weight: betas[{tt}] = 1, so alpha_t = 0 and the weight is infinite")
-    _, _, c_hi, c_lo = _dd_tables(b)
+    _, _, c_hi, c_lo = alpha_bar_tables(b)
     a_h = 1.0 - beta
     a_l = -beta - (a_h - 1.0)  # 1 − β exactly (Fast2Sum)
     nh, nl = _dd.two_prod(beta, beta)
@@ -814,7 +700,151 @@ def eps_kl_constant(betas: ArrayLike, t: int, sigma2: float) -> float:
     else:
         num_h, num_l = _dd.two_sum(bh, -s2)  # β̃ − σ² = num_h + num_l exactly (TwoSum)
         r = (num_h + (num_l + bl)) / s2
-        c = 0.5 * float(_r_minus_log1p(np.array([r]))[0])
+        c = 0.5 * float(_numerics.r_minus_log1p(np.array([r]))[0])
     if not math.isfinite(c):
         raise SingularError(f"eps_kl_constant: the constant overflows float64 (sigma2={s2!r})")
     return max(c, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# L_hybrid with units: improved-diffusion's rescaled VLB term
+# ---------------------------------------------------------------------------------------------
+
+#: improved-diffusion's ``LossType`` names (lower case) and the factor each applies to the VLB term.
+VB_LOSS_TYPES: tuple[str, ...] = ("mse", "rescaled_mse", "kl", "rescaled_kl")
+
+
+def vb_term_scale(num_timesteps: int, loss_type: str = "rescaled_mse") -> float:
+    r"""The factor improved-diffusion applies to the one-timestep VLB term :math:`L_t` (in bits/dim).
+
+    .. math::
+
+        \texttt{mse}, \texttt{kl}: 1,\qquad \texttt{rescaled\_mse}: \frac{T}{1000},\qquad \texttt{rescaled\_kl}: T
+
+    Source: Nichol & Dhariwal 2021, §3.1 (eq. 16, λ = 0.001) and its released code,
+    ``improved_diffusion/gaussian_diffusion.py`` (``GaussianDiffusion.training_losses``):
+    ``terms["vb"] *= self.num_timesteps / 1000.0`` under ``LossType.RESCALED_MSE`` (the default when
+    the variance is learned) and ``terms["loss"] *= self.num_timesteps`` under ``LossType.RESCALED_KL``.
+    The term is ``_vb_terms_bpd``'s output, in bits per dimension (``mean_flat(kl) / log(2)``), at one
+    timestep t drawn uniformly from 0..T−1. Since :math:`\mathbb E_t[T\,L_t] = \sum_t L_t`, the rescaled
+    term is the single-sample estimate of :math:`\lambda\,L_\mathrm{vlb}` with λ = 1/1000
+    (``rescaled_mse``) or of :math:`L_\mathrm{vlb}` itself (``rescaled_kl``), in bits/dim, without the
+    prior term :math:`L_T` (which has no parameters). Index convention: T = ``num_timesteps`` >= 1.
+    """
+    n = as_int(num_timesteps, "num_timesteps", low=1, high=10**9)
+    if loss_type not in VB_LOSS_TYPES:
+        fail("loss_type", loss_type, f"must be one of {VB_LOSS_TYPES}")
+    return {"mse": 1.0, "kl": 1.0, "rescaled_mse": n / 1000.0, "rescaled_kl": float(n)}[loss_type]
+
+
+def l_hybrid_rescaled(eps: ArrayLike, eps_pred: ArrayLike, vb_term_bpd: ArrayLike, num_timesteps: int) -> Array:
+    r"""improved-diffusion's hybrid loss per sample, with its units: :math:`L_\mathrm{simple} + \frac{T}{1000}L_t`.
+
+    .. math::
+
+        L_{\mathrm{hybrid},b} = \frac1D\sum_d(\epsilon_{b,d} - \epsilon_{\theta,b,d})^2
+          + \frac{T}{1000}\,L_{t_b}[\text{bits/dim}],\qquad
+        \mathbb E_{t\sim\mathcal U\{0..T-1\}}\Big[\frac{T}{1000}L_t\Big] = \frac{1}{1000}\sum_t L_t
+
+    Source: Nichol & Dhariwal 2021, eq. 16 (:math:`L_\mathrm{hybrid} = L_\mathrm{simple} + \lambda L_\mathrm{vlb}`,
+    λ = 0.001), as the released code computes it (``LossType.RESCALED_MSE``, see :func:`vb_term_scale`):
+    the MSE is ``mean_flat`` (:func:`l_simple_per_sample`), and ``vb_term_bpd`` is the VLB term of
+    each sample at its own timestep, in **bits per dimension** (:func:`vlb_term` through
+    :func:`mean_flat_bpd`), computed with the model mean held fixed (the stop-gradient). ``eps`` and
+    ``eps_pred`` have shape (B, …); ``vb_term_bpd`` broadcasts to (B,). Returns shape (B,).
+    Compare :func:`l_hybrid`, which takes the VLB value in whatever units and a free λ.
+    """
+    scale = vb_term_scale(num_timesteps, "rescaled_mse")
+    return l_hybrid(eps, eps_pred, vb_term_bpd, lam=scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole-trajectory densities behind the bound
+# ---------------------------------------------------------------------------------------------
+
+
+def _trajectory(x0: ArrayLike, x_ts: ArrayLike, betas: ArrayLike) -> tuple[Array, Array, Array]:
+    xx0 = as_array(x0, "x0")
+    if xx0.ndim < 1:
+        fail("x0", x0, "needs a batch axis (ndim >= 1)")
+    b = as_betas(betas)
+    xts = as_array(x_ts, "x_ts")
+    full = (b.size,) + xx0.shape
+    if xts.shape != full:
+        fail("x_ts", x_ts, f"shape {xts.shape} must be (T, *x0.shape) = {full}")
+    return xx0, xts, b
+
+
+def _per_sample_sum(values: Array) -> Array:
+    return values.reshape(values.shape[0], -1).sum(axis=1)
+
+
+def log_q_trajectory(x0: ArrayLike, x_ts: ArrayLike, betas: ArrayLike) -> Array:
+    r"""The log-density of a whole forward trajectory, :math:`\log q(x_{1:T} \mid x_0)`, per sample, in nats.
+
+    .. math:: \log q(x_{1:T}\mid x_0) = \sum_{t=1}^{T}\log\mathcal N\big(x_t;\ \sqrt{1-\beta_t}\,x_{t-1},\ \beta_t I\big)
+
+    Source: Ho et al. 2020, eq. 2 (the forward chain). ``x0`` has shape (B, …); ``x_ts`` has shape
+    (T, B, …) and ``x_ts[t]`` is the state at 0-based index t (the papers' x_{t+1}), the layout of
+    :func:`vlb_terms_bpd`. Summed over every axis but the batch axis; returns shape (B,). Together
+    with :func:`log_p_trajectory` it states the bound as an expectation,
+    :math:`L_\mathrm{vlb} = \mathbb E_q[\log q(x_{1:T}|x_0) - \log p_\theta(x_{0:T})]`
+    (Ho et al. 2020, eq. 3), whose term-by-term form is eq. 5 (:func:`vlb_terms_bpd`).
+    """
+    xx0, xts, b = _trajectory(x0, x_ts, betas)
+    total = np.zeros(xx0.shape[0])
+    for t in range(b.size):
+        prev = xx0 if t == 0 else xts[t - 1]
+        total = total + _per_sample_sum(q_step(prev, t, b).log_prob(xts[t]))
+    return check_finite_result(total, "log_q_trajectory", "the log-density overflows float64")
+
+
+def log_p_trajectory(
+    x0: ArrayLike,
+    x_ts: ArrayLike,
+    model_means: ArrayLike,
+    model_log_variances: ArrayLike,
+    betas: ArrayLike,
+    *,
+    cdf: str = "exact",
+) -> Array:
+    r"""The log-probability of a whole reverse trajectory, :math:`\log p_\theta(x_{0:T})`, per sample, in nats.
+
+    .. math::
+
+        \log p_\theta(x_{0:T}) = \log\mathcal N(x_T; 0, I)
+          + \sum_{t=2}^{T}\log\mathcal N\big(x_{t-1};\ \mu_\theta(x_t, t),\ \Sigma_\theta(x_t, t)\big)
+          + \log p_\theta(x_0 \mid x_1)
+
+    Source: Ho et al. 2020, eq. 1 (the reverse chain) with the discretized decoder of eq. 13
+    (:func:`discretized_gaussian_log_likelihood`, so ``x0`` lies on the 8-bit grid and its term is a
+    log-probability, the others log-densities). Shapes as in :func:`vlb_terms_bpd`: ``x_ts`` and
+    ``model_means`` are (T, B, …), ``model_means[t]`` is :math:`\mu_\theta` computed from ``x_ts[t]``
+    at index t; ``model_log_variances`` is (T,) or broadcasts to (T, B, …). Entry 0 of the model
+    outputs parameterises the decoder (log-scale ½ ℓ). Returns shape (B,).
+    """
+    xx0, xts, b = _trajectory(x0, x_ts, betas)
+    n = b.size
+    full = xts.shape
+    mms = as_array(model_means, "model_means")
+    if mms.shape != full:
+        fail("model_means", model_means, f"shape {mms.shape} must be (T, *x0.shape) = {full}")
+    mlv = as_array(model_log_variances, "model_log_variances")
+    if mlv.ndim == 1:
+        if mlv.size != n:
+            fail("model_log_variances", model_log_variances, f"a 1-D array must have length T = {n}")
+        mlv = mlv.reshape((n,) + (1,) * xx0.ndim)
+    try:
+        mlv = np.broadcast_to(mlv, full)
+    except ValueError:
+        fail("model_log_variances", model_log_variances, f"shape {mlv.shape} does not broadcast to {full}")
+    _check_cdf(cdf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        prior = -0.5 * (math.log(2.0 * math.pi) + xts[n - 1] * xts[n - 1])
+        total = _per_sample_sum(prior)
+        for t in range(1, n):
+            d = xts[t - 1] - mms[t]
+            step = -0.5 * (math.log(2.0 * math.pi) + mlv[t] + d * d * np.exp(-mlv[t]))
+            total = total + _per_sample_sum(step)
+    total = total + _per_sample_sum(_decoder(xx0, mms[0], 0.5 * mlv[0], cdf, "x0"))
+    return check_finite_result(total, "log_p_trajectory", "the log-density overflows float64")

@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import logsumexp
 
 from .alphas import alpha_bar_at, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
-from ._validate import as_array, as_betas, as_int, as_timestep, as_timesteps, check_finite_result, fail
+from .validation import as_array, as_betas, as_int, as_timestep, as_timesteps, check_finite_result, fail
 from .ddim import ddim_direction_coefficient, ddim_mean_coefficients, ddim_sigma
 from .gaussian import Gaussian
 from .posterior import posterior_coefficients

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .alphas import sqrt_alpha_bar, sqrt_one_minus_alpha_bar
-from ._validate import SingularError, as_array, as_betas, as_timestep, check_finite_result, check_same_shape, fail
+from .validation import SingularError, as_array, as_betas, as_timestep, check_finite_result, check_same_shape, fail
 
 __all__ = [
     "PREDICTION_TYPES",

@@ -27,8 +27,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
-from .alphas import _dd_tables, alpha_bar_at, alpha_bar_ratio, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
-from ._validate import SingularError, as_array, as_betas, as_int, as_timestep, check_same_shape, fail
+from .alphas import alpha_bar_tables, alpha_bar_at, alpha_bar_ratio, one_minus_alpha_bar_at, one_minus_alpha_bar_ratio
+from .validation import SingularError, as_array, as_betas, as_int, as_timestep, check_same_shape, fail
 from .gaussian import Gaussian
 
 __all__ = [
@@ -89,7 +89,7 @@ def posterior_coefficients(betas: ArrayLike, t: int, t_prev: int | None = None) 
 
 def _prev_tables(betas: ArrayLike) -> tuple[Array, Array, Array, Array, Array]:
     b = as_betas(betas)
-    hi, lo, c_hi, c_lo = _dd_tables(b)
+    hi, lo, c_hi, c_lo = alpha_bar_tables(b)
     ab = hi + lo
     c = c_hi + c_lo
     ab_prev = np.concatenate([[1.0], ab[:-1]])
@@ -156,7 +156,7 @@ def posterior_log_variance_clipped(betas: ArrayLike) -> Array:
     # log β̃_t = log β_t + log(1 − ᾱ_{t−1}) − log(1 − ᾱ_t), each log of a double-double (log h + ℓ/h).
     # Taking the log of the rounded β̃ instead would lose ~1/|log β̃| ULP where β̃ ≈ 1 (the cosine
     # schedule's capped last step, β̃ ≈ 0.999: ~300 ULP).
-    _, _, c_hi, c_lo = _dd_tables(b)
+    _, _, c_hi, c_lo = alpha_bar_tables(b)
     log_c = np.log(c_hi) + c_lo / c_hi
     out = np.log(b[1:]) + log_c[:-1] - log_c[1:]
     return np.concatenate([[out[0]], out])

@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
-from ._validate import as_array, fail
+from .validation import as_array, fail
 
 __all__ = ["ROUNDINGS", "to_uint8"]
 

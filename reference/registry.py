@@ -15,7 +15,7 @@ Every public function of every equation module of :mod:`ddspec.reference` has on
   **harness checks** (``ddspec check`` names or name stems, such as ``single_step.eta``) that exercise
   it, as plain strings. ``tests/reference/test_registry.py`` checks that every cited name exists.
 
-``ddspec audit`` (:mod:`ddspec.reference.audit`) takes its pairings and bounds from here, and
+``ddspec audit`` (:mod:`ddspec.audit.accuracy`) takes its pairings and bounds from here, and
 ``docs/traceability.md`` is generated from here (:mod:`ddspec.reference.traceability`).
 
 Index convention: 0-based timestep index, ᾱ before the first step = 1 (docs/conventions.md). This
@@ -33,15 +33,15 @@ from typing import Any
 import mpmath
 import numpy as np
 
-from ._validate import fail
+from .validation import fail
 
 __all__ = ["Probe", "Entry", "REGISTRY", "TOOLING_MODULES", "UNIT_ROUNDOFF", "entry", "resolve", "audit_entry", "probe_errors"]
 
 #: u = 2⁻⁵³, the unit roundoff of float64: the unit of the ``"norm"`` probe bounds.
 UNIT_ROUNDOFF: float = 2.0**-53
 
-#: Modules of ddspec.reference that state no equation (the accuracy report and this index).
-TOOLING_MODULES: tuple[str, ...] = ("audit", "registry", "traceability")
+#: Modules of ddspec.reference that state no equation (the accuracy report, this index, input validation, the vocabulary).
+TOOLING_MODULES: tuple[str, ...] = ("audit", "registry", "traceability", "validation", "vocabulary")
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,15 @@ _E = np.array([-0.4, 0.9, 1.5, -2.0])
 _U = np.array([0.7, 0.2, -1.1, 0.4])
 
 
+# seeded standard-normal probe data (fixed by the seed: the probes are the same on every machine)
+_R1 = np.random.default_rng(1).standard_normal((2, 40))
+_R2 = np.random.default_rng(2).standard_normal((2, 30))
+_R2_VAR = np.random.default_rng(3).uniform(1e-4, 0.02, 30)
+_R3 = np.random.default_rng(0).standard_normal((3, 20))
+#: half an ULP plus a hair: the bound of a correctly rounded result
+_HALF_ULP = 0.5 + 1e-6
+
+
 def _decaying_alpha_bar(u: Any) -> Any:
     """ᾱ(u) = 1 − 0.9 u, a probe for betas_for_alpha_bar: exact in float64 and in mpmath alike."""
     return 1 - 0.9 * u
@@ -114,6 +123,18 @@ _PRED = (
 )
 _GAUSS = ("mean", "variance")
 
+_DSM = {"score": _X.reshape(2, 2), "x": _E.reshape(2, 2), "x_noisy": _U.reshape(2, 2), "sigma": np.array([0.5, 0.1])}
+_GRID = (2.0 * np.array([[77.0, 200.0]]) - 255.0) / 255.0  # x_0 on the 8-bit grid, shape (1, 2)
+_TRAJ_Q = {"x0": _GRID, "x_ts": np.array([[[0.3, -0.5]], [[0.1, 0.9]], [[-1.2, 0.4]]]), "betas": _SHORT[:3]}
+_TRAJ_P = {**_TRAJ_Q, "model_means": np.array([[[-0.39, 0.57]], [[0.25, -0.4]], [[0.05, 0.8]]]),
+           "model_log_variances": np.array([-6.0, -3.5, -2.0])}
+
+
+def _gaussian_score(x: Any, sigma: Any) -> Any:
+    """The score of N(0.5, 1 + σ²): −(x − 0.5)/(1 + σ²); runs on float64 arrays and on mpf object arrays alike."""
+    return -(x - 0.5) / (1.0 + sigma * sigma)
+
+
 _P = "test_posterior_properties.py::"
 _F = "test_forward_properties.py::"
 _D = "test_ddim_properties.py::"
@@ -122,6 +143,8 @@ _S = "test_schedule_properties.py::"
 _K = "test_kl_properties.py::"
 _G = "test_guidance_properties.py::"
 _I = "test_inversion_properties.py::"
+_N = "test_ncsn_properties.py::"
+_ELBO = "test_elbo_properties.py::"
 _O = "test_output_distribution_properties.py::test_run_output_law_equals_the_composition_of_the_actual_steps"
 
 _SCHED_CHECKS = ("schedule.betas", "schedule.alphas_cumprod")
@@ -136,6 +159,12 @@ def _entries() -> tuple[Entry, ...]:
     e = Entry
     return (
         # ---- alphas --------------------------------------------------------------------------------
+        e("alphas.alpha_bar_tables", "ᾱ_t = ∏_{s≤t} (1 − β_s) and 1 − ᾱ_t as double-doubles, computed once",
+          f"{_DDPM}, §2 (eq. 4)", "alphas.alpha_bar_tables", "β ∈ (0, 1]^T",
+          properties=(_F + "test_alpha_bar_is_the_running_product_of_alphas",),
+          note="the kernel of every ᾱ table; each rounded table is audited through alpha_bar and one_minus_alpha_bar",
+          probes=(Probe({"betas": _SHORT}, select=("alpha_bar", "one_minus_alpha_bar")),
+                  Probe({"betas": _LIN}, select=("alpha_bar", "one_minus_alpha_bar")))),
         e("alphas.alphas", "α_t = 1 − β_t", f"{_DDPM}, §2", "alphas.alphas", "β ∈ (0, 1]^T",
           properties=(_F + "test_alpha_bar_is_the_running_product_of_alphas",), probes=_table()),
         e("alphas.alpha_bar", "ᾱ_t = ∏_{s≤t} (1 − β_s)", f"{_DDPM}, §2 (eq. 4)", "alphas.alpha_bar", "β ∈ (0, 1]^T",
@@ -189,6 +218,24 @@ def _entries() -> tuple[Entry, ...]:
           properties=(_D + "test_eta_zero_is_deterministic",), checks=("single_step.eta",)),
         e("ddim.ddim_direction_coefficient", "√(1 − ᾱ_s − σ(η)²)", f"{_DDIM}, eq. 12", None, "0 ≤ η ≤ 1",
           checks=("single_step.eta",)),
+        e("ddim.q_sigma_forward", "q_σ(x_t|x_s,x_0) = N(√ᾱ_t x_0 + √(1−ᾱ_t)√(1−ᾱ_s−σ²)/(1−ᾱ_s) (x_s − √ᾱ_s x_0), σ²(1−ᾱ_t)/(1−ᾱ_s))",
+          f"{_DDIM}, eq. 8 (Bayes' rule on eq. 7)", "ddim.q_sigma_forward", "0 ≤ t_prev < t ≤ T−1, σ² ≤ 1 − ᾱ_s",
+          properties=(_D + "test_ddim_forward_and_q_sigma_are_one_joint_law",
+                      _D + "test_ddim_forward_at_eta_one_is_the_ddpm_forward"),
+          probes=_norm({"x_prev": _X, "x0": _E, "t": 600, "t_prev": 580, "sigma": 0.05, "betas": _LIN},
+                       {"x_prev": _X, "x0": _E, "t": 3, "t_prev": 1, "sigma": 0.05, "betas": _SHORT}, select=_GAUSS, tol=64.0)),
+        e("ddim.ddim_gamma_weight", "γ = (√((1−ᾱ_t)ᾱ_s/ᾱ_t) − √(1−ᾱ_s−σ²))² / (2σ²)", f"{_DDIM}, Theorem 1 (proof, App. B)",
+          "ddim.ddim_gamma_weight", "0 ≤ t_prev < t ≤ T−1, 0 < σ² ≤ 1 − ᾱ_s",
+          properties=(_D + "test_gamma_at_eta_one_is_the_ddpm_eps_weight",),
+          probes=(Probe({"betas": _LIN, "t": 600, "t_prev": 580, "sigma": 0.05}, tol=16.0),
+                  Probe({"betas": _LIN, "t": 600, "t_prev": 599, "sigma": 1e-6}, tol=16.0),
+                  Probe({"betas": _SHORT, "t": 5, "t_prev": 2, "sigma": 0.2}, tol=16.0))),
+        e("ddim.ode_sigma", "σ = √((1 − ᾱ_t)/ᾱ_t); 0 at t = −1", f"{_DDIM}, §4.3 (under eq. 14)", "ddim.ode_sigma",
+          "β ∈ (0, 1)^T, −1 ≤ t ≤ T−1", properties=(_D + "test_ode_euler_step_is_the_deterministic_ddim_step",),
+          probes=(Probe({"betas": _LIN, "t": 500}), Probe({"betas": _LIN, "t": 0}), Probe({"betas": _SHORT, "t": 5}))),
+        e("ddim.ddim_ode_step", "x̄′ = x̄ + (σ′ − σ) ε_θ(x̄/√(σ²+1))", f"{_DDIM}, eqs. 13–14", "ddim.ddim_ode_step",
+          "σ, σ′ ≥ 0", properties=(_D + "test_ode_euler_step_is_the_deterministic_ddim_step",),
+          probes=_norm({"x_bar": _X, "eps": _E, "sigma_from": 1.5, "sigma_to": 0.75})),
         # ---- forward -------------------------------------------------------------------------------
         e("forward.q_step", "q(x_t|x_{t−1}) = N(√(1−β_t) x_{t−1}, β_t I)", f"{_DDPM}, eq. 2", "forward.q_step",
           "β ∈ (0, 1]^T, 0 ≤ t ≤ T−1", properties=(_F + "test_forward_transitions_compose",),
@@ -208,7 +255,10 @@ def _entries() -> tuple[Entry, ...]:
         e("guidance.classifier_guided_mean", "μ + s Σ ∇ log p(y|x_t)", "Dhariwal & Nichol 2021, Algorithm 1",
           "guidance.classifier_guided_mean", "Σ > 0, s ∈ ℝ",
           properties=(_G + "test_guided_mean_is_the_guided_eps_through_eq_11",),
-          probes=_norm({"mean": _X, "variance": np.full(4, 0.1), "grad_log_p_y": _E, "scale": 2.0})),
+          probes=_norm({"mean": _X, "variance": np.full(4, 0.1), "grad_log_p_y": _E, "scale": 2.0})
+          + tuple(Probe({"mean": _R2[0], "variance": _R2_VAR, "grad_log_p_y": _R2[1], "scale": s}, tol=_HALF_ULP)
+                  for s in (0.0, 1.0, 10.0, 100.0)),
+          note="correctly rounded (double-double): ≤ ½ ULP at the ULP probes"),
         e("guidance.classifier_guided_eps", "ε − s √(1−ᾱ_t) ∇ log p(y|x_t)", "Dhariwal & Nichol 2021, Algorithm 2, eq. 14",
           "guidance.classifier_guided_eps", "β ∈ (0, 1]^T, 0 ≤ t ≤ T−1",
           properties=(_G + "test_classifier_guidance_with_the_exact_likelihood_is_the_exact_conditional_eps",),
@@ -216,7 +266,10 @@ def _entries() -> tuple[Entry, ...]:
         e("guidance.classifier_free_guidance", "ε_u + w (ε_c − ε_u)", "Ho & Salimans 2022, eq. 6",
           "guidance.classifier_free_guidance", "w ∈ ℝ",
           properties=(_G + "test_classifier_free_guidance_endpoints_and_the_implicit_classifier",),
-          probes=_norm({"eps_uncond": _X, "eps_cond": _E, "scale": 7.5})),
+          probes=_norm({"eps_uncond": _X, "eps_cond": _E, "scale": 7.5})
+          + tuple(Probe({"eps_uncond": _R1[0], "eps_cond": _R1[1], "scale": s}, tol=_HALF_ULP)
+                  for s in (7.5, 3.0, 1.5, -0.5, 0.3)),
+          note="correctly rounded: ≤ ½ ULP of (1 + w)ε_c − wε_u at the ULP probes"),
         # ---- interpolation, inversion, langevin ----------------------------------------------------
         e("interpolation.slerp", "sin((1−α)θ)/sin θ · z_0 + sin(αθ)/sin θ · z_1", f"{_DDIM}, §5.3", "interpolation.slerp",
           "z_0, z_1 non-zero, α ∈ [0, 1]", probes=_norm({"z0": _X, "z1": _E, "alpha": 0.3})),
@@ -229,10 +282,13 @@ def _entries() -> tuple[Entry, ...]:
           properties=(_I + "test_gaussian_round_trip_error_shrinks_with_the_step",)),
         e("langevin.langevin_step_size", "α_i = ε σ_i² / σ_L²", "Song & Ermon 2019, Algorithm 1, line 3",
           "langevin.langevin_step_size", "σ_i, σ_L, ε > 0",
-          probes=(Probe({"sigma_i": 0.5, "sigma_L": 0.01, "epsilon": 2e-5}),)),
+          probes=(Probe({"sigma_i": 0.5, "sigma_L": 0.01, "epsilon": 2e-5}, tol=3.0),
+                  Probe({"sigma_i": 1.0, "sigma_L": 0.01, "epsilon": 2e-5}, tol=3.0))),
         e("langevin.annealed_langevin_step", "x + (α/2) ∇ log p(x) + √α z", "Song & Ermon 2019, Algorithm 1, line 6",
           "langevin.annealed_langevin_step", "α > 0",
-          probes=_norm({"x": _X, "score": _E, "step_size": 0.01, "noise": _U})),
+          probes=_norm({"x": _X, "score": _E, "step_size": 0.01, "noise": _U},
+                       *({"x": _R3[0], "score": 50.0 * _R3[1], "step_size": a, "noise": _R3[2]} for a in (1e-5, 0.003, 0.2)),
+                       tol=16.0)),
         # ---- likelihood ----------------------------------------------------------------------------
         e("likelihood.normal_kl", "KL(N(μ_1, e^{v_1}) ‖ N(μ_2, e^{v_2})), elementwise", f"{_DDPM}, §2 (closed-form Gaussian KL)",
           "likelihood.normal_kl", "finite means and log-variances",
@@ -271,6 +327,41 @@ def _entries() -> tuple[Entry, ...]:
         e("likelihood.eps_kl_constant", "½(σ̃²/σ² − 1 − log(σ̃²/σ²))", f"{_DDPM}, eq. 8", "likelihood.eps_kl_constant",
           "σ² > 0, 1 ≤ t ≤ T−1", properties=(_K + "test_kl_term_in_eps_form",),
           probes=(Probe({"betas": _LIN, "t": 300, "sigma2": 0.01}, metric="norm", tol=64.0),)),
+        e("likelihood.vb_term_scale", "improved-diffusion's factor on L_t [bits/dim]: T/1000 (RESCALED_MSE), T (RESCALED_KL), else 1",
+          f"{_IDDPM}, eq. 16; released code (gaussian_diffusion.py, training_losses)", "likelihood.vb_term_scale",
+          "T ≥ 1, loss_type ∈ VB_LOSS_TYPES", properties=(_ELBO + "test_rescaled_vb_term_averages_to_lambda_times_the_vlb",),
+          probes=(Probe({"num_timesteps": 4000}), Probe({"num_timesteps": 1000, "loss_type": "rescaled_kl"}))),
+        e("likelihood.l_hybrid_rescaled", "L_simple + (T/1000) L_t [bits/dim]", f"{_IDDPM}, eq. 16 (λ = 0.001); released code",
+          "likelihood.l_hybrid_rescaled", "finite arrays, T ≥ 1",
+          properties=(_ELBO + "test_rescaled_vb_term_averages_to_lambda_times_the_vlb",),
+          probes=_norm({"eps": _X.reshape(2, 2), "eps_pred": _E.reshape(2, 2), "vb_term_bpd": np.array([0.3, 1.7]),
+                        "num_timesteps": 4000}, tol=64.0)),
+        e("likelihood.log_q_trajectory", "log q(x_{1:T}|x_0) = Σ_t log N(x_t; √(1−β_t) x_{t−1}, β_t I)", f"{_DDPM}, eqs. 2–3",
+          "likelihood.log_q_trajectory", "β ∈ (0, 1]^T, x_ts of shape (T, B, …)",
+          properties=(_ELBO + "test_trajectory_log_ratio_is_the_vlb_in_expectation",),
+          probes=_norm(_TRAJ_Q, tol=256.0)),
+        e("likelihood.log_p_trajectory", "log p_θ(x_{0:T}) = log N(x_T; 0, I) + Σ_t log N(x_{t−1}; μ_θ, Σ_θ) + log p_θ(x_0|x_1)",
+          f"{_DDPM}, eqs. 1, 3 and 13", "likelihood.log_p_trajectory", "x_0 on the 8-bit grid, x_ts of shape (T, B, …)",
+          properties=(_ELBO + "test_trajectory_log_ratio_is_the_vlb_in_expectation",),
+          probes=_norm(_TRAJ_P, tol=256.0)),
+        # ---- ncsn --------------------------------------------------------------------------------
+        e("ncsn.geometric_sigmas", "σ_i = σ_1 (σ_L/σ_1)^{(i−1)/(L−1)}", "Song & Ermon 2019, §4.1 and §5", "ncsn.geometric_sigmas",
+          "σ_1 > σ_L > 0, L ≥ 2", properties=(_N + "test_geometric_ladder_has_a_constant_ratio_and_exact_ends",),
+          probes=(Probe({"sigma_max": 1.0, "sigma_min": 0.01, "num_levels": 10}, tol=12.0),
+                  Probe({"sigma_max": 50.0, "sigma_min": 0.01, "num_levels": 232}, tol=20.0))),
+        e("ncsn.annealed_langevin_dynamics", "for each σ_i: T steps x ← x + (α_i/2) s_θ(x, σ_i) + √α_i z, α_i = ε σ_i²/σ_L²",
+          "Song & Ermon 2019, Algorithm 1", "ncsn.annealed_langevin_dynamics", "σ strictly decreasing, ε > 0",
+          properties=(_N + "test_annealed_langevin_on_a_gaussian_score_is_the_derived_affine_map",),
+          probes=_norm({"score_fn": _gaussian_score, "x_init": _X, "sigmas": np.array([1.0, 0.5, 0.25]),
+                        "epsilon": 0.01, "noises": np.linspace(-1.5, 1.5, 24).reshape(3, 2, 4)}, tol=256.0)),
+        e("ncsn.dsm_loss_per_sample", "ℓ = ½ ‖s_θ(x̃, σ) + (x̃ − x)/σ²‖²", "Song & Ermon 2019, eqs. 2 and 5",
+          "ncsn.dsm_loss_per_sample", "σ > 0, batch first",
+          properties=(_N + "test_dsm_loss_expectation_is_the_closed_form_and_the_noisy_score_minimises_it",),
+          probes=_norm(_DSM, tol=64.0)),
+        e("ncsn.annealed_dsm_loss", "(1/B) Σ_b σ_b² ℓ_b", "Song & Ermon 2019, eq. 6 with λ(σ) = σ² (§4.2)",
+          "ncsn.annealed_dsm_loss", "σ > 0, batch first",
+          properties=(_N + "test_sigma_squared_weighting_is_half_the_norm_of_sigma_score_plus_z",),
+          probes=_norm(_DSM, tol=64.0)),
         # ---- oracles -------------------------------------------------------------------------------
         e("oracles.gaussian_step_map", "one DDPM/DDIM step with the exact Gaussian denoiser, as x′ = A x + B + σ z",
           f"{_DDPM}, Algorithm 2; {_DDIM}, eq. 12; {_IDDPM}, eq. 15", None, "an IsotropicGaussian oracle",

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, as_betas, as_int, as_scalar, as_timestep, check_same_shape, fail
+from .validation import as_array, as_betas, as_int, as_scalar, as_timestep, check_same_shape, fail
 from .ddim import ddim_direction_coefficient, ddim_mean_coefficients, ddim_sigma
 from .parameterisation import predict_eps_from_x0, split_prediction
 from .posterior import posterior_mean

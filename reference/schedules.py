@@ -22,7 +22,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.special import expit
 
 from . import _dd
-from ._validate import as_betas, as_int, as_scalar, fail
+from .validation import as_betas, as_int, as_scalar, fail
 from .alphas import alpha_bar, one_minus_alpha_bar_ratio, sqrt_alpha_bar
 
 __all__ = [
@@ -400,7 +400,7 @@ def jsd_betas(num_timesteps: int) -> Array:
 
     Source: Ho et al.'s code, ``get_beta_schedule("jsd", …)`` ("1/T, 1/(T-1), 1/(T-2), ..., 1").
     Index convention: ``betas[i] = 1/(T - i)``, correctly rounded. The last β is exactly 1, so
-    ᾱ_T = 0 (allowed as the last β; see :func:`ddspec.reference._validate.as_betas`).
+    ᾱ_T = 0 (allowed as the last β; see :func:`ddspec.reference.validation.as_betas`).
     """
     n = _num_timesteps(num_timesteps)
     return 1.0 / (float(n) - np.arange(n, dtype=np.float64))

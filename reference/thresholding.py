@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_array, as_scalar, fail
+from .validation import as_array, as_scalar, fail
 
 __all__ = ["clip_x0", "dynamic_threshold_scale", "dynamic_threshold", "constrain_x0"]
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._validate import as_betas, as_int, as_timesteps, fail
+from .validation import as_betas, as_int, as_timesteps, fail
 from .alphas import one_minus_alpha_bar_ratio
 
 __all__ = [

@@ -15,7 +15,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-from ._validate import fail
+from .validation import fail
 from .registry import REGISTRY, TOOLING_MODULES, Entry
 
 __all__ = ["render", "main"]

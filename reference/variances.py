@@ -48,8 +48,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _dd
-from ._validate import SingularError, as_array, as_betas, as_int, as_timestep, check_finite_result, fail
-from .alphas import _dd_tables, _ratio_dd, one_minus_alpha_bar_ratio
+from .validation import SingularError, as_array, as_betas, as_int, as_timestep, check_finite_result, fail
+from .alphas import alpha_bar_tables, _ratio_dd, one_minus_alpha_bar_ratio
 from .posterior import posterior_coefficients
 
 __all__ = ["VARIANCE_TYPES", "LEARNED_VARIANCE_TYPES", "ReverseVariance", "reverse_variance", "check_model_var_output"]
@@ -100,7 +100,7 @@ def _log_beta_tilde(b: Array, t: int, s: int) -> float:
     Taking the log of the rounded β̃′ would lose about 1/|log β̃′| ULP where β̃′ ≈ 1 (the same
     reasoning as :func:`~ddspec.reference.posterior.posterior_log_variance_clipped`).
     """
-    _, _, c_hi, c_lo = _dd_tables(b)
+    _, _, c_hi, c_lo = alpha_bar_tables(b)
     return _log_beta_prime(b, t, s) + _log_dd(float(c_hi[s]), float(c_lo[s])) - _log_dd(float(c_hi[t]), float(c_lo[t]))
 
 

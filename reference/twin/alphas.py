@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike
 from . import DEFAULT_DPS
 
 __all__ = [
+    "alpha_bar_tables",
     "alphas",
     "alpha_bar",
     "alpha_bar_at",
@@ -141,3 +142,10 @@ def one_minus_alpha_bar_ratio(betas: ArrayLike, t: int, s: int, *, dps: int = DE
     r""":math:`1 - \bar\alpha_t/\bar\alpha_s`, the variance of :math:`q(x_t \mid x_s)` (Kingma et al. 2021, eq. 21)."""
     with mpmath.workdps(dps):
         return 1 - alpha_bar_ratio(betas, t, s, dps=dps)
+
+
+def alpha_bar_tables(betas: ArrayLike, *, dps: int = DEFAULT_DPS) -> tuple[list[mpf], list[mpf]]:
+    r"""(ᾱ_t, 1 − ᾱ_t) for every index: the literal running product and one minus it, at ``dps`` digits."""
+    ab = alpha_bar(betas, dps=dps)
+    with mpmath.workdps(dps):
+        return ab, [1 - a for a in ab]

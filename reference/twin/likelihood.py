@@ -22,6 +22,7 @@ Inputs are float64 values taken exactly (scalars); results are ``mpmath.mpf``. I
 from __future__ import annotations
 
 import mpmath
+import numpy as np
 from mpmath import mpf
 from numpy.typing import ArrayLike
 
@@ -35,6 +36,10 @@ __all__ = [
     "prior_kl",
     "eps_kl_weight",
     "eps_kl_constant",
+    "vb_term_scale",
+    "l_hybrid_rescaled",
+    "log_q_trajectory",
+    "log_p_trajectory",
 ]
 
 #: Default working precision of this twin (digits).
@@ -112,3 +117,72 @@ def eps_kl_constant(betas: ArrayLike, t: int, sigma2: float, *, dps: int = KL_DP
     with mpmath.workdps(dps):
         ratio = _beta_tilde(betas, t, dps) / mpf(float(sigma2))
         return (ratio - 1 - mpmath.log(ratio)) / 2
+
+
+def vb_term_scale(num_timesteps: int, loss_type: str = "rescaled_mse", *, dps: int = KL_DPS) -> mpf:
+    """improved-diffusion's factor on the VLB term: T/1000 (rescaled_mse), T (rescaled_kl), else 1."""
+    with mpmath.workdps(dps):
+        n = mpf(int(num_timesteps))
+        return {"rescaled_mse": n / 1000, "rescaled_kl": n}.get(loss_type, mpf(1))
+
+
+def l_hybrid_rescaled(eps: ArrayLike, eps_pred: ArrayLike, vb_term_bpd: ArrayLike, num_timesteps: int,
+                      *, dps: int = KL_DPS) -> list[mpf]:
+    r"""Per sample: :math:`\frac1D\sum_d(\epsilon-\epsilon_\theta)^2 + \frac{T}{1000}L_t` (improved-diffusion's RESCALED_MSE)."""
+    e = np.asarray(eps, dtype=np.float64)
+    batch = e.shape[0]
+    e = e.reshape(batch, -1)
+    p = np.asarray(eps_pred, dtype=np.float64).reshape(batch, -1)
+    v = np.broadcast_to(np.asarray(vb_term_bpd, dtype=np.float64), (batch,))
+    with mpmath.workdps(dps):
+        scale = mpf(int(num_timesteps)) / 1000
+        return [sum((mpf(float(a)) - mpf(float(c))) ** 2 for a, c in zip(e[b], p[b])) / e.shape[1]
+                + scale * mpf(float(v[b])) for b in range(batch)]
+
+
+def _log_normal(x: mpf, mean: mpf, var: mpf) -> mpf:
+    return -(mpmath.log(2 * mpmath.pi * var) + (x - mean) ** 2 / var) / 2
+
+
+def log_q_trajectory(x0: ArrayLike, x_ts: ArrayLike, betas: ArrayLike, *, dps: int = KL_DPS) -> list[mpf]:
+    r""":math:`\sum_t \log\mathcal N(x_t; \sqrt{1-\beta_t}x_{t-1}, \beta_t)` per sample (Ho et al. 2020, eq. 2), literally."""
+    xs = np.asarray(x_ts, dtype=np.float64)
+    n, batch = xs.shape[0], xs.shape[1]
+    xs = xs.reshape(n, batch, -1)
+    start = np.asarray(x0, dtype=np.float64).reshape(batch, -1)
+    bs = np.asarray(betas, dtype=np.float64)
+    with mpmath.workdps(dps):
+        out = []
+        for b in range(batch):
+            total = mpf(0)
+            for t in range(n):
+                beta = mpf(float(bs[t]))
+                prev = start[b] if t == 0 else xs[t - 1, b]
+                total += sum(_log_normal(mpf(float(x)), mpmath.sqrt(1 - beta) * mpf(float(p)), beta)
+                             for x, p in zip(xs[t, b], prev))
+            out.append(total)
+        return out
+
+
+def log_p_trajectory(x0: ArrayLike, x_ts: ArrayLike, model_means: ArrayLike, model_log_variances: ArrayLike,
+                     betas: ArrayLike, *, dps: int = KL_DPS) -> list[mpf]:
+    r""":math:`\log\mathcal N(x_T;0,1) + \sum_{t\ge2}\log\mathcal N(x_{t-1};\mu_\theta,e^{\ell}) + \log p(x_0|x_1)` per sample."""
+    xs = np.asarray(x_ts, dtype=np.float64)
+    n, batch = xs.shape[0], xs.shape[1]
+    xs = xs.reshape(n, batch, -1)
+    mm = np.asarray(model_means, dtype=np.float64).reshape(n, batch, -1)
+    lv = np.asarray(model_log_variances, dtype=np.float64)
+    lv = np.broadcast_to(lv.reshape((n,) + (1,) * (np.ndim(x_ts) - 1)) if lv.ndim == 1 else lv, np.shape(x_ts))
+    lv = lv.reshape(n, batch, -1)
+    start = np.asarray(x0, dtype=np.float64).reshape(batch, -1)
+    with mpmath.workdps(dps):
+        out = []
+        for b in range(batch):
+            total = sum(_log_normal(mpf(float(x)), mpf(0), mpf(1)) for x in xs[n - 1, b])
+            for t in range(1, n):
+                total += sum(_log_normal(mpf(float(x)), mpf(float(m)), mpmath.exp(mpf(float(v))))
+                             for x, m, v in zip(xs[t - 1, b], mm[t, b], lv[t, b]))
+            total += sum(_log_bin_probability(grid_index(float(x)), float(m), float(v) / 2)
+                         for x, m, v in zip(start[b], mm[0, b], lv[0, b]))
+            out.append(total)
+        return out

@@ -15,7 +15,10 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import mpmath
+import numpy as np
 from mpmath import mpf
+
+from .alphas import alpha_bar as _alpha_bar
 
 __all__ = [
     "linear_betas",
@@ -142,12 +145,7 @@ def custom_betas(betas: Sequence[float], *, dps: int = 50) -> list[mpf]:
 def rescale_zero_terminal_snr(betas: Sequence[float], *, dps: int = 50) -> list[mpf]:
     r"""Lin et al. 2023, Algorithm 1, literally: shift and scale sqrt(ᾱ), square, back to β."""
     with mpmath.workdps(dps):
-        alpha_bar = []
-        prod = mpf(1)
-        for b in betas:
-            prod *= 1 - mpf(float(b))
-            alpha_bar.append(prod)
-        r = [mpmath.sqrt(a) for a in alpha_bar]
+        r = [mpmath.sqrt(a) for a in _alpha_bar(np.asarray(betas, dtype=np.float64), dps=dps)]
         r_1, r_T = r[0], r[-1]
         r_new = [(x - r_T) * r_1 / (r_1 - r_T) for x in r]
         ab_new = [x * x for x in r_new]

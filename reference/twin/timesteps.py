@@ -1,7 +1,8 @@
 r"""mpmath twin of :mod:`ddspec.reference.timesteps`: the β′ of a respaced schedule.
 
-Written independently of the float64 reference: ᾱ is the plain product of the exact factors
-1 − β at ``dps`` significant digits, and β′ is 1 minus the quotient. At 50 digits the cancellation
+Written independently of the float64 reference: ᾱ is the twin's one ᾱ
+(:func:`ddspec.reference.twin.alphas.alpha_bar`, the plain product of the exact factors 1 − β at
+``dps`` significant digits), and β′ is 1 minus the quotient. At 50 digits the cancellation
 in 1 − ᾱ_t/ᾱ_s (≈ 4 digits for β ≈ 1e-4) leaves far more than float64 needs.
 """
 
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 import mpmath
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .alphas import alpha_bar as _alpha_bar
 
 __all__ = ["respaced_betas"]
 
@@ -31,11 +34,7 @@ def respaced_betas(betas: ArrayLike, timesteps: Sequence[int] | ArrayLike, dps: 
         raise ValueError(f"timesteps={tau!r}: must be non-empty indices in [0, {len(b) - 1}]")
     with mpmath.workdps(dps):
         one = mpmath.mpf(1)
-        alpha_bar: list[mpmath.mpf] = []
-        running = one
-        for beta in b:
-            running = running * (one - mpmath.mpf(beta))
-            alpha_bar.append(running)
+        alpha_bar = _alpha_bar(np.asarray(b, dtype=np.float64), dps=dps)
         out: list[mpmath.mpf] = []
         previous = one
         for t in tau:

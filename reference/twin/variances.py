@@ -8,35 +8,22 @@ The schedule quantities are formed here from the exact β (float64 values taken 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 from typing import Any
 
 import mpmath
 import numpy as np
 
 from . import DEFAULT_DPS, mpf_list
+from .alphas import alpha_bar_at
 
 __all__ = ["alpha_bar", "step_beta", "step_beta_tilde", "reverse_variance"]
 
 MP = mpmath.mpf
 
 
-@lru_cache(maxsize=16)
-def _alpha_bar_table(key: bytes, dps: int) -> tuple[MP, ...]:
-    with mpmath.workdps(dps):
-        out, acc = [], mpmath.mpf(1)
-        for b in mpf_list(np.frombuffer(key, dtype=np.float64)):
-            acc = acc * (1 - b)
-            out.append(acc)
-        return tuple(out)
-
-
 def alpha_bar(betas: Sequence[float], t: int) -> MP:
-    r""":math:`\bar\alpha` at 0-based index t (−1 → 1): the exact-input product :math:`\prod_{i \le t}(1-\beta_i)`."""
-    if t < 0:
-        return mpmath.mpf(1)
-    key = np.ascontiguousarray(np.asarray(betas, dtype=np.float64)).tobytes()
-    return _alpha_bar_table(key, DEFAULT_DPS)[t]
+    r""":math:`\bar\alpha` at 0-based index t (−1 → 1): :func:`ddspec.reference.twin.alphas.alpha_bar_at`."""
+    return alpha_bar_at(np.asarray(betas, dtype=np.float64), t, dps=DEFAULT_DPS)
 
 
 def step_beta(betas: Sequence[float], t: int, t_prev: int) -> MP:

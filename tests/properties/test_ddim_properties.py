@@ -29,7 +29,7 @@ import numpy as np
 from hypothesis import assume, given, note
 from hypothesis import strategies as st
 
-from ddspec.reference import ddim, forward, parameterisation, posterior, timesteps
+from ddspec.reference import alphas, ddim, forward, likelihood, parameterisation, posterior, sampling, timesteps
 from ddspec.reference.twin import posterior as twin_posterior
 
 from .strategies import (
@@ -321,3 +321,127 @@ def test_eta_zero_is_deterministic(data: st.DataObject) -> None:
     # ÷√(1−ᾱ_s); plus ε's 4uR: ≤ 32u(√ᾱ_s|x₀|/√(1−ᾱ_s) + R).
     eps_s = parameterisation.predict_eps_from_x0(x_s, x0, s, b)
     assert_within(eps_s, eps, 32 * U * (sa_s * np.abs(x0) / s1_s + R) + FLOOR, "eps at x_s vs eps at x_t (deterministic DDIM keeps eps)")
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# The forward process of the DDIM family (DDIM eq. 8), Theorem 1's weights, the ODE in σ-space
+# ---------------------------------------------------------------------------------------------------
+
+
+@given(st.data())
+def test_ddim_forward_and_q_sigma_are_one_joint_law(data: st.DataObject) -> None:
+    r"""Bayes' rule (DDIM eq. 8): q_σ(x_s|x_t,x₀) q(x_t|x₀) and q_σ(x_t|x_s,x₀) q(x_s|x₀) are one joint law.
+
+    With q_σ(x_s|x_t,x₀) = N(A x₀ + B x_t, σ²) (eq. 7) and q_σ(x_t|x_s,x₀) = N(A′ x₀ + G x_s, v)
+    (``ddim.q_sigma_forward``), the two factorisations of the Gaussian pair (x_s, x_t) given x₀ agree
+    iff, with the marginals of Lemma 1 (Var x_t = 1 − ᾱ_t, Var x_s = 1 − ᾱ_s):
+
+    .. math:: G\,(1-\bar\alpha_s) = B\,(1-\bar\alpha_t) = \mathrm{Cov}(x_s, x_t),\qquad G^2(1-\bar\alpha_s) + v = 1-\bar\alpha_t,
+              \qquad A' + G\sqrt{\bar\alpha_s} = \sqrt{\bar\alpha_t}.
+
+    Tolerances: every quantity is a product/quotient of a few exactly-tabled values and the shared
+    √(1 − ᾱ_s − σ²) (computed once, in double-double, by ``ddim_mean_coefficients``), so each side
+    is within 16u relative of its exact value for the given σ; the sums are of non-negative terms.
+    The x₀ identity cancels where G√ᾱ_s ≈ √ᾱ_t: its bound is 16u(|A′| + G√ᾱ_s + √ᾱ_t).
+    """
+    sched = data.draw(schedules(min_T=2), label="schedule")
+    b = sched.betas
+    t, s = data.draw(timestep_pairs(sched.T, allow_data=False), label="(t, s)")
+    frac = data.draw(st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0)), label="sigma / sigma_max")
+    sigma = frac * ddim.ddim_sigma_max(b, t, s)
+    note(repro(betas=sched, t=t, s=s, sigma=sigma) + "; ddim.q_sigma_forward(x_s, x0, t, s, sigma, betas)")
+    _, B, _ = _affine(lambda a, c: ddim.q_sigma(a, c, t, s, sigma, b))
+    A_f, G, v = _affine(lambda a, c: ddim.q_sigma_forward(c, a, t, s, sigma, b))
+    # the identity's own values from the reference tables (≤ 1 ULP each); they add ≤ 2u to each side
+    c_t, c_s = float(alphas.one_minus_alpha_bar_at(b, t)), float(alphas.one_minus_alpha_bar_at(b, s))
+    sa_t, sa_s = float(np.sqrt(alphas.alpha_bar_at(b, t))), float(np.sqrt(alphas.alpha_bar_at(b, s)))
+    assert_within(G * c_s, B * c_t, 40 * U * B * c_t + FLOOR, f"Cov(x_s, x_t) two ways at t={t}, s={s}")
+    assert_within(G * G * c_s + v, c_t, 40 * U * c_t, f"Var(x_t) at t={t}, s={s}")
+    assert_within(A_f + G * sa_s, sa_t, 16 * U * (abs(A_f) + G * sa_s + sa_t) + FLOOR, f"E[x_t] at t={t}, s={s}")
+
+
+@given(st.data())
+def test_ddim_forward_at_eta_one_is_the_ddpm_forward(data: st.DataObject) -> None:
+    r"""At σ = σ(η = 1) and s = t − 1, DDIM's forward q_σ(x_t|x_{t−1},x₀) is DDPM's q(x_t|x_{t−1}) = N(√α_t x_{t−1}, β_t).
+
+    The coefficient of x₀ vanishes (the process becomes Markovian), the gain is √(1 − β_t) and the
+    variance β_t (Song et al. 2021, §3.1 and eq. 16; Ho et al. 2020, eq. 2).
+
+    Tolerances: σ from ``ddim_sigma`` is within 10u of exact; √(1 − ᾱ_s − σ²) amplifies that by
+    κ = (1 − ᾱ_s)/(1 − ᾱ_s − σ²) = (1 − ᾱ_t)/(α_t(1 − ᾱ_s)) at η = 1 (from β̃ = (1 − ᾱ_s)β/(1 − ᾱ_t)),
+    so |G − √α_t| ≤ (10κ + 16)u√α_t, the x₀ coefficient √ᾱ_t − G√ᾱ_s is off by that times √ᾱ_s plus
+    8u√ᾱ_t, and the variance (1 − ᾱ_t)σ²/(1 − ᾱ_s) by (20 + 8)u relative. κ comes from the crude tables.
+    """
+    sched = data.draw(schedules(min_T=2), label="schedule")
+    b = sched.betas
+    t = data.draw(timestep_indices(sched.T, low=1), label="t")
+    s = t - 1
+    sigma = ddim.ddim_sigma(b, t, s, 1.0)
+    note(repro(betas=sched, t=t) + "; ddim.q_sigma_forward(x_s, x0, t, t - 1, ddim.ddim_sigma(betas, t, t - 1, 1.0), betas)")
+    A_f, G, v = _affine(lambda a, c: ddim.q_sigma_forward(c, a, t, s, sigma, b))
+    beta = float(b[t])
+    _, c_t, sa_t, _ = crude_tables(b).at(t)
+    _, c_s, sa_s, _ = crude_tables(b).at(s)
+    kappa = c_t / ((1.0 - beta) * c_s)
+    e_g = (10 * kappa + 16) * U * np.sqrt(1.0 - beta)
+    assert_within(G, np.sqrt(1.0 - beta), e_g, f"gain of x_(t-1) at t={t}")
+    assert_within(A_f, 0.0, e_g * sa_s + 8 * U * sa_t + FLOOR, f"coefficient of x0 at t={t}")
+    assert_within(v, beta, 28 * U * beta, f"variance at t={t}")
+
+
+@given(st.data())
+def test_gamma_at_eta_one_is_the_ddpm_eps_weight(data: st.DataObject) -> None:
+    r"""DDIM Theorem 1's γ_t at σ = σ(η = 1), s = t − 1, is DDPM's weight β_t²/(2σ_t²α_t(1 − ᾱ_t)) (Ho et al. 2020, eq. 12).
+
+    Both are evaluated at the same float σ (``ddim_sigma``, within 10u of the exact σ(η = 1)), DDPM's
+    with σ² = fl(σ·σ). They agree exactly at the exact σ; at σ(1 + δ) their logarithms move apart by
+    at most (2 + 2σ²/B²)|δ| with B = √(1 − ᾱ_s − σ²), and σ²/B² = β_t/(α_t(1 − ᾱ_s)) at η = 1
+    (from the crude tables). Each function is within 8u of its exact value; total
+    |γ − w| ≤ (16 + 10(2 + 2σ²/B²) + 2)u·w.
+    """
+    sched = data.draw(schedules(min_T=2), label="schedule")
+    b = sched.betas
+    t = data.draw(timestep_indices(sched.T, low=1), label="t")
+    sigma = ddim.ddim_sigma(b, t, t - 1, 1.0)
+    assume(sigma > 1e-150)  # σ² representable: below, both weights overflow (SingularError, a separate contract)
+    note(repro(betas=sched, t=t) + "; ddim.ddim_gamma_weight(betas, t, t - 1, ddim.ddim_sigma(betas, t, t - 1, 1.0))")
+    beta = float(b[t])
+    _, c_s, _, _ = crude_tables(b).at(t - 1)
+    try:
+        w = likelihood.eps_kl_weight(b, t, sigma * sigma)
+    except ValueError:  # SingularError: the weight overflows float64 (σ tiny)
+        assume(False)
+    gamma = ddim.ddim_gamma_weight(b, t, t - 1, sigma)
+    ratio = beta / ((1.0 - beta) * c_s)
+    assert_within(gamma, w, (18 + 10 * (2 + 2 * ratio)) * U * w, f"gamma vs eps_kl_weight at t={t}")
+
+
+@given(st.data())
+def test_ode_euler_step_is_the_deterministic_ddim_step(data: st.DataObject) -> None:
+    r"""An Euler step of DDIM eq. 14 in σ-space, mapped back by x = √ᾱ x̄, is the η = 0 DDIM step (eq. 12, eq. 13).
+
+    .. math:: \sqrt{\bar\alpha_s}\Big(\frac{x_t}{\sqrt{\bar\alpha_t}} + (\sigma_s - \sigma_t)\,\epsilon\Big)
+              = \sqrt{\bar\alpha_s}\,\hat x_0 + \sqrt{1-\bar\alpha_s}\,\epsilon,\quad
+              \hat x_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\epsilon}{\sqrt{\bar\alpha_t}},\ \sigma = \sqrt{(1-\bar\alpha)/\bar\alpha}
+
+    (``ddim.ode_sigma``, ``ddim.ddim_ode_step`` against ``sampling.ddim_step``). Both sides are
+    sums of the same terms, each formed with a few roundings: the bound is 32u times
+    M = √ᾱ_s(|x_t| + √(1 − ᾱ_t)|ε|)/√ᾱ_t + √(1 − ᾱ_s)|ε| (magnitudes from the crude tables).
+    """
+    sched = data.draw(schedules(min_T=2), label="schedule")
+    b = sched.betas
+    t, s = data.draw(timestep_pairs(sched.T), label="(t, s)")
+    shape = data.draw(shapes(), label="shape")
+    x_t = data.draw(data_arrays(shape), label="x_t")
+    eps = data.draw(data_arrays(shape, 8.0), label="eps")
+    note(repro(betas=sched, t=t, s=s, x_t=x_t, eps=eps) + "; ddim.ddim_ode_step(...)")
+    ab_t, c_t, sa_t, sc_t = crude_tables(b).at(t)
+    _, c_s, sa_s, sc_s = crude_tables(b).at(s)
+    assume(ab_t > 1e-250)  # x̄ = x/√ᾱ stays far inside the float64 range
+    sig_t, sig_s = float(ddim.ode_sigma(b, t)), float(ddim.ode_sigma(b, s))
+    x_bar = x_t / float(np.sqrt(alphas.alpha_bar_at(b, t)))
+    ode = float(np.sqrt(alphas.alpha_bar_at(b, s))) * ddim.ddim_ode_step(x_bar, eps, sig_t, sig_s)
+    step = sampling.ddim_step(eps, t, s, x_t, b, eta=0.0).prev_sample
+    M = sa_s * (np.abs(x_t) + sc_t * np.abs(eps)) / sa_t + sc_s * np.abs(eps)
+    assert_within(ode, step, 32 * U * M + FLOOR, f"ODE Euler step vs DDIM eta=0 step, t={t} -> s={s}")

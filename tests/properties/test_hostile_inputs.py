@@ -67,6 +67,10 @@ def _model_mean_logvar(x: np.ndarray, t: int) -> tuple[np.ndarray, float]:
     return 0.9 * x, -3.0
 
 
+def _gaussian_score(x: np.ndarray, sigma: float) -> np.ndarray:
+    return -(x - 0.5) / (1.0 + sigma * sigma)
+
+
 def _alpha_bar_fn(u: float) -> float:
     return 1.0 - 0.9 * u
 
@@ -96,6 +100,9 @@ Builder = Callable[[], dict[str, Any]]
 
 TABLE: dict[str, Builder] = {
     # alphas
+    "alphas.alpha_bar_tables": lambda: dict(betas=BETAS.copy()),
+    # vocabulary
+    "vocabulary.reference_variance_type": lambda: dict(declared="fixed_small"),
     "alphas.alphas": lambda: dict(betas=BETAS.copy()),
     "alphas.alpha_bar": lambda: dict(betas=BETAS.copy()),
     "alphas.alpha_bar_prev": lambda: dict(betas=BETAS.copy()),
@@ -120,6 +127,10 @@ TABLE: dict[str, Builder] = {
     "ddim.q_sigma": lambda: dict(x0=_x(), x_t=_x2(), t=4, t_prev=2, sigma=0.1, betas=BETAS.copy()),
     "ddim.ddim_mean_coefficients": lambda: dict(betas=BETAS.copy(), t=4, t_prev=2, sigma=0.1),
     "ddim.ddim_direction_coefficient": lambda: dict(betas=BETAS.copy(), t=4, t_prev=2, eta=0.7),
+    "ddim.q_sigma_forward": lambda: dict(x_prev=_x2(), x0=_x(), t=4, t_prev=2, sigma=0.1, betas=BETAS.copy()),
+    "ddim.ddim_gamma_weight": lambda: dict(betas=BETAS.copy(), t=4, t_prev=2, sigma=0.1),
+    "ddim.ode_sigma": lambda: dict(betas=BETAS.copy(), t=np.array([5, 0, -1])),
+    "ddim.ddim_ode_step": lambda: dict(x_bar=_x(), eps=_x2(), sigma_from=1.5, sigma_to=0.5),
     # forward
     "forward.q_step": lambda: dict(x_prev=_x(), t=2, betas=BETAS.copy()),
     "forward.q_marginal": lambda: dict(x0=_x(), t=2, betas=BETAS.copy()),
@@ -159,6 +170,18 @@ TABLE: dict[str, Builder] = {
     "likelihood.l_hybrid": lambda: dict(eps=_x(), eps_pred=_x2(), vlb_term_value=np.array([0.1, 0.2]), lam=0.001),
     "likelihood.eps_kl_weight": lambda: dict(betas=BETAS.copy(), t=3, sigma2=0.05),
     "likelihood.eps_kl_constant": lambda: dict(betas=BETAS.copy(), t=3, sigma2=0.05),
+    "likelihood.vb_term_scale": lambda: dict(num_timesteps=4000, loss_type="rescaled_mse"),
+    "likelihood.l_hybrid_rescaled": lambda: dict(eps=_x(), eps_pred=_x2(), vb_term_bpd=np.array([0.1, 0.2]), num_timesteps=4000),
+    "likelihood.log_q_trajectory": lambda: dict(x0=GRID.copy(), x_ts=np.stack([_x()] * T), betas=BETAS.copy()),
+    "likelihood.log_p_trajectory": lambda: dict(
+        x0=GRID.copy(), x_ts=np.stack([_x()] * T), model_means=np.stack([_x2()] * T), model_log_variances=np.full(T, -3.0),
+        betas=BETAS.copy(), cdf="exact"),
+    # ncsn
+    "ncsn.geometric_sigmas": lambda: dict(sigma_max=1.0, sigma_min=0.01, num_levels=10),
+    "ncsn.annealed_langevin_dynamics": lambda: dict(
+        score_fn=_gaussian_score, x_init=_x(), sigmas=np.array([1.0, 0.5, 0.1]), epsilon=1e-3, noises=np.stack([np.stack([_x2()] * 2)] * 3)),
+    "ncsn.dsm_loss_per_sample": lambda: dict(score=_x(), x=_x2(), x_noisy=_x2() + 0.1, sigma=np.array([0.5, 0.1])),
+    "ncsn.annealed_dsm_loss": lambda: dict(score=_x(), x=_x2(), x_noisy=_x2() + 0.1, sigma=0.5, weight_power=2.0),
     # oracles (classes, their methods, the Gaussian propagation)
     "oracles.PointMass": lambda: dict(point=np.array([0.3, -1.0, 2.0])),
     "oracles.PointMass.x0": lambda: dict(x_t=_x(), t=3, betas=BETAS.copy()),
@@ -278,7 +301,25 @@ EXEMPT: dict[str, str] = {
                   "contract); its numeric work is audit_case/run_audit/format_table, which are in the table",
     "interpolation.SMALL_ANGLE": "constant",
     "inversion.MODEL_AT": "constant",
+    "alphas.AlphaBarTables": "result container (frozen dataclass) built by alpha_bar_tables; takes no user input",
+    "validation.SingularError": "exception class",
+    "validation.fail": "raises ValueError by design (the error constructor); tested in tests/reference/test_validate.py",
+    "validation.as_array": "an argument validator: its contract (ValueError naming the argument) is tests/reference/test_validate.py",
+    "validation.as_betas": "an argument validator (tests/reference/test_validate.py)",
+    "validation.as_timestep": "an argument validator (tests/reference/test_validate.py)",
+    "validation.as_timesteps": "an argument validator (tests/reference/test_validate.py)",
+    "validation.as_int": "an argument validator (tests/reference/test_validate.py)",
+    "validation.as_scalar": "an argument validator (tests/reference/test_validate.py)",
+    "validation.check_same_shape": "an argument validator (tests/reference/test_validate.py)",
+    "validation.check_finite_result": "the result guard (raises SingularError by design; tests/reference/test_validate.py)",
+    # reference/vocabulary.py (the lead's one vocabulary, issue 8): enums and their value tuples
+    **{f"vocabulary.{name}": "enum of the vocabulary (str values; no computation)" for name in (
+        "Family", "PredictionType", "VarianceType", "DeclaredVarianceType", "TimestepSpacing", "BetaSchedule", "X0Constraint")},
+    **{f"vocabulary.{name}": "constant (the values of a vocabulary enum)" for name in (
+        "FAMILIES", "PREDICTION_TYPES", "VARIANCE_TYPES", "DECLARED_VARIANCE_TYPES", "NAMED_SPACINGS", "TIMESTEP_SPACINGS",
+        "NAMED_BETA_SCHEDULES", "BETA_SCHEDULES", "X0_CONSTRAINTS", "LEARNED_VARIANCE_TYPES")},
     "likelihood.VLBTerms": "result container (frozen dataclass) built by vlb_terms_bpd",
+    "likelihood.VB_LOSS_TYPES": "constant (improved-diffusion's loss-type names)",
     "oracles.AffineStep": "result container (frozen dataclass) built by gaussian_step_map",
     "parameterisation.PREDICTION_TYPES": "constant",
     "parameterisation.Prediction": "result container (frozen dataclass) built by split_prediction",

@@ -1,4 +1,5 @@
-"""Tests of reference/audit.py: the accuracy audit passes, matches docs/accuracy.md, and can fail."""
+"""Tests of audit/accuracy.py (``ddspec audit``, formerly reference/audit.py): the accuracy audit passes,
+matches docs/accuracy.md, and can fail; the old path ``ddspec.reference.audit`` is an alias of it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddspec.reference import alphas, audit
+from ddspec.audit import accuracy as audit
+from ddspec.reference import alphas
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "accuracy.md"
 
@@ -126,3 +128,12 @@ def test_main_rejects_too_few_digits() -> None:
     with pytest.raises(SystemExit) as exc:
         audit.main(["--dps", "10"])
     assert exc.value.code == 2
+
+
+def test_the_old_import_path_is_the_same_module() -> None:
+    """``ddspec.reference.audit`` (used by ``ddspec audit`` in conformance/cli.py) is the moved module itself."""
+    import importlib
+
+    old = importlib.import_module("ddspec.reference.audit")
+    assert old is audit
+    assert old.main is audit.main and old.BOUNDS is audit.BOUNDS

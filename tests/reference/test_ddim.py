@@ -253,3 +253,87 @@ def test_t_prev_equal_to_t_only_for_the_step_0_to_0() -> None:
     assert D.ddim_sigma(betas, 0, 0, 1.0) == 0.0
     with pytest.raises(ValueError, match="t_prev"):
         D.ddim_sigma(betas, 5, 5, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# DDIM's forward process (eq. 8), Theorem 1's γ, the ODE in σ-space (eqs. 13–14)
+# ---------------------------------------------------------------------------------------------------
+
+_SMALL = np.array([0.1, 0.2, 0.5])  # ᾱ = 0.9, 0.72, 0.36: hand-checkable
+
+
+def test_forward_gamma_and_ode_closed_forms() -> None:
+    """Hand values on β = [0.1, 0.2, 0.5] (ᾱ = 0.9, 0.72, 0.36), t = 2, s = 0.
+
+    q_σ(x_2 | x_0-index, x0) at σ = 0: variance 0, gain √(0.64)·√(0.1)/0.1 = 0.8/√0.1 … the mean is
+    √ᾱ_t x0 + √(1 − ᾱ_t)√(1 − ᾱ_s)/(1 − ᾱ_s)(x_s − √ᾱ_s x0) = 0.6 x0 + (0.8/√0.1)(x_s − √0.9 x0).
+    γ at σ² = 0.05: (√(0.64·0.9/0.36) − √(0.05))²/(2·0.05) = (√1.6 − √0.05)²/0.1.
+    ODE σ: √(0.64/0.36) = 4/3 at t = 2, 0 at t = −1.
+    """
+    g = D.q_sigma_forward(np.array([1.0]), np.array([0.0]), 2, 0, 0.0, _SMALL)
+    assert float(g.variance) == 0.0
+    assert abs(g.mean[0] - 0.8 / np.sqrt(0.1)) <= 8 * U * 0.8 / np.sqrt(0.1)
+    g0 = D.q_sigma_forward(np.array([0.0]), np.array([1.0]), 2, 0, 0.0, _SMALL)
+    assert abs(g0.mean[0] - (0.6 - 0.8 / np.sqrt(0.1) * np.sqrt(0.9))) <= 16 * U * 3.0
+    sigma = float(np.sqrt(0.05))
+    want = (np.sqrt(1.6) - np.sqrt(0.1 - 0.05)) ** 2 / (2 * 0.05)
+    assert abs(D.ddim_gamma_weight(_SMALL, 2, 0, sigma) - want) <= 1e-13 * want
+    assert abs(float(D.ode_sigma(_SMALL, 2)) - 4.0 / 3.0) <= 4 * U * 4 / 3
+    assert float(D.ode_sigma(_SMALL, -1)) == 0.0
+    np.testing.assert_array_equal(D.ddim_ode_step([1.0, 2.0], [0.5, -1.0], 1.5, 0.5), [0.5, 3.0])
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: D.q_sigma_forward([0.0], [0.0], 2, -1, 0.0, _SMALL), "t_prev"),
+        (lambda: D.q_sigma_forward([0.0], [0.0], 0, 0, 0.0, _SMALL), "t"),
+        (lambda: D.q_sigma_forward([0.0], [0.0, 1.0], 2, 1, 0.0, _SMALL), "x0"),
+        (lambda: D.q_sigma_forward([0.0], [0.0], 2, 0, 0.5, _SMALL), "sigma"),
+        (lambda: D.ddim_gamma_weight(_SMALL, 2, 0, 0.0), "sigma"),
+        (lambda: D.ddim_gamma_weight(_SMALL, 2, 2, 0.1), "t_prev"),
+        (lambda: D.ode_sigma(np.array([0.1, 1.0]), 1), "t"),
+        (lambda: D.ddim_ode_step([1.0], [1.0], -1.0, 0.5), "sigma_from"),
+        (lambda: D.ddim_ode_step([1.0], [1.0, 2.0], 1.0, 0.5), "eps"),
+    ],
+)
+def test_new_ddim_functions_name_bad_arguments(call, name: str) -> None:
+    with pytest.raises(ValueError, match=f"{name}="):
+        call()
+
+
+def _variance_sigma2(x_prev, x0, t, t_prev, sigma, betas):  # forgets the (1 − ᾱ_t)/(1 − ᾱ_s) factor
+    g = _TRUE_FORWARD(x_prev, x0, t, t_prev, sigma, betas)
+    return type(g)(g.mean, np.float64(float(sigma) ** 2))
+
+
+_TRUE_FORWARD = D.q_sigma_forward
+
+
+@pytest.mark.parametrize(
+    "name, bug, prop",
+    [
+        ("q_sigma_forward", _variance_sigma2, "test_ddim_forward_and_q_sigma_are_one_joint_law"),
+        ("q_sigma_forward", _variance_sigma2, "test_ddim_forward_at_eta_one_is_the_ddpm_forward"),
+        ("ddim_gamma_weight", lambda betas, t, t_prev, sigma: 2.0 * _TRUE_GAMMA(betas, t, t_prev, sigma),
+         "test_gamma_at_eta_one_is_the_ddpm_eps_weight"),
+        ("ddim_ode_step", lambda x_bar, eps, sigma_from, sigma_to: _TRUE_ODE(x_bar, eps, sigma_to, sigma_from),
+         "test_ode_euler_step_is_the_deterministic_ddim_step"),
+        ("ode_sigma", lambda betas, t: np.sqrt(A.one_minus_alpha_bar_at(betas, t)),
+         "test_ode_euler_step_is_the_deterministic_ddim_step"),
+    ],
+)
+def test_each_new_ddim_property_catches_a_planted_bug(monkeypatch: pytest.MonkeyPatch, name: str, bug, prop: str) -> None:
+    """Each planted slip (a missing variance factor, γ without its ½, the σ difference reversed, the VP σ
+    √(1 − ᾱ) for the VE σ √((1 − ᾱ)/ᾱ)) fails its property."""
+    from tests.properties import test_ddim_properties as props
+
+    monkeypatch.setattr(D, name, bug)
+    with pytest.raises(AssertionError):
+        run_quickly(getattr(props, prop))
+
+
+from tests.reference.test_ncsn import run_quickly  # noqa: E402
+
+_TRUE_GAMMA = D.ddim_gamma_weight
+_TRUE_ODE = D.ddim_ode_step

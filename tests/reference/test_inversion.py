@@ -11,6 +11,7 @@ from ddspec.reference.alphas import sqrt_alpha_bar, sqrt_one_minus_alpha_bar
 from ddspec.reference.schedules import linear_betas
 from ddspec.reference.twin import ulp_error
 from ddspec.reference.twin import variances as twin_variances
+from tests.reference.pairs import twin_of
 
 LINEAR = linear_betas(1000)
 
@@ -125,13 +126,12 @@ def test_invert_step_against_the_mpmath_twin(t_from: int, t_to: int) -> None:
     """Within 8 roundoff units of the terms' magnitude of the independent twin (DDIM eq. 12, σ = 0)."""
     import mpmath
 
-    from ddspec.reference.twin import inversion as twin_inversion
 
     betas = np.linspace(1e-4, 0.02, 1000)
     rng = np.random.default_rng(t_from + 7 * t_to + 11)
     eps, x = rng.standard_normal((2, 16))
     got = inversion.ddim_invert_step(eps, t_from, t_to, x, betas)
-    exact = twin_inversion.ddim_invert_step(eps, t_from, t_to, x, betas, dps=40)
+    exact = twin_of("inversion.ddim_invert_step")(eps, t_from, t_to, x, betas, dps=40)
     # scale: sqrt(ᾱ_to/ᾱ_from)(|x| + sqrt(1-ᾱ_from)|ε|) + sqrt(1-ᾱ_to)|ε| bounds every term
     ab = np.concatenate([[1.0], np.cumprod(1 - betas)])
     a_f, a_t = ab[t_from + 1], ab[t_to + 1]

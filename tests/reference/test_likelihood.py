@@ -293,17 +293,7 @@ def test_decoder_validation() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_prior_linear_T1000_is_1e_minus_5_bits() -> None:
-    """Ho et al. 2020, §4: L_T ≈ 1e-5 bits/dim for the linear schedule, T = 1000."""
-    x0 = GRID.reshape(4, 64)  # every grid value once: x0 uniform on [−1, 1]
-    bpd = L.prior_bpd(x0, LINEAR_1000)
-    assert bpd.shape == (4,)
-    total = float(bpd.mean())
-    assert 1e-6 < total < 1e-4
-    with mpmath.workdps(60):
-        exact = mpmath.fsum(TW.prior_kl(float(v), LINEAR_1000) for v in GRID) / 256 / mpmath.log(2)
-    print(f"L_T linear T=1000: {total:.6g} bits/dim (twin {float(exact):.6g})")
-    assert abs(total - float(exact)) <= 1e-14 * float(exact)
+# L_T ≈ 1e-5 bits/dim (Ho et al. 2020, §4) is in tests/reference/test_worked_examples.py.
 
 
 @pytest.mark.parametrize("betas", [LINEAR_1000, np.array([0.3]), np.linspace(0.1, 0.9, 5), np.linspace(1e-4, 0.02, 10)])
@@ -580,3 +570,46 @@ def test_l_hybrid() -> None:
         L.l_hybrid(eps, eps_pred, vlb, lam=-1.0)
     with pytest.raises(ValueError, match="vlb_term_value"):
         L.l_hybrid(eps, eps_pred, np.ones(3))
+
+
+# ---------------------------------------------------------------------------------------------
+# L_hybrid with units (improved-diffusion RESCALED_MSE) and the trajectory densities
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rescaled_hybrid_property_catches_a_planted_unit_slip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rescaled-VLB property fails when the term is weighted T/100 instead of T/1000 (λ off by 10) and
+    when RESCALED_KL's factor T is dropped (the per-t term in place of its uniform-t estimate)."""
+    from tests.properties import test_elbo_properties as props
+    from tests.reference.test_ncsn import run_quickly
+
+    true_scale = L.vb_term_scale
+    monkeypatch.setattr(L, "l_hybrid_rescaled",
+                        lambda eps, eps_pred, vb, n: L.l_hybrid(eps, eps_pred, vb, lam=n / 100.0))
+    with pytest.raises(AssertionError):
+        run_quickly(props.test_rescaled_vb_term_averages_to_lambda_times_the_vlb)
+    monkeypatch.undo()
+    monkeypatch.setattr(L, "vb_term_scale", lambda n, loss_type="rescaled_mse": 1.0 if loss_type == "rescaled_kl"
+                        else true_scale(n, loss_type))
+    with pytest.raises(AssertionError):
+        run_quickly(props.test_rescaled_vb_term_averages_to_lambda_times_the_vlb)
+
+
+def test_trajectory_densities_closed_forms() -> None:
+    """T = 1, one element: log q = log N(x_1; √(1−β)x_0, β); log p = log N(x_1; 0, 1) + the decoder's log P(bin)."""
+    betas = np.array([0.36])
+    x0 = np.array([[GRID[200]]])
+    x1 = np.array([[[0.5]]])
+    lq = L.log_q_trajectory(x0, x1, betas)
+    want = -0.5 * (math.log(2 * math.pi * 0.36) + (0.5 - 0.8 * GRID[200]) ** 2 / 0.36)
+    assert abs(lq[0] - want) <= 8 * 2.0**-53 * (abs(want) + 2)
+    lp = L.log_p_trajectory(x0, x1, np.array([[[0.6]]]), np.array([-4.0]), betas)
+    dec = L.discretized_gaussian_log_likelihood(x0, np.array([[0.6]]), np.array([[-2.0]]))
+    want_p = -0.5 * (math.log(2 * math.pi) + 0.25) + float(dec[0, 0])
+    assert abs(lp[0] - want_p) <= 8 * 2.0**-53 * (abs(want_p) + 2)
+    with pytest.raises(ValueError, match="x_ts="):
+        L.log_q_trajectory(x0, np.zeros((2, 1, 1)), betas)
+    with pytest.raises(ValueError, match="x0="):
+        L.log_p_trajectory(np.array([[0.123]]), x1, x1, np.array([-4.0]), betas)
+    with pytest.raises(ValueError, match="loss_type="):
+        L.vb_term_scale(1000, "rescaled")

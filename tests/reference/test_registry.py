@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 import ddspec.reference as reference
-from ddspec.reference import alphas, audit, forward, registry, traceability
+from ddspec.audit import accuracy as audit
+from ddspec.reference import alphas, forward, registry, traceability
 
 ROOT = Path(__file__).resolve().parents[2]
 PROPERTIES = ROOT / "tests" / "properties"

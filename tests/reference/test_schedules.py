@@ -159,11 +159,7 @@ def test_linear_terminal_signal_ho_et_al() -> None:
     assert abs(r_T - 0.00635) <= 0.000005
 
 
-def test_stable_diffusion_terminal_snr_lin_et_al() -> None:
-    """Lin et al. 2023, §3: SD's scaled_linear (0.00085–0.012, T = 1000) has sqrt(ᾱ_T) = 0.068265, SNR_T = 0.004682."""
-    betas = S.scaled_linear_betas(1000, 0.00085, 0.012)
-    assert abs(alphas.sqrt_alpha_bar(betas)[-1] - 0.068265) <= 5e-7
-    assert abs(alphas.snr(betas)[-1] - 0.004682) <= 5e-7
+# SD's terminal SNR (Lin et al. 2023, §3.1) is in tests/reference/test_worked_examples.py.
 
 
 def test_cosine_only_last_beta_is_capped_at_T_1000() -> None:

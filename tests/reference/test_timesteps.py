@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ddspec.reference import alphas, timesteps as ts
-from ddspec.reference.twin import timesteps as twin
+from tests.reference.pairs import twin_of
 
 LINEAR_1000 = np.linspace(1e-4, 0.02, 1000)  # diffusers / DDIM / DDPM "linear" at T = 1000
 
@@ -412,7 +412,7 @@ def test_respaced_full_sequence_is_betas() -> None:
 def test_respaced_vs_twin(n: int, spacing: str) -> None:
     tau = ts.get_timesteps(spacing, 1000, n)
     got = ts.respaced_betas(LINEAR_1000, tau)
-    exact = twin.respaced_betas(LINEAR_1000, tau)
+    exact = twin_of("timesteps.respaced_betas")(LINEAR_1000, tau)
     assert got.shape == (n,)
     # the reference's double-double quotient is ~2^-100 accurate and rounded once: <= 1 ULP
     assert np.max(ulp_distance(got, exact)) <= 1.0
@@ -490,7 +490,7 @@ def test_respaced_validation() -> None:
     with pytest.raises(ValueError, match="betas"):
         ts.respaced_betas([0.1, 1.5], [1, 0])
     with pytest.raises(ValueError, match="timesteps"):
-        twin.respaced_betas(LINEAR_1000, [3, 3])
+        twin_of("timesteps.respaced_betas")(LINEAR_1000, [3, 3])
 
 
 def test_ddim_n_matches_the_literal_stride_search_and_is_fast_for_huge_T() -> None:

@@ -1,4 +1,4 @@
-"""Tests of ddspec.reference._validate: every bad input gives ``ValueError("<name>=<value>: <why>")``."""
+"""Tests of ddspec.reference.validation: every bad input gives ``ValueError("<name>=<value>: <why>")``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ddspec.reference import SingularError
-from ddspec.reference import _validate as V
+from ddspec.reference import validation as V
 
 
 def test_fail_message_and_classes():

@@ -11,6 +11,7 @@ from ddspec.reference.schedules import cosine_betas, linear_betas
 from ddspec.reference.timesteps import respaced_betas
 from ddspec.reference.twin import ulp_error
 from ddspec.reference.twin import variances as twin
+from tests.reference.pairs import twin_of
 
 LINEAR = linear_betas(1000)
 COSINE = cosine_betas(1000)
@@ -42,7 +43,7 @@ def test_matches_twin(schedule: str, variance_type: str) -> None:
     for t, t_prev, t_next in STEPS:
         mv = _model_var(variance_type, rng)
         got = variances.reverse_variance(b, t, variance_type, t_prev=t_prev, t_next=t_next, model_var_output=mv)
-        var, log_var = twin.reverse_variance(b, t, variance_type, t_prev=t_prev, model_var_output=mv, t_next=t_next)
+        var, log_var = twin_of("variances.reverse_variance")(b, t, variance_type, t_prev=t_prev, model_var_output=mv, t_next=t_next)
         var = var if isinstance(var, list) else [var]
         log_var = log_var if isinstance(log_var, list) else [log_var]
         assert np.all(ulp_error(got.log_variance, log_var) <= 2.0), (t, t_prev)
@@ -136,7 +137,7 @@ def test_learned_range_endpoints_on_strided_steps_match_the_twin(schedule: str) 
             f"{where}: v=0 gave {r.variance[1]!r}, expected fixed_small {float(small.variance)!r} (1 ULP)")
         assert float(r.log_variance[0]) == float(large.log_variance), where
         assert float(r.log_variance[1]) == float(small.log_variance), where
-        tw_var, tw_log = twin.reverse_variance(b, t, "learned_range", t_prev=s, model_var_output=m, t_next=nxt)
+        tw_var, tw_log = twin_of("variances.reverse_variance")(b, t, "learned_range", t_prev=s, model_var_output=m, t_next=nxt)
         assert np.all(ulp_error(r.variance, tw_var) <= 2.0), (where, ulp_error(r.variance, tw_var))
         assert np.all(ulp_error(r.log_variance, tw_log) <= 4.0), (where, ulp_error(r.log_variance, tw_log))
 
@@ -201,7 +202,7 @@ def test_explicit_final_step_without_t_next_is_an_error(variance_type: str, t: i
     with pytest.raises(ValueError, match=r"^t_next=None: .*final step t=%d -> t_prev=-1" % t):
         variances.reverse_variance(LINEAR, t, variance_type, t_prev=-1, model_var_output=mv)
     with pytest.raises(ValueError, match="t_next"):
-        twin.reverse_variance(LINEAR, t, variance_type, t_prev=-1, model_var_output=mv)
+        twin_of("variances.reverse_variance")(LINEAR, t, variance_type, t_prev=-1, model_var_output=mv)
 
 
 def test_types_that_do_not_clip_need_no_t_next() -> None:
