@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail also on acceptable variants, skipped checks and unused allowances",
     )
-    check.add_argument("--json", metavar="PATH", help="write the report as JSON (schema ddspec.report/1)")
+    check.add_argument("--json", metavar="PATH", help="write the report as JSON (schema ddspec.report/2)")
     check.add_argument("--junit", metavar="PATH", help="write the report as JUnit XML")
     check.add_argument("--html", metavar="PATH",
                        help="write a self-contained HTML report with plots (needs the 'report' extra: matplotlib)")

@@ -4,7 +4,8 @@ r"""A self-contained HTML report of a conformance run (``ddspec check ... --html
 embedded as a ``data:`` URI (matplotlib, Agg backend; install the ``report`` extra:
 ``pip install 'ddspec[report]'``). Per target it holds
 
-* the header (target, device, dtype, profile, seed, versions) and the text report's headlines: one per
+* the header (target, device, dtype, profile, seed, versions) and the text report's headlines: the
+  diagnosis (one per named root cause, :func:`ddspec.conformance.report.format_diagnosis`), one per
   distinct root exception (:func:`ddspec.conformance.report.format_root_errors`) and the summary line;
 * the summary table of every check, failures first (then unsupported, allowed, acceptable, skipped,
   pass), with observed, tolerance and their ratio;
@@ -35,7 +36,7 @@ import math
 import os
 from typing import Any, Iterable, Sequence
 
-from .report import format_finding, format_root_errors, short_number, summary_line
+from .report import format_diagnosis, format_finding, format_root_errors, short_number, summary_line
 from .results import CheckResult, Report, Verdict
 
 __all__ = ["write_html", "render_html", "MissingExtraError", "PLOT_KINDS"]
@@ -335,6 +336,8 @@ def _section(report: Report, index: int, plt: Any) -> str:
              + (f"; loaded from {_e(report.origin)}" if report.origin else "") + "</p>"]
     for note in report.target_notes:
         parts.append(f'<p class="note">note: {_e(note)}</p>')
+    for line in format_diagnosis(report):
+        parts.append(f'<div class="headline diagnosis">diagnosis: {_e(line)}</div>')
     for line in format_root_errors(report):
         parts.append(f'<div class="headline">{_e(line)}</div>')
     code = report.exit_code()

@@ -439,7 +439,11 @@ class DDSpecItem(pytest.Item):
         if result.verdict is Verdict.FAIL:
             reason = report.allowed_reason(result)
             if reason is None:
-                raise DDSpecCheckFailure(header + format_check(result, show_traceback=True))
+                from .report import diagnosis_of
+
+                headline = diagnosis_of(report, result)
+                cause = f"diagnosis: {headline}\n" if headline else ""
+                raise DDSpecCheckFailure(header + cause + format_check(result, show_traceback=True))
             pytest.xfail(f"allowed deviation: {reason}")
         blocking = report.blocking_reason(result, strict)
         if blocking is not None:

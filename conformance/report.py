@@ -2,7 +2,11 @@ r"""Rendering a :class:`~ddspec.conformance.results.Report`: text, JSON, JUnit X
 
 Text (:func:`format_text`)
 --------------------------
-A header (target, the file it was loaded from, device, dtype, versions, profile, seed); then, when
+The report opens with the *diagnosis*: one ``DIAGNOSIS: ...`` headline per root cause that
+:mod:`ddspec.conformance.diagnosis` named (the known bug pattern, the checks it explains, the residual
+after the fix against the tolerance), or "no known pattern explains this" with the closest pattern (no
+such line when nothing failed). Then a header (target, the file it was loaded from, device, dtype,
+versions, profile, seed); then, when
 several failures share one root exception (a check records the exceptions the target raised in
 ``details["errors"]``, a list of ``{"num_steps": int | None, "error": "<ExcType>: <message>"}``), one
 headline per distinct exception naming the step counts and the checks it hit; then the failures, each with its
@@ -10,15 +14,15 @@ worst findings (``step S, timestep T, element E: expected X, got Y, |err| Z > to
 snippet that reproduces it; then allowed deviations, acceptable variants with their consequence,
 unsupported features and skipped checks; then a table of every check; and a final summary line
 ``N passed, M failed, K acceptable, U unsupported, S skipped``. With ``failures_only`` (the CLI's
-``--failures-only`` / ``-q``) it is compact: the header, the root-exception headlines, one or two lines
+``--failures-only`` / ``-q``) it is compact: the diagnosis, the header, the root-exception headlines, one or two lines
 per failing check (its worst finding) and per unsupported check, and the summary line.
 
-JSON (:func:`to_json`), schema ``ddspec.report/1``
+JSON (:func:`to_json`), schema ``ddspec.report/2``
 ----------------------------------------------------
 One object per target::
 
     {
-      "schema_version": "ddspec.report/1",
+      "schema_version": "ddspec.report/2",
       "target": "diffusers:DDIMScheduler",       # the spec, or the sampler's name
       "ddspec_version": "0.1.0",                 # "unknown" when not installed
       "torch_version": "2.4.0",                  # null when absent
@@ -38,6 +42,15 @@ One object per target::
         "exit_code": 0 | 1, "exit_code_strict": 0 | 1,
         "unused_allowances": ["<pattern>", ...]
       },
+      "diagnosis": [{                            # [] when nothing failed
+        "pattern": "prev_timestep_minus_one" | null,   # null: "no known pattern explains this"
+        "headline": str,                         # the line the text report opens with
+        "parameters": {...},                     # fitted values, e.g. {"factor": 1.5}
+        "explains": ["single_step.eta=0", ...],  # the failing checks it explains (or leaves unexplained)
+        "residual": float | null, "tolerance": float | null,   # the evidence's worst residual after the fix
+        "source": str | null,                    # paper and equation, or the library bug
+        "closest": str | null                    # for a null pattern: the closest catalogue entry
+      }, ...],
       "checks": [{
         "name": "schedule.alphas_cumprod",
         "family": "schedule" | "timesteps" | "oracle" | "single_step" | "distribution"
@@ -64,6 +77,11 @@ is strict JSON). Several targets (``ddspec check A B --json out.json``) are writ
 A consumer must check ``schema_version``; fields may be added within a version, never removed or
 changed in meaning.
 
+Migration from ``ddspec.report/1``: version 2 adds the top-level ``diagnosis`` list and changes nothing
+else. A ``/1`` report is a ``/2`` report with ``"diagnosis": []``;
+:meth:`~ddspec.conformance.results.Report.from_json_dict` (and so the baseline gate and every reader in
+ddspec) reads both, and writes ``/2``.
+
 JUnit XML (:func:`write_junit`)
 -------------------------------
 One ``<testsuite>`` per target and one ``<testcase>`` per check result (``classname`` is
@@ -71,7 +89,9 @@ One ``<testsuite>`` per target and one ``<testcase>`` per check result (``classn
 ``--strict`` (:meth:`Report.blocking_reason`): a failure that no allowance covers (``type="fail"``)
 and an unsupported check (``type="unsupported"``: it could not be verified, which is never read as
 conformance); ``<skipped>`` for skipped checks; nothing for pass, acceptable and allowed failures
-(their consequence or reason is in ``<system-out>``).
+(their consequence or reason is in ``<system-out>``). A failing check that a diagnosis explains
+carries that diagnosis's headline at the start of its failure ``message`` (and a ``diagnosis``
+property); the testsuite lists every headline as ``diagnosis`` properties.
 """
 
 from __future__ import annotations
@@ -93,6 +113,8 @@ __all__ = [
     "summary_line",
     "root_errors",
     "format_root_errors",
+    "format_diagnosis",
+    "diagnosis_of",
     "RootError",
     "to_json",
     "reports_to_json",
@@ -309,6 +331,20 @@ def format_root_errors(report: Report) -> list[str]:
     return lines
 
 
+def format_diagnosis(report: Report) -> list[str]:
+    r"""The diagnosis headlines, one per named root cause (then "no known pattern ..." when some failing
+    check is left unexplained); empty when nothing failed or no diagnosis ran."""
+    return [d.headline for d in report.diagnosis]
+
+
+def diagnosis_of(report: Report, result: CheckResult) -> str | None:
+    r"""The headline of the named root cause that explains ``result`` (None when none does)."""
+    for d in report.diagnosis:
+        if d.pattern is not None and result.name in d.explains:
+            return d.headline
+    return None
+
+
 def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -355,8 +391,10 @@ def format_text(
         origin: the file the target was loaded from, shown in the header.
     """
     roots = format_root_errors(report)
+    diagnosis = format_diagnosis(report)
+    opening = [f"DIAGNOSIS: {line}" for line in diagnosis]
     if failures_only:
-        lines = _header(report, origin)
+        lines = [*opening, *_header(report, origin)]
         if roots:
             lines.append("root errors:")
             lines.extend("  " + line for line in roots)
@@ -367,7 +405,7 @@ def format_text(
         lines.append(summary_line(report))
         return "\n".join(lines) + "\n"
 
-    lines = [_RULE, *_header(report, origin), _RULE]
+    lines = [*opening, _RULE, *_header(report, origin), _RULE]
 
     def section(title: str, blocks: Sequence[str]) -> None:
         if blocks:
@@ -418,7 +456,7 @@ def format_text(
 
 
 def to_json(report: Report, indent: int | None = 2) -> str:
-    r"""The report as strict JSON text, schema ``ddspec.report/1`` (see the module docstring)."""
+    r"""The report as strict JSON text, schema ``ddspec.report/2`` (see the module docstring)."""
     if not isinstance(report, Report):
         raise ValueError(f"report={report!r}: must be a Report")
     return json.dumps(report.to_json_dict(), indent=indent, allow_nan=False)
@@ -479,6 +517,8 @@ def _testsuite(report: Report) -> ET.Element:
                 "diffusers_version", "schema_version", "origin", "isolation"):
         value = getattr(report, key)
         ET.SubElement(props, "property", {"name": key, "value": _xml_text("" if value is None else str(value))})
+    for line in format_diagnosis(report):
+        ET.SubElement(props, "property", {"name": "diagnosis", "value": _xml_text(line)})
     for r in report.checks:
         case = ET.SubElement(
             suite,
@@ -493,13 +533,15 @@ def _testsuite(report: Report) -> ET.Element:
         for key, value in (("verdict", r.verdict.value), ("observed", r.observed), ("tolerance", r.tolerance),
                            ("root_errors", "; ".join(sorted({str(e.get("error")) for e in r.details.get("errors") or ()
                                                              if isinstance(e, dict) and e.get("error")})) or None),
-                           ("diagnosis", r.details.get("diagnosis"))):
+                           ("diagnosis", diagnosis_of(report, r) or r.details.get("diagnosis"))):
             if value is not None:
                 text = f"{value:.6g}" if isinstance(value, float) else str(value)
                 ET.SubElement(case_props, "property", {"name": key, "value": _xml_text(text)})
         reason = report.allowed_reason(r)
         if report.blocking_reason(r) is not None:
-            failure = ET.SubElement(case, "failure", {"message": _xml_text(r.message), "type": r.verdict.value})
+            headline = diagnosis_of(report, r)
+            message = f"{headline} | {r.message}" if headline else r.message
+            failure = ET.SubElement(case, "failure", {"message": _xml_text(message), "type": r.verdict.value})
             failure.text = _xml_text(format_check(r, show_traceback=True))
         elif r.verdict is Verdict.SKIPPED:
             ET.SubElement(

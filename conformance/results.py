@@ -71,7 +71,9 @@ from typing import Any, Mapping
 
 __all__ = [
     "SCHEMA_VERSION",
+    "READABLE_SCHEMA_VERSIONS",
     "FAMILIES",
+    "Diagnosis",
     "MAX_FINDINGS",
     "Verdict",
     "Finding",
@@ -84,7 +86,11 @@ __all__ = [
 ]
 
 #: Version tag of the JSON report (see :mod:`ddspec.conformance.report`).
-SCHEMA_VERSION = "ddspec.report/1"
+SCHEMA_VERSION = "ddspec.report/2"
+
+#: Report schema versions :meth:`Report.from_json_dict` reads. ``ddspec.report/1`` is ``/2`` without the
+#: ``diagnosis`` list; it is read with ``diagnosis = []`` (the documented migration, ``report.py``).
+READABLE_SCHEMA_VERSIONS = ("ddspec.report/1", "ddspec.report/2")
 
 #: Check families. ``harness`` is used only for a check function that crashed and whose family could
 #: not be read from its module name.
@@ -93,6 +99,7 @@ FAMILIES = (
     "timesteps",
     "oracle",
     "single_step",
+    "coefficients",
     "distribution",
     "invariants",
     "loop",
@@ -434,6 +441,58 @@ def validate_allowances(allow: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+@dataclass(frozen=True)
+class Diagnosis:
+    r"""One root cause named by :mod:`ddspec.conformance.diagnosis`, or "no known pattern".
+
+    Attributes:
+        pattern: the catalogue entry's name, or None for "no known pattern explains this".
+        headline: one line for the top of the report (the pattern's title with its fitted
+            parameters, the checks it explains, and the residual after the fix against the tolerance).
+        parameters: the fitted parameters (JSON data), e.g. ``{"factor": 1.5}``.
+        explains: the failing check names it explains (for "no known pattern": those left unexplained).
+        residual: the worst residual of the evidence under the pattern (None when not measured).
+        tolerance: the bound that residual is compared with.
+        source: the paper and equation, or the library bug, the pattern comes from.
+        closest: for "no known pattern": the closest pattern's name, else None.
+    """
+
+    pattern: str | None
+    headline: str
+    parameters: dict[str, Any] = field(default_factory=dict, hash=False)
+    explains: tuple[str, ...] = ()
+    residual: float | None = None
+    tolerance: float | None = None
+    source: str | None = None
+    closest: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None and not isinstance(self.pattern, str):
+            raise _bad("pattern", self.pattern, "must be a str or None")
+        if not isinstance(self.headline, str) or not self.headline:
+            raise _bad("headline", self.headline, "must be a non-empty str")
+        object.__setattr__(self, "explains", tuple(str(n) for n in self.explains))
+        object.__setattr__(self, "parameters", json_safe(dict(self.parameters)))
+        object.__setattr__(self, "residual", _opt_float(self.residual, "residual"))
+        object.__setattr__(self, "tolerance", _opt_float(self.tolerance, "tolerance"))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """``{pattern, headline, parameters, explains, residual, tolerance, source, closest}``."""
+        return json_safe({
+            "pattern": self.pattern, "headline": self.headline, "parameters": self.parameters,
+            "explains": list(self.explains), "residual": self.residual, "tolerance": self.tolerance,
+            "source": self.source, "closest": self.closest,
+        })
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> Diagnosis:
+        """Rebuild a diagnosis from :meth:`to_json_dict` output."""
+        return cls(pattern=data.get("pattern"), headline=data.get("headline") or str(data.get("pattern")),
+                   parameters=dict(data.get("parameters") or {}), explains=tuple(data.get("explains") or ()),
+                   residual=_from_json_float(data.get("residual")), tolerance=_from_json_float(data.get("tolerance")),
+                   source=data.get("source"), closest=data.get("closest"))
+
+
 def _ddspec_version() -> str:
     import importlib.metadata
 
@@ -490,6 +549,8 @@ class Report:
             an old diffusers release lacks, and the behaviour assumed instead).
         isolation: how the target ran (``"worker process (fork, 1 torch thread)"``, ``"in-process"``),
             or None when not recorded.
+        diagnosis: the named root causes of the failures (:class:`Diagnosis`), empty when nothing
+            failed or no diagnosis was run.
     """
 
     target: str
@@ -508,8 +569,13 @@ class Report:
     origin: str | None = None
     target_notes: tuple[str, ...] = ()
     isolation: str | None = None
+    diagnosis: tuple[Diagnosis, ...] = ()
 
     def __post_init__(self) -> None:
+        diagnosis = tuple(self.diagnosis)
+        if not all(isinstance(d, Diagnosis) for d in diagnosis):
+            raise _bad("diagnosis", self.diagnosis, "every entry must be a Diagnosis")
+        object.__setattr__(self, "diagnosis", diagnosis)
         if self.isolation is not None and not isinstance(self.isolation, str):
             raise _bad("isolation", self.isolation, "must be a str or None")
         notes = tuple(self.target_notes)
@@ -675,6 +741,7 @@ class Report:
                     "exit_code_strict": self.exit_code(True),
                     "unused_allowances": list(self.unused_allowances()),
                 },
+                "diagnosis": [d.to_json_dict() for d in self.diagnosis],
                 "checks": [
                     dict(r.to_json_dict(), allowed=self.allowed_reason(r)) for r in self.checks
                 ],
@@ -685,11 +752,14 @@ class Report:
     def from_json_dict(cls, data: Mapping[str, Any]) -> Report:
         """Rebuild a report from :meth:`to_json_dict` output.
 
+        Reads every version of :data:`READABLE_SCHEMA_VERSIONS`; a ``ddspec.report/1`` report (no
+        ``diagnosis``) is migrated with ``diagnosis = ()`` and comes back as the current schema.
+
         Raises:
-            ValueError: ``schema_version`` is not :data:`SCHEMA_VERSION`.
+            ValueError: ``schema_version`` is not one of :data:`READABLE_SCHEMA_VERSIONS`.
         """
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise _bad("schema_version", data.get("schema_version"), f"expected {SCHEMA_VERSION!r}")
+        if data.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+            raise _bad("schema_version", data.get("schema_version"), f"expected one of {READABLE_SCHEMA_VERSIONS!r}")
         return cls(
             target=data["target"],
             device=data["device"],
@@ -706,6 +776,7 @@ class Report:
             origin=data.get("origin"),
             target_notes=tuple(data.get("target_notes") or ()),
             isolation=data.get("isolation"),
+            diagnosis=tuple(Diagnosis.from_json_dict(d) for d in data.get("diagnosis") or ()),
         )
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -164,6 +164,7 @@ def run_checks(
     *,
     target: str | None = None,
     stream: TextIO | None = None,
+    diagnose: bool = True,
 ) -> Report:
     r"""Run every check function against ``sampler`` and gather the :class:`Report`.
 
@@ -185,6 +186,8 @@ def run_checks(
         target: the report's ``target`` (default: ``sampler.name``, or the type name).
         stream: where progress goes when ``context.progress`` (default: ``sys.stderr``); one line per
             result: ``[i/n] name  verdict``.
+        diagnose: when some check fails, name the root causes (:mod:`ddspec.conformance.diagnosis`) in
+            ``Report.diagnosis``; a run without failures never runs it.
 
     Raises:
         ValueError: ``context.sampler`` is not ``sampler``, or ``checks`` is not a sequence of
@@ -216,10 +219,28 @@ def run_checks(
         # the user's Ctrl-C (a target's own KeyboardInterrupt is caught by ctx.call as its failure):
         # stop, but hand the checks that finished to the caller, which writes the partial report
         raise InterruptedRun(replace(report_started, checks=tuple(results), target_notes=_notes_of(sampler))) from None
-    return replace(
+    report = replace(
         report_started, checks=tuple(results), conventions=_conventions_of(sampler, context.timeout_s),
         target_notes=_notes_of(sampler), isolation=_isolation_of(context),
     )
+    if diagnose and report.by_verdict(Verdict.FAIL):
+        report = replace(report, diagnosis=_diagnosis_of(report, context))
+    return report
+
+
+def _diagnosis_of(report: Report, context: CheckContext) -> tuple[Any, ...]:
+    """The diagnosis of a failing report (never raises; the global RNGs are restored afterwards)."""
+    from .diagnosis import diagnose
+
+    before = rng_state_snapshot()
+    try:
+        return diagnose(report, context)
+    except KeyboardInterrupt:
+        raise
+    except Exception:  # noqa: BLE001 - diagnosis is advice; a report is never lost for it
+        return ()
+    finally:
+        restore_rng_state(before)
 
 
 class InterruptedRun(KeyboardInterrupt):

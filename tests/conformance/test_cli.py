@@ -195,7 +195,7 @@ def test_json_and_junit_outputs(target, monkeypatch, tmp_path, capsys):
     json_path, junit_path = tmp_path / "r.json", tmp_path / "r.xml"
     assert main(["check", target, "--no-progress", "--json", str(json_path), "--junit", str(junit_path)]) == 1
     data = json.loads(json_path.read_text())
-    assert data["schema_version"] == "ddspec.report/1" and data["target"] == target
+    assert data["schema_version"] == "ddspec.report/2" and data["target"] == target
     assert [c["verdict"] for c in data["checks"]] == ["pass", "fail"]
     suite = ET.parse(junit_path).getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")

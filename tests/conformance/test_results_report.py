@@ -188,7 +188,7 @@ def sample_report() -> Report:
 def test_json_has_schema_versions_and_round_trips():
     rep = sample_report()
     data = json.loads(to_json(rep))  # strict JSON: the NaN finding is a string
-    assert data["schema_version"] == SCHEMA_VERSION == "ddspec.report/1"
+    assert data["schema_version"] == SCHEMA_VERSION == "ddspec.report/2"
     for key in ("ddspec_version", "torch_version", "diffusers_version", "device", "dtype", "profile",
                 "seed", "started_at", "target"):
         assert key in data
