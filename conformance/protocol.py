@@ -99,6 +99,7 @@ __all__ = [
     "Sampler",
     "declared_timesteps",
     "target_kind",
+    "TARGET_KINDS",
     "NOISE_SOURCES",
     "noise_source",
 ]
@@ -348,10 +349,17 @@ def declared_timesteps(conventions: Conventions, num_steps: int) -> NDArray[np.i
     return np.asarray(get_timesteps(spacing, T, N, offset), dtype=np.int64)
 
 
+#: The kinds of target the runner tells apart (:func:`target_kind`).
+TARGET_KINDS: tuple[str, ...] = ("step", "loop", "inversion")
+
+
 def target_kind(sampler: Any) -> str:
     r"""``"loop"`` for a whole-loop target (:class:`~ddspec.conformance.adapters.loop.LoopSampler`, or any
-    object whose ``target_kind`` attribute is ``"loop"``), else ``"step"``."""
-    return "loop" if getattr(sampler, "target_kind", None) == "loop" else "step"
+    object whose ``target_kind`` attribute is ``"loop"``), ``"inversion"`` for an inversion target (diffusers'
+    ``DDIMInverseScheduler`` adapter: no reverse step, its inversion checked by its ``extra_checks``), else
+    ``"step"``."""
+    kind = getattr(sampler, "target_kind", None)
+    return kind if kind in ("loop", "inversion") else "step"
 
 
 #: Where a target's noise comes from when none is injected: a ``torch.Generator`` the harness passes, or

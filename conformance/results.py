@@ -103,6 +103,7 @@ FAMILIES = (
     "distribution",
     "invariants",
     "loop",
+    "adapter",
     "load",
     "harness",
 )

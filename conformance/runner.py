@@ -142,8 +142,8 @@ def select_checks(sampler: Any, checks: Sequence[Callable[..., Any]]) -> list[Ca
     r"""The checks of ``checks`` that apply to ``sampler``'s kind, in their order.
 
     A check function declares the kinds it serves in a ``target_kinds`` attribute (default
-    ``("step",)``). A step target keeps every step check (exactly today's list); a loop target gets
-    the checks that declare ``"loop"``, plus the schedule family when it exposes its tables
+    ``("step",)``). A step target keeps every step check (exactly today's list); a loop or inversion
+    target gets the checks that declare its kind, plus the schedule family when it exposes its tables
     (``has_tables``).
     """
     kind = target_kind(sampler)
@@ -152,7 +152,7 @@ def select_checks(sampler: Any, checks: Sequence[Callable[..., Any]]) -> list[Ca
         kinds = getattr(check, "target_kinds", ("step",))
         if kind in kinds:
             chosen.append(check)
-        elif kind == "loop" and _family_of(check) == "schedule" and getattr(sampler, "has_tables", False):
+        elif kind != "step" and _family_of(check) == "schedule" and getattr(sampler, "has_tables", False):
             chosen.append(check)
     return chosen
 

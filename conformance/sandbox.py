@@ -994,7 +994,7 @@ def isolate(sampler: Any, *, device: Any = "cpu", timeout_s: float = 30.0, max_m
         ValueError: a bad ``max_memory`` or ``start_method``.
     """
     limit = None if max_memory is None else parse_memory(max_memory)
-    if target_kind(sampler) == "loop" or getattr(sampler, "noise_source", None) == "global":
+    if target_kind(sampler) != "step" or getattr(sampler, "noise_source", None) == "global":
         return sampler  # the harness seeds the global RNG around each call: it must be this process's
     if start_method is None:
         start_method = "spawn" if str(device).startswith("cuda") else "fork"
@@ -1008,8 +1008,9 @@ def isolation_of(sampler: Any) -> str:
     (``"in-process (a loop target)"`` for a loop target)."""
     if isinstance(sampler, WorkerSampler):
         return sampler.mode
-    if target_kind(sampler) == "loop":
-        return "in-process (a loop target)"
+    if target_kind(sampler) != "step":
+        kind = target_kind(sampler)
+        return f"in-process ({'an' if kind[0] in 'aeiou' else 'a'} {kind} target)"
     if getattr(sampler, "noise_source", None) == "global":
         return "in-process (draws from the global RNG)"
     return "in-process"

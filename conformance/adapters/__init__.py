@@ -12,7 +12,13 @@ r"""Adapters: one module per foreign library, all behind :class:`ddspec.conforma
    nothing from its library at module import) and wrapped as whole-loop targets:
    an improved-/guided-diffusion ``GaussianDiffusion``/``SpacedDiffusion`` → its ``p_sample_loop``
    (:func:`~.improved_diffusion.p_sample_target`; ``ddim_target`` for DDIM), a CompVis ``DDIMSampler``
-   → :func:`~.compvis.ddim_sampler_target`, a CompVis image-space ``DDPM`` → :func:`~.compvis.ddpm_target`;
+   → :func:`~.compvis.ddim_sampler_target`, a CompVis image-space ``DDPM`` → :func:`~.compvis.ddpm_target`,
+   a denoising-diffusion-pytorch ``GaussianDiffusion`` → :class:`~.lucidrains.LucidrainsAdapter`;
+   diffusers' ``DDPMPipeline``/``DDIMPipeline`` (→ :class:`~.diffusers_pipeline.DiffusersPipelineLoop`, the probe
+   in place of the UNet), ``DDPMParallelScheduler``/``DDIMParallelScheduler`` (→ step targets whose
+   ``batch_step_no_noise`` is checked too) and ``DDIMInverseScheduler`` (→ an inversion target,
+   :class:`~.diffusers_inverse.DiffusersInverseAdapter`); ermongroup/ddim's functions are wrapped with
+   :func:`~.ermongroup.ermongroup_target`;
 4. a zero-argument callable (a factory, or a class such as ``DDIMScheduler``) is called once and its
    result adapted by rules 1–3;
 5. anything else raises ``TypeError`` with a one-line reason.
@@ -43,6 +49,9 @@ def _adapt_instance(obj: object) -> Sampler | LoopSampler | None:
     if _from_diffusers(obj):
         from diffusers import DDIMScheduler, DDPMScheduler
 
+        extra = _adapt_diffusers_extra(obj)
+        if extra is not None:
+            return extra
         if isinstance(obj, DDPMScheduler):
             return DiffusersDDPMAdapter(obj)
         if isinstance(obj, DDIMScheduler):
@@ -63,8 +72,37 @@ def _adapt_duck_typed(obj: object) -> LoopSampler | None:
                             "p_sample takes a conditioning; wrap it as DDIMSampler(model), or use "
                             "ddspec.conformance.adapters.compvis.ddim_sampler_target")
         return compvis.ddpm_target(obj)
-    # issue 9 part B (denoising-diffusion-pytorch, ermongroup/ddim, diffusers inverse/parallel/pipelines):
-    # its registration lines go here.
+    # issue 9 part B: denoising-diffusion-pytorch (ermongroup/ddim is a function, wrapped with
+    # ermongroup.ermongroup_target; diffusers' extra classes are in _adapt_diffusers_extra)
+    from .lucidrains import LucidrainsAdapter, is_lucidrains_diffusion
+
+    if is_lucidrains_diffusion(obj):
+        return LucidrainsAdapter(obj)
+    return None
+
+
+def _adapt_diffusers_extra(obj: object) -> Any:
+    r"""diffusers' pipelines (whole-loop targets), parallel schedulers (step targets with
+    ``batch_step_no_noise``) and the inverse scheduler (an inversion target), or None."""
+    import diffusers
+
+    pipelines = tuple(getattr(diffusers, n) for n in ("DDPMPipeline", "DDIMPipeline") if hasattr(diffusers, n))
+    if pipelines and isinstance(obj, pipelines):
+        from .diffusers_pipeline import DiffusersPipelineLoop
+
+        return DiffusersPipelineLoop(obj)
+    if isinstance(obj, getattr(diffusers, "DDPMParallelScheduler", ())):
+        from .diffusers_parallel import DiffusersDDPMParallelAdapter
+
+        return DiffusersDDPMParallelAdapter(obj)
+    if isinstance(obj, getattr(diffusers, "DDIMParallelScheduler", ())):
+        from .diffusers_parallel import DiffusersDDIMParallelAdapter
+
+        return DiffusersDDIMParallelAdapter(obj)
+    if isinstance(obj, getattr(diffusers, "DDIMInverseScheduler", ())):
+        from .diffusers_inverse import DiffusersInverseAdapter
+
+        return DiffusersInverseAdapter(obj)
     return None
 
 
@@ -99,7 +137,8 @@ def adapt(obj: Any) -> Sampler | LoopSampler:
         )
     what = type(obj).__module__ + "." + type(obj).__qualname__
     if _from_diffusers(obj):
-        reason = "only DDPMScheduler and DDIMScheduler (and their subclasses) are supported"
+        reason = ("supported diffusers classes: DDPMScheduler, DDIMScheduler (and subclasses), DDPMParallelScheduler, "
+                  "DDIMParallelScheduler, DDIMInverseScheduler, DDPMPipeline, DDIMPipeline")
     elif callable(obj):
         reason = "a callable must take no arguments"
     else:

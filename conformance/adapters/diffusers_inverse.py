@@ -62,9 +62,16 @@ class DiffusersInverseAdapter:
     the config like ``DDIMScheduler``'s (:func:`~.diffusers_ddpm.read_common_config`); ``set_alpha_to_one``
     here says where the *first* step starts (ᾱ = 1: the data, index −1; else ᾱ₀, index 0).
 
+    It is an *inversion target* (``target_kind = "inversion"``): ``ddspec check`` runs the schedule family on
+    its tables and :func:`check_inversion` through :meth:`extra_checks`
+    (:mod:`ddspec.conformance.checks.adapter_extras`); it has no reverse ``step``.
+
     Raises:
         ValueError: ``scheduler`` is not a ``DDIMInverseScheduler`` (naming it).
     """
+
+    target_kind = "inversion"
+    has_tables = True
 
     def __init__(self, scheduler: Any, *, name: str | None = None) -> None:
         from diffusers import DDIMInverseScheduler  # lazy

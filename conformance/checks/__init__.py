@@ -5,11 +5,13 @@ Each module exports ``CHECKS``, a list of functions ``(CheckContext) -> list[Che
 first (schedule, timesteps), then the step-by-step comparisons with the reference (oracle,
 single_step), then the statistical checks (distribution), then the invariants, then the ``loop`` family
 (whole sampling loops; the runner gives it to loop targets only, and them only it and the schedule
-family: :func:`ddspec.conformance.runner.select_checks`).
+family: :func:`ddspec.conformance.runner.select_checks`), and last the checks an adapter brings for
+what its library adds beyond the protocol (``adapter_extras``: ``batch_step_no_noise``, inversion,
+pipeline post-processing).
 """
 
 from . import distribution, invariants, loop, oracle, schedule, single_step, timesteps
-from . import global_state
+from . import adapter_extras, global_state
 
 #: Every check function, in the order `ddspec check` runs them.
 ALL_CHECKS: list = [
@@ -21,6 +23,7 @@ ALL_CHECKS: list = [
     *invariants.CHECKS,
     *loop.CHECKS,
     *global_state.CHECKS,
+    *adapter_extras.CHECKS,
 ]
 
 __all__ = ["ALL_CHECKS", "distribution", "invariants", "loop", "oracle", "schedule", "single_step", "timesteps"]

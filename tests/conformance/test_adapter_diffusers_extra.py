@@ -277,3 +277,47 @@ def test_extra_checks_hooks_run_the_adapter_checks() -> None:
         [Verdict.PASS, Verdict.PASS]
     loop = DiffusersPipelineLoop(DDPMPipeline(unet=_unet(), scheduler=DDPMScheduler()))
     assert [r.name for r in loop.extra_checks()] == ["loop.postprocess.unit", "loop.postprocess.uint8"]
+
+
+# -- through adapt() and the runner (one line of glue: `ddspec check mod:scheduler`) ---------------------
+
+
+def test_adapt_recognises_the_extra_diffusers_classes() -> None:
+    from ddspec.conformance.adapters import adapt
+    from ddspec.conformance.protocol import target_kind
+
+    assert isinstance(adapt(DDPMParallelScheduler()), DiffusersDDPMParallelAdapter)
+    assert isinstance(adapt(DDIMParallelScheduler()), DiffusersDDIMParallelAdapter)
+    inverse = adapt(DDIMInverseScheduler())
+    assert isinstance(inverse, DiffusersInverseAdapter) and target_kind(inverse) == "inversion"
+    pipe = adapt(DDPMPipeline(unet=_unet(), scheduler=DDPMScheduler()))
+    assert isinstance(pipe, DiffusersPipelineLoop) and target_kind(pipe) == "loop"
+
+
+def test_the_runner_runs_the_adapters_extra_checks() -> None:
+    parallel = _report(DiffusersDDPMParallelAdapter(DDPMParallelScheduler()), steps=(1, 10))
+    names = {r.name: r.verdict for r in parallel.checks}
+    assert names["single_step.batch_step_no_noise.N=10"] == Verdict.PASS and not _bad(parallel)
+    inverse = _report(DiffusersInverseAdapter(DDIMInverseScheduler()), steps=(1, 10))
+    assert {r.name for r in inverse.checks} == {"schedule.betas", "schedule.alphas_cumprod",
+                                                "single_step.inversion.N=1", "single_step.inversion.N=10"}
+    assert not _bad(inverse)
+
+
+def test_the_runner_fails_a_planted_bug_through_the_extra_checks() -> None:
+    report = _report(DiffusersDDPMParallelAdapter(ScaledBatchStep()), steps=(10,))
+    failed = {r.name for r in report.checks if r.verdict == Verdict.FAIL}
+    assert "single_step.batch_step_no_noise.N=10" in failed
+    inverse = _report(DiffusersInverseAdapter(AlphaOneIgnored()), steps=(10,))
+    assert [r.name for r in inverse.checks if r.verdict == Verdict.FAIL] == ["single_step.inversion.N=10"]
+
+
+class _ExtrasRaise(DiffusersDDPMParallelAdapter):
+    def extra_checks(self, **kwargs: Any) -> list:
+        raise RuntimeError("library exploded")
+
+
+def test_extra_checks_that_raise_become_one_failed_result() -> None:
+    report = _report(_ExtrasRaise(DDPMParallelScheduler()), steps=(10,))
+    bad = [r for r in report.checks if r.name == "adapter.extra_checks"]
+    assert len(bad) == 1 and bad[0].verdict == Verdict.FAIL and "RuntimeError: library exploded" in bad[0].message
