@@ -876,8 +876,8 @@ def plan_for(ctx: Any, setup: TargetSetup, num_steps: int) -> tuple[RunPlan | No
 def run_variants(ctx: Any, setup: TargetSetup) -> list[tuple[str, float]]:
     """(label, η): every profile η for DDIM; the declared variance for DDPM (η unused)."""
     if setup.conv.family == "ddim":
-        return [(f"ddim_eta={eta:g}", float(eta)) for eta in ctx.settings.etas]
-    return [(f"ddpm_{setup.conv.variance_type}", 0.0)]
+        return [(f"eta={eta:g}", float(eta)) for eta in ctx.settings.etas]
+    return [(f"variance_type={setup.conv.variance_type}", 0.0)]
 
 
 def step_positions(num: int) -> list[int]:

@@ -1,6 +1,6 @@
 r"""Distribution checks: the law of what a sampler draws, tested at a stated false-failure rate.
 
-Two checks, each returning one result per DDIM η of the profile (``..ddim_eta=<η>``) or one for the
+Two checks, each returning one result per DDIM η of the profile (``..eta=<η>``) or one for the
 declared DDPM variance (``..ddpm_<variance_type>``):
 
 ``distribution.step_moments.<variant>`` (:func:`check_step_moments`)

@@ -8,9 +8,9 @@ step applies the declared clipping, so both sides clip alike).
 
 For every N in ``ctx.steps`` and each path
 
-* ``oracle.point_mass.ddim_eta0``: DDIM, η = 0 (deterministic; Song et al. 2021, eq. 12);
-* ``oracle.point_mass.ddim_eta1``: DDIM, η = 1, with injected noise;
-* ``oracle.point_mass.ddpm``: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with injected noise
+* ``oracle.point_mass.eta=0``: DDIM, η = 0 (deterministic; Song et al. 2021, eq. 12);
+* ``oracle.point_mass.eta=1``: DDIM, η = 1, with injected noise;
+* ``oracle.point_mass.variance_type=<type>``: DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) with injected noise
   (DDPM has no deterministic path),
 
 the harness starts both sides from the same :math:`x_T` (``ctx.randn``, in the target's dtype) and at
@@ -186,9 +186,9 @@ def check_point_mass_oracle(ctx: CheckContext) -> list[CheckResult]:
     if conv is None:
         return [fail_result("oracle.point_mass", FAMILY, why or "no conventions")]
     if conv.family == "ddim":
-        paths = [("ddim_eta0", 0.0, False), ("ddim_eta1", 1.0, True)]
+        paths = [("eta=0", 0.0, False), ("eta=1", 1.0, True)]
     else:
-        paths = [("ddpm", 0.0, True)]
+        paths = [(f"variance_type={conv.variance_type}", 0.0, True)]
     names = [f"oracle.point_mass.{p}" for p, _, _ in paths]
     entries = unsupported_entries(conv, None)
     if entries:

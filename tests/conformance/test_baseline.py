@@ -30,7 +30,7 @@ def _rep(*checks: CheckResult, target: str = "t", dtype: str = "float32", device
 
 
 def _stat(z: float, observed: float) -> CheckResult:
-    return _r("distribution.run_output.ddim_eta=1", observed=observed, tolerance=1.0,
+    return _r("distribution.run_output.eta=1", observed=observed, tolerance=1.0,
               details={"tests": [{"name": "a/mean", "detail": f"z-test: z = {z}, pass iff |z| <= 5.4"},
                                  {"name": "a/var", "z": -0.1}]})
 
@@ -49,7 +49,7 @@ def test_save_load_round_trip_with_non_finite_values(tmp_path: Path) -> None:
     assert entries["single_step.eta=0"].ratio == pytest.approx(1e-7 / 1e-5)
     assert math.isinf(entries["invariants.finite"].observed) and entries["invariants.finite"].ratio is None
     assert math.isnan(entries["oracle.x"].observed)
-    assert entries["distribution.run_output.ddim_eta=1"].z == 2.5  # the largest |z|, from the text
+    assert entries["distribution.run_output.eta=1"].z == 2.5  # the largest |z|, from the text
     assert loaded.meta["t [float32]"]["device"] == "cpu"
 
 

@@ -85,10 +85,10 @@ def test_reference_port_passes_every_check(port: str, dtype: str, seed: int) -> 
     expected = {"schedule.betas", "schedule.alphas_cumprod",
                 *(f"timesteps.sequence.N={n}" for n in (1, 2, 3, 7, 10, 1000))}
     if port == "ddim":
-        expected |= {"oracle.point_mass.ddim_eta0", "oracle.point_mass.ddim_eta1",
+        expected |= {"oracle.point_mass.eta=0", "oracle.point_mass.eta=1",
                      "single_step.eta=0", "single_step.eta=1"}
     else:
-        expected |= {"oracle.point_mass.ddpm", "single_step.variance_type=fixed_large"}
+        expected |= {"oracle.point_mass.variance_type=fixed_large", "single_step.variance_type=fixed_large"}
     assert set(results) == expected
     # the port holds the reference's own float64 tables: no table error at all
     assert results["schedule.alphas_cumprod"].observed == 0.0
@@ -184,7 +184,7 @@ def test_diffusers_ddpm_steps_offset_adds_noise_at_the_final_step() -> None:
     assert r.verdict is Verdict.FAIL
     # leading, N = 10, offset 1: 901, 801, …, 1; the last step (k = 9) goes 1 -> −1 (the data)
     assert {(f.step, f.timestep) for f in r.findings} == {(9, 1)}
-    o = {x.name: x for x in oracle.check_point_mass_oracle(ctx)}["oracle.point_mass.ddpm"]
+    o = {x.name: x for x in oracle.check_point_mass_oracle(ctx)}["oracle.point_mass.variance_type=fixed_large"]
     assert o.verdict is Verdict.FAIL and o.findings[0].timestep == 1
 
 
@@ -239,7 +239,7 @@ def test_planted_timestep_off_by_one_fails_the_timesteps_check() -> None:
     assert r.reproduce and "reference_timesteps" in r.reproduce
     # the steps themselves are right for the timesteps the target visits
     assert results["single_step.eta=0"].verdict is Verdict.PASS
-    assert results["oracle.point_mass.ddim_eta0"].verdict is Verdict.PASS
+    assert results["oracle.point_mass.eta=0"].verdict is Verdict.PASS
 
 
 def _hand_ddim(conv: Conventions, betas: np.ndarray, index_shift: int):
@@ -268,7 +268,7 @@ def test_planted_step_reading_the_previous_alpha_bar_fails(shift: int) -> None:
     results = run(sampler, "float32")
     want = Verdict.PASS if shift == 0 else Verdict.FAIL
     assert results["single_step.eta=0"].verdict is want
-    assert results["oracle.point_mass.ddim_eta0"].verdict is want
+    assert results["oracle.point_mass.eta=0"].verdict is want
     # η = 1 is refused by this sampler: a broken step, reported as a failure
     assert results["single_step.eta=1"].verdict is Verdict.FAIL
     assert "NotImplementedError" in results["single_step.eta=1"].findings[0].message
@@ -283,7 +283,7 @@ def test_planted_fixed_large_instead_of_fixed_small_fails() -> None:
     assert r.verdict is Verdict.FAIL
     # the final step (to −1) adds no noise in either, so only stochastic steps differ
     assert all(f.timestep != 0 for f in r.findings)
-    assert results["oracle.point_mass.ddpm"].verdict is Verdict.FAIL
+    assert results["oracle.point_mass.variance_type=fixed_small"].verdict is Verdict.FAIL
     assert results["schedule.betas"].verdict is Verdict.PASS
 
 
@@ -304,7 +304,7 @@ def test_planted_noise_at_the_final_step_fails(dtype: str) -> None:
     assert r.verdict is Verdict.FAIL
     # leading: N = 1 is [0] and N = 10 ends at 0, so every failing step is t = 0 -> −1
     assert {f.timestep for f in r.findings} == {0}
-    assert results["oracle.point_mass.ddpm"].verdict is Verdict.FAIL
+    assert results["oracle.point_mass.variance_type=fixed_small"].verdict is Verdict.FAIL
     # the reproduce snippet recreates the worst finding exactly
     namespace: dict[str, Any] = {"sampler": NoiseAtFinalStep(family="ddpm"), "print": lambda *a: None}
     exec(r.reproduce, namespace)
@@ -335,7 +335,7 @@ def test_planted_float16_schedule_table_fails_the_schedule_check(dtype: str) -> 
 def test_oracle_reproduce_snippet_reruns_the_failing_run() -> None:
     sampler = NoiseAtFinalStep(family="ddpm")
     r = {x.name: x for x in oracle.check_point_mass_oracle(CheckContext(sampler, profile="quick"))}[
-        "oracle.point_mass.ddpm"]
+        "oracle.point_mass.variance_type=fixed_small"]
     assert r.verdict is Verdict.FAIL
     namespace: dict[str, Any] = {"sampler": sampler, "print": lambda *a: None}
     exec(r.reproduce, namespace)
@@ -399,7 +399,7 @@ class Broken:
 def test_misbehaving_step_fails_without_raising(mode: str, text: str) -> None:
     results = run(Broken(mode), "float32", steps=(1, 10))
     for name in ("single_step.eta=0", "single_step.eta=1",
-                 "oracle.point_mass.ddim_eta0", "oracle.point_mass.ddim_eta1"):
+                 "oracle.point_mass.eta=0", "oracle.point_mass.eta=1"):
         r = results[name]
         assert r.verdict is Verdict.FAIL, name
         assert text in r.findings[0].message, (name, r.findings[0].message)
@@ -422,7 +422,7 @@ def test_hanging_step_times_out_once_and_fails() -> None:
     assert e0["error"].startswith("timed out after 0.1 s") and e1["error"] == e0["error"]
 
 
-STEP_RESULTS = ("single_step.eta=0", "single_step.eta=1", "oracle.point_mass.ddim_eta0", "oracle.point_mass.ddim_eta1")
+STEP_RESULTS = ("single_step.eta=0", "single_step.eta=1", "oracle.point_mass.eta=0", "oracle.point_mass.eta=1")
 
 
 def test_a_broken_step_count_is_one_finding_and_the_working_steps_keep_their_numbers() -> None:
@@ -450,7 +450,7 @@ def test_a_broken_step_count_is_one_finding_and_the_working_steps_keep_their_num
         assert "where the calls worked" in rest and "exceed" not in rest and "leave" not in rest
         assert format_check(r).splitlines()[0].startswith(f"FAIL        {name}  (observed ")
     # the oracle drives two points per run, both end at the raising step: one finding for both calls
-    assert "2 calls" in results["oracle.point_mass.ddim_eta0"].findings[0].message
+    assert "2 calls" in results["oracle.point_mass.eta=0"].findings[0].message
     text = format_text(Report(target="broken", device="cpu", dtype="float32", profile="quick", seed=0,
                               checks=tuple(results[n] for n in STEP_RESULTS)))
     rows = [line.split() for line in text.splitlines() if line.strip().startswith(STEP_RESULTS)]
@@ -553,7 +553,7 @@ def test_unsupported_declarations_are_reported_not_defaulted() -> None:
                        unsupported=("beta_schedule='laplace': no ddspec schedule of this name",))
     sampler = FunctionSampler(port.step, port.betas(), conv, name="laplace")
     results = run(sampler, "float32")
-    for name in ("schedule.betas", "schedule.alphas_cumprod", "oracle.point_mass.ddpm",
+    for name in ("schedule.betas", "schedule.alphas_cumprod", "oracle.point_mass.variance_type=fixed_small",
                  "single_step.variance_type=fixed_small"):
         assert results[name].verdict is Verdict.UNSUPPORTED, name
         assert "laplace" in results[name].message
@@ -568,8 +568,8 @@ def test_no_noise_injection_skips_the_stochastic_paths() -> None:
             self.conventions = Conventions(**{**self.conventions.__dict__, "supports_noise_injection": False})
 
     results = run(NoInjection(family="ddpm"), "float32")
-    assert results["oracle.point_mass.ddpm"].verdict is Verdict.SKIPPED
-    assert "supports_noise_injection=False" in results["oracle.point_mass.ddpm"].message
+    assert results["oracle.point_mass.variance_type=fixed_small"].verdict is Verdict.SKIPPED
+    assert "supports_noise_injection=False" in results["oracle.point_mass.variance_type=fixed_small"].message
     # the deterministic final steps are still compared (N = 1: t = 0 -> −1; N = 10: 0 -> −1)
     r = results["single_step.variance_type=fixed_small"]
     assert r.verdict is Verdict.PASS
@@ -586,7 +586,7 @@ def test_singular_reference_steps_are_skipped_with_the_reason() -> None:
     r = single_step.check_single_steps(ctx)[0]
     assert r.verdict is Verdict.PASS
     assert r.details["n_singular_steps_skipped"] == 2  # N = 10's first step, and N = 1 (trailing: [999])
-    o = {x.name: x for x in oracle.check_point_mass_oracle(ctx)}["oracle.point_mass.ddim_eta0"]
+    o = {x.name: x for x in oracle.check_point_mass_oracle(ctx)}["oracle.point_mass.eta=0"]
     assert o.verdict is Verdict.SKIPPED and "singular" in o.message
 
 

@@ -72,9 +72,9 @@ def _failing(results):
 
 def _expected_names(family):
     if family == "ddim":
-        variants = [f"ddim_eta={eta:g}" for eta in _quick().etas]
+        variants = [f"eta={eta:g}" for eta in _quick().etas]
     else:
-        variants = ["ddpm_fixed_small"]
+        variants = ["variance_type=fixed_small"]
     return INVARIANT_NAMES | {f"distribution.{c}.{v}" for c in ("step_moments", "run_output") for v in variants}
 
 
@@ -127,7 +127,7 @@ def _one_step_clip_tail(scale, beta_0, n, r=1.0):
 
 def test_clipping_uses_the_bounded_oracle_and_charges_its_tail():
     results = _run(make_reference_port(family="ddpm", clip_sample=True), checks=[distribution.check_run_output_distribution])
-    r = results["distribution.run_output.ddpm_fixed_small"]
+    r = results["distribution.run_output.variance_type=fixed_small"]
     assert r.verdict is Verdict.PASS
     oracle = distribution.data_oracle(1.0)
     assert r.details["oracle"]["clip_range"] == 1.0
@@ -162,7 +162,7 @@ def test_clipped_fixed_large_ddpm_is_judged_at_every_step_count():
     port = make_reference_port(family="ddpm", variance_type="fixed_large", clip_sample=True)
     limit = distribution.CLIP_TAIL_FRACTION * _quick().false_failure_rate / len(_quick().steps)
     for dtype in ("float32", "float64"):
-        r = _run(port, dtype, checks=[distribution.check_run_output_distribution])["distribution.run_output.ddpm_fixed_large"]
+        r = _run(port, dtype, checks=[distribution.check_run_output_distribution])["distribution.run_output.variance_type=fixed_large"]
         assert r.verdict is Verdict.PASS, r.message
         assert [run["num_steps"] for run in r.details["runs"]] == sorted(_quick().steps)
         for run in r.details["runs"]:
@@ -201,7 +201,7 @@ def test_point_mass_output_law_is_checked_without_statistics():
     port = make_reference_port(family="ddim", rescale_betas_zero_snr=True, prediction_type="v_prediction",
                                timestep_spacing="trailing")
     results = _run(port, checks=[distribution.check_run_output_distribution])
-    r = results["distribution.run_output.ddim_eta=0"]
+    r = results["distribution.run_output.eta=0"]
     assert r.verdict is Verdict.PASS, r.message
     first = r.details["runs"][0]
     assert first["num_steps"] == 1
@@ -216,8 +216,8 @@ def test_learned_range_run_output_is_checked_against_its_closed_form(dtype):
     """The harness is the model, so it supplies the variance output too (a fixed, known function of t):
     the run law of a learned_range DDPM is closed-form again and is checked, not unsupported."""
     results = _run(make_reference_port(family="ddpm", variance_type="learned_range"), dtype=dtype)
-    assert results["distribution.step_moments.ddpm_learned_range"].verdict is Verdict.PASS
-    r = results["distribution.run_output.ddpm_learned_range"]
+    assert results["distribution.step_moments.variance_type=learned_range"].verdict is Verdict.PASS
+    r = results["distribution.run_output.variance_type=learned_range"]
     assert r.verdict is Verdict.PASS, r.message
     assert r.details["variance_type"] == "learned_range" and "sin" in r.details["model_variance_output"]
 
@@ -232,7 +232,7 @@ def test_diffusers_learned_variances_run_output_passes(variance_type):
 
     sampler = adapt(DDPMScheduler(variance_type=variance_type))
     results = _run(sampler, checks=[distribution.check_run_output_distribution])
-    r = results[f"distribution.run_output.ddpm_{variance_type}"]
+    r = results[f"distribution.run_output.variance_type={variance_type}"]
     assert r.verdict is Verdict.PASS, r.message
 
 
@@ -256,7 +256,7 @@ def test_learned_range_run_output_catches_a_flipped_variance_fraction():
     variance towards the other end (β′ ↔ β̃′, a ratio up to ~10 at small t for N = 10), which the run
     law's variance test sees (observed/allowed 2.2 at seed 0 in the quick profile)."""
     results = _run(_FlippedRange(), checks=[distribution.check_run_output_distribution])
-    r = results["distribution.run_output.ddpm_learned_range"]
+    r = results["distribution.run_output.variance_type=learned_range"]
     assert r.verdict is Verdict.FAIL, r.message
 
 
@@ -302,7 +302,7 @@ def test_stable_diffusion_ddim_is_acceptable(dtype):
         assert verdicts[name] is Verdict.ACCEPTABLE, name
         assert "set_alpha_to_one=False" in results[name].consequence
     # with eta > 0 the declared last step (t=1 -> 0) is stochastic: tested statistically, not as "no noise"
-    positions = results["distribution.step_moments.ddim_eta=1"].details["positions"]
+    positions = results["distribution.step_moments.eta=1"].details["positions"]
     assert positions[-1]["t_prev"] == 0 and positions[-1]["kind"] == "stochastic"
 
 
@@ -316,7 +316,7 @@ def test_diffusers_ddpm_fixed_large_log_nan_is_detected():
                    checks=[invariants.check_finite, distribution.check_step_moments])
     # diffusers 0.42 takes the square root of log(beta) (step(): `_get_variance(t) ** 0.5`): NaN for t > 0
     assert (results["invariants.finite"].verdict is Verdict.FAIL) == upstream_nan
-    assert (results["distribution.step_moments.ddpm_fixed_large_log"].verdict is Verdict.FAIL) == upstream_nan
+    assert (results["distribution.step_moments.variance_type=fixed_large_log"].verdict is Verdict.FAIL) == upstream_nan
 
 
 def test_diffusers_ddpm_final_step_noise_is_detected():
@@ -330,7 +330,7 @@ def test_diffusers_ddpm_final_step_noise_is_detected():
     results = _run(_adapt(d.DDPMScheduler(variance_type="fixed_large", timestep_spacing="trailing")), "float64",
                    checks=[invariants.check_no_final_noise, distribution.check_step_moments])
     assert (results["invariants.no_final_noise"].verdict is Verdict.FAIL) == upstream_noisy
-    sm = results["distribution.step_moments.ddpm_fixed_large"]
+    sm = results["distribution.step_moments.variance_type=fixed_large"]
     assert (sm.verdict is Verdict.FAIL) == upstream_noisy
     if upstream_noisy:
         assert "the target adds noise" in sm.message
@@ -346,7 +346,7 @@ def test_diffusers_ddim_linspace_previous_timestep_is_detected():
         ts[0] - sched.config.num_train_timesteps // 10 != ts[1])
     results = _run(_adapt(d.DDIMScheduler(timestep_spacing="linspace", clip_sample=False)),
                    checks=[distribution.check_run_output_distribution])
-    r = results["distribution.run_output.ddim_eta=0"]
+    r = results["distribution.run_output.eta=0"]
     assert (r.verdict is Verdict.FAIL) == bool(upstream_mismatch), r.message
 
 
@@ -418,13 +418,13 @@ class Planted:
     [
         ("mutate", "float32", {"invariants.no_input_mutation"}, True),
         ("float32", "float64", {"invariants.output_shape_dtype_device"}, False),
-        ("nan", "float32", {"invariants.finite", "distribution.step_moments.ddim_eta=1",
-                            "distribution.run_output.ddim_eta=1"}, False),
+        ("nan", "float32", {"invariants.finite", "distribution.step_moments.eta=1",
+                            "distribution.run_output.eta=1"}, False),
         ("global_rng", "float32", {"invariants.deterministic", "invariants.no_global_rng"}, False),
         ("batch_mean", "float32", {"invariants.batch_independence"}, False),
-        ("final_noise", "float32", {"invariants.no_final_noise", "distribution.step_moments.ddim_eta=0",
-                                    "distribution.step_moments.ddim_eta=1"}, False),
-        ("sigma_squared", "float32", {"distribution.step_moments.ddim_eta=1"}, False),
+        ("final_noise", "float32", {"invariants.no_final_noise", "distribution.step_moments.eta=0",
+                                    "distribution.step_moments.eta=1"}, False),
+        ("sigma_squared", "float32", {"distribution.step_moments.eta=1"}, False),
     ],
 )
 def test_planted_bug_fails_its_check(bug, dtype, must_fail, only):
@@ -440,7 +440,7 @@ def test_planted_bug_fails_its_check(bug, dtype, must_fail, only):
 
 def test_sigma_squared_bug_fails_through_the_variance_not_the_mean():
     results = _run(Planted("sigma_squared"), checks=[distribution.check_step_moments])
-    r = results["distribution.step_moments.ddim_eta=1"]
+    r = results["distribution.step_moments.eta=1"]
     assert r.verdict is Verdict.FAIL
     failed = {t["name"].rsplit("/", 1)[-1] for t in r.details["tests"] if not t["passed"]}
     assert failed == {"variance"}
@@ -511,8 +511,8 @@ class Broken:
 def test_misbehaving_step_fails_every_check_that_calls_it(how, needle):
     results = _run(Broken(how))
     assert all(r.family in ("distribution", "invariants") for r in results.values())
-    must = {"invariants.output_shape_dtype_device", "distribution.step_moments.ddim_eta=0",
-            "distribution.run_output.ddim_eta=0"}
+    must = {"invariants.output_shape_dtype_device", "distribution.step_moments.eta=0",
+            "distribution.run_output.eta=0"}
     assert must <= _failing(results)
     assert any(needle in r.message or any(needle in f.message for f in r.findings) for r in results.values())
 
@@ -605,8 +605,8 @@ def test_invalid_target_timesteps_fall_back_to_the_reference_and_are_noted():
         r = results[name]
         assert set(r.details["timesteps_source"].values()) == {"reference"}, name
         assert any("reported by timesteps.sequence.N=" in note for note in r.details["notes"]), name
-    assert results["distribution.step_moments.ddim_eta=0"].details["timesteps_source"] == "reference"
-    assert set(results["distribution.run_output.ddim_eta=0"].details["timesteps_source"].values()) == {"reference"}
+    assert results["distribution.step_moments.eta=0"].details["timesteps_source"] == "reference"
+    assert set(results["distribution.run_output.eta=0"].details["timesteps_source"].values()) == {"reference"}
 
 
 def test_a_genuine_violation_still_fails_on_the_fallback_timesteps():
@@ -692,7 +692,7 @@ def test_unsupported_target_with_an_in_place_step_fails_no_input_mutation():
 def test_step_moments_bonferroni_split_and_ledger():
     results = _run(make_reference_port(), checks=[distribution.check_step_moments])
     alpha = _quick().false_failure_rate
-    r0, r1 = results["distribution.step_moments.ddim_eta=0"], results["distribution.step_moments.ddim_eta=1"]
+    r0, r1 = results["distribution.step_moments.eta=0"], results["distribution.step_moments.eta=1"]
     # eta = 0: every step deterministic, no statistics, no alpha spent
     assert r0.details["tests"] == [] and r0.details["false_failure_rate_spent"] == 0.0
     # eta = 1, N = 10: steps 0 and 5 stochastic, step 9 goes to the data (sigma = 0): 2 steps x 3 pooled
@@ -718,7 +718,7 @@ def test_step_moments_state_their_min_detectable_discrepancy():
     from scipy import stats as sps
 
     r = _run(make_reference_port(), "float64", checks=[distribution.check_step_moments])[
-        "distribution.step_moments.ddim_eta=1"]
+        "distribution.step_moments.eta=1"]
     n, d = _quick().n_single_step_draws, math.prod(_quick().sample_shape[1:])
     a = r.details["alpha_per_test"]
     beta = 1e-3
@@ -764,7 +764,7 @@ def test_run_output_reports_a_raising_step_count_once_and_keeps_the_others():
     """Issue 7 section 3: N = 1 raises; one finding prefixed "N=1: ", details["errors"] names it, and
     the other step count (N = 10) is still tested and reported (observed finite)."""
     r = _run(RaisesFor(num_steps=1, family="ddpm"), checks=[distribution.check_run_output_distribution])[
-        "distribution.run_output.ddpm_fixed_small"]
+        "distribution.run_output.variance_type=fixed_small"]
     assert r.verdict is Verdict.FAIL
     assert r.details["errors"] == [{"num_steps": 1, "error": "IndexError: index 1 is out of bounds for posterior_variance"}]
     broken = [f for f in r.findings if "IndexError" in f.message]
@@ -778,7 +778,7 @@ def test_run_output_reports_a_raising_step_count_once_and_keeps_the_others():
 def test_step_moments_reports_a_raising_call_once_and_keeps_the_other_steps():
     """A call raising at the last step (t = 0) of the N = 10 run: one finding "N=10: ...", the error in
     details["errors"], and the stochastic steps 0 and 5 still tested; observed stays their worst ratio."""
-    r = _run(RaisesFor(t=0), checks=[distribution.check_step_moments])["distribution.step_moments.ddim_eta=1"]
+    r = _run(RaisesFor(t=0), checks=[distribution.check_step_moments])["distribution.step_moments.eta=1"]
     assert r.verdict is Verdict.FAIL
     assert r.details["errors"] == [{"num_steps": 10, "error": "IndexError: index 10 is out of bounds for posterior_variance"}]
     assert [f.message.startswith("N=10: ") for f in r.findings] == [True]
@@ -791,7 +791,7 @@ def test_run_output_split_and_min_detectable():
     from ddspec.conformance import stats
 
     results = _run(make_reference_port(family="ddpm"), checks=[distribution.check_run_output_distribution])
-    r = results["distribution.run_output.ddpm_fixed_small"]
+    r = results["distribution.run_output.variance_type=fixed_small"]
     alpha = _quick().false_failure_rate
     n_counts = len(r.details["runs"])
     assert [run["num_steps"] for run in r.details["runs"]] == sorted(_quick().steps)

@@ -160,9 +160,9 @@ def _planted_obs(conv: Conventions, knobs: Knobs, eta: float, n: int = 10) -> tu
 def test_planted_minus_one_is_named_and_beats_the_reference() -> None:
     obs, env = _planted_obs(DDIM, Knobs(prev="minus_one"), 0.0)
     ev = Evidence("step", env, obs)
-    out = diagnose_evidence(ev, ["single_step.eta=0", "oracle.point_mass.ddim_eta0", "invariants.no_global_rng"])
+    out = diagnose_evidence(ev, ["single_step.eta=0", "oracle.point_mass.eta=0", "invariants.no_global_rng"])
     assert out[0].pattern == "prev_timestep_minus_one"
-    assert out[0].explains == ("single_step.eta=0", "oracle.point_mass.ddim_eta0")
+    assert out[0].explains == ("single_step.eta=0", "oracle.point_mass.eta=0")
     assert out[0].residual <= out[0].tolerance
     assert "ᾱ_prev is taken at t − 1" in out[0].headline and "explains 2 failing checks" in out[0].headline
 

@@ -51,9 +51,9 @@ from ddspec.conformance.runner import run_checks
 #: Checks that a NaN at the first step of an η = 1 run explains (and nothing else may fail).
 NAN_EXPLAINS: tuple[str, ...] = (
     "single_step.eta=1",
-    "oracle.point_mass.ddim_eta1",
-    "distribution.step_moments.ddim_eta=1",
-    "distribution.run_output.ddim_eta=1",
+    "oracle.point_mass.eta=1",
+    "distribution.step_moments.eta=1",
+    "distribution.run_output.eta=1",
     "invariants.finite",
 )
 

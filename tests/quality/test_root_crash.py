@@ -111,13 +111,13 @@ CASES: dict[str, tuple[Any, tuple[int, ...], int, str, frozenset[str]]] = {
     "ddpm_set_timesteps_n1": (
         lambda: adapt(DDPMClippedLogVarianceNeedsTwoSteps()), (1, 10), 1,
         _error_of(lambda: torch.zeros(1)[1]),
-        frozenset({"timesteps.sequence.N=1", "oracle.point_mass.ddpm", "single_step.variance_type=fixed_small",
+        frozenset({"timesteps.sequence.N=1", "oracle.point_mass.variance_type=fixed_small", "single_step.variance_type=fixed_small",
                    "invariants.no_final_noise"}),
     ),
     "ddim_stride_n7": (
         lambda: StrideMustDivide().as_sampler(), (1, 7, 10), 7,
         _error_of(lambda: StrideMustDivide().prev_timestep(0, 7)),
-        frozenset({"oracle.point_mass.ddim_eta0", "oracle.point_mass.ddim_eta1", "single_step.eta=0",
+        frozenset({"oracle.point_mass.eta=0", "oracle.point_mass.eta=1", "single_step.eta=0",
                    "single_step.eta=1", "invariants.no_final_noise"}),
     ),
 }

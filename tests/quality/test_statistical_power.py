@@ -9,7 +9,7 @@ N = 50 run; the tested steps are 0, 25 and 49, the last deterministic):
 * ``mean``: the output shifted by ε σ_t, ε = 0.01 (σ_t = η √(σ² of DDIM eq. 16)).
 
 Expected power (derived here, checked in :func:`_expected_power`). In the tests α = 10⁻¹⁰ per check
-(``tests/conftest.py``); step_moments.ddim_eta=1 has 2 stochastic steps × 3 pooled tests, so each
+(``tests/conftest.py``); step_moments.eta=1 has 2 stochastic steps × 3 pooled tests, so each
 test runs at α_c = α/6. Each step gives N = n·d standardised draws y (n = 16 384 draws of
 d = 3·8·8 = 192 elements: N = 3 145 728). With the target's own rounding offset taken as 0 (the
 allowance a, read from the result, is a *bound* with a safety factor; the real offset is far smaller):
@@ -47,7 +47,7 @@ from ddspec.conformance.results import Verdict
 from ddspec.conformance.torch_port import make_reference_port
 
 BUG_T = 480
-NAME = "distribution.step_moments.ddim_eta=1"
+NAME = "distribution.step_moments.eta=1"
 
 
 class PlantedDDIM(DDIMScheduler):
