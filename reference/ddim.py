@@ -283,7 +283,9 @@ def ddim_gamma_weight(betas: ArrayLike, t: int, t_prev: int, sigma: float) -> fl
     c_t = float(one_minus_alpha_bar_at(b, tt))
     num = beta_p / q + sg * sg
     den = float(np.sqrt(c_t / q)) + root
-    gamma = num * num / (2.0 * sg * sg * den * den)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        ratio = np.float64(num) / (np.float64(sg) * np.float64(den))  # a subnormal sigma underflows to inf, not 1/0
+        gamma = 0.5 * ratio * ratio
     if not np.isfinite(gamma):
         fail("sigma", sigma, "the weight overflows float64 (sigma too small)", singular=True)
     return float(gamma)

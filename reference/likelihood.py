@@ -430,6 +430,21 @@ class VLBTerms:
     total_bpd: Array
 
 
+def _per_step_log_variances(mlv: NDArray[np.float64], given: ArrayLike, n: int, full: tuple[int, ...]) -> NDArray[np.float64]:
+    r"""The model's log-variances per step, shape ``(T, *x0.shape)``: a 1-D array of length T (one per step,
+    broadcast over the elements) or anything that broadcasts to ``full``; a ValueError naming
+    ``model_log_variances`` otherwise."""
+    if mlv.ndim == 1:
+        if mlv.size != n:
+            fail("model_log_variances", given, f"a 1-D array must have length T = {n}")
+        mlv = mlv.reshape((n,) + (1,) * (len(full) - 1))
+    try:
+        return np.broadcast_to(mlv, full)
+    except ValueError:
+        fail("model_log_variances", given, f"shape {mlv.shape} does not broadcast to {full}")
+    raise AssertionError("unreachable")  # fail() raises
+
+
 def vlb_terms_bpd(
     x0: ArrayLike,
     x_ts: ArrayLike,
@@ -470,14 +485,7 @@ def vlb_terms_bpd(
         fail("x_ts", x_ts, f"shape {xts.shape} must be (T, *x0.shape) = {full}")
     if mms.shape != full:
         fail("model_means", model_means, f"shape {mms.shape} must be (T, *x0.shape) = {full}")
-    if mlv.ndim == 1:
-        if mlv.size != n:
-            fail("model_log_variances", model_log_variances, f"a 1-D array must have length T = {n}")
-        mlv = mlv.reshape((n,) + (1,) * xx0.ndim)
-    try:
-        mlv = np.broadcast_to(mlv, full)
-    except ValueError:
-        fail("model_log_variances", model_log_variances, f"shape {mlv.shape} does not broadcast to {full}")
+    mlv = _per_step_log_variances(mlv, model_log_variances, n, full)
     _check_cdf(cdf)
     _grid_index(xx0, "x0")
     terms = np.stack([mean_flat_bpd(vlb_term(xx0, xts[t], t, mms[t], mlv[t], b, cdf=cdf)) for t in range(n)], axis=1)
@@ -830,14 +838,7 @@ def log_p_trajectory(
     if mms.shape != full:
         fail("model_means", model_means, f"shape {mms.shape} must be (T, *x0.shape) = {full}")
     mlv = as_array(model_log_variances, "model_log_variances")
-    if mlv.ndim == 1:
-        if mlv.size != n:
-            fail("model_log_variances", model_log_variances, f"a 1-D array must have length T = {n}")
-        mlv = mlv.reshape((n,) + (1,) * xx0.ndim)
-    try:
-        mlv = np.broadcast_to(mlv, full)
-    except ValueError:
-        fail("model_log_variances", model_log_variances, f"shape {mlv.shape} does not broadcast to {full}")
+    mlv = _per_step_log_variances(mlv, model_log_variances, n, full)
     _check_cdf(cdf)
     with np.errstate(over="ignore", invalid="ignore"):
         prior = -0.5 * (math.log(2.0 * math.pi) + xts[n - 1] * xts[n - 1])

@@ -337,3 +337,11 @@ from tests.reference.test_ncsn import run_quickly  # noqa: E402
 
 _TRUE_GAMMA = D.ddim_gamma_weight
 _TRUE_ODE = D.ddim_ode_step
+
+
+def test_gamma_weight_of_a_subnormal_sigma_is_a_clear_error() -> None:
+    # 2 sigma^2 den^2 underflows to 0 for sigma = 5e-324: the weight is +inf in exact arithmetic's limit, so the
+    # function must name sigma in a ValueError, not raise ZeroDivisionError (found by the hostile-input property)
+    b = np.linspace(1e-4, 0.02, 1000)
+    with pytest.raises(ValueError, match=r"sigma=5e-324"):
+        D.ddim_gamma_weight(b, 500, 400, 5e-324)
