@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .alphas import sqrt_alpha_bar, sqrt_one_minus_alpha_bar
 from .validation import SingularError, as_array, as_betas, as_timestep, check_finite_result, check_same_shape, fail
+from . import vocabulary as _vocabulary
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 Array = NDArray[np.float64]
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES = _vocabulary.PREDICTION_TYPES
 
 
 def _pair(a: ArrayLike, a_name: str, b: ArrayLike, b_name: str) -> tuple[Array, Array]:

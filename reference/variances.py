@@ -51,13 +51,14 @@ from . import _dd
 from .validation import SingularError, as_array, as_betas, as_int, as_timestep, check_finite_result, fail
 from .alphas import alpha_bar_tables, _ratio_dd, one_minus_alpha_bar_ratio
 from .posterior import posterior_coefficients
+from . import vocabulary as _vocabulary
 
 __all__ = ["VARIANCE_TYPES", "LEARNED_VARIANCE_TYPES", "ReverseVariance", "reverse_variance", "check_model_var_output"]
 
 Array = NDArray[np.float64]
 
-VARIANCE_TYPES = ("fixed_small", "fixed_large", "fixed_large_improved", "learned", "learned_range")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+VARIANCE_TYPES = _vocabulary.VARIANCE_TYPES
+LEARNED_VARIANCE_TYPES = _vocabulary.LEARNED_VARIANCE_TYPES
 
 
 @dataclass(frozen=True)

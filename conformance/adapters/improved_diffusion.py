@@ -59,6 +59,7 @@ from numpy.typing import NDArray
 
 from ddspec.reference import schedules
 from ddspec.reference.inversion import ddim_invert_step
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, PredictionType
 
 from ..protocol import Conventions
 from ..results import CheckResult, Finding, Verdict
@@ -339,7 +340,7 @@ class _Driver:
 
         def model(x: torch.Tensor, t: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             out = probe(x, t, **kwargs)
-            if ddim and var in ("learned", "learned_range"):  # DDIM ignores the variance half
+            if ddim and var in LEARNED_VARIANCE_TYPES:  # DDIM ignores the variance half
                 return torch.cat([out, torch.zeros_like(out)], dim=1)
             if var == "learned":  # the probe gives a variance, the library reads a log variance
                 pred, variance = out.split(channels, dim=1)
@@ -476,7 +477,7 @@ def check_reverse_sample(obj: Any, *, num_steps: int | None = None, respacing: s
     """
     reading = read_diffusion(obj, betas=betas)
     name = f"loop.inversion.N={num_steps or len(reading.kept)}"
-    if reading.prediction_type not in ("epsilon", "sample") or reading.unsupported:
+    if reading.prediction_type not in (PredictionType.EPSILON, PredictionType.SAMPLE) or reading.unsupported:
         return CheckResult.unsupported(name, "loop", "the declaration could not interpret: " + "; ".join(reading.unsupported))
     driver = _Driver(obj, reading, reading.respacing if respacing is None else respacing, False)
     n = len(reading.kept) if num_steps is None else int(num_steps)
@@ -491,7 +492,7 @@ def check_reverse_sample(obj: Any, *, num_steps: int | None = None, respacing: s
     delta = alpha_bar_relative_bound(base, "custom", unit_roundoff(torch.float64))
     probe = _inversion_model(reading.T, seed, reading.rescale_timesteps)
     plain = _inversion_model(reading.T, seed, False)  # the same field, called here with the index itself
-    model = driver.model(probe, 3, True) if reading.variance_type in ("learned", "learned_range") else probe
+    model = driver.model(probe, 3, True) if reading.variance_type in LEARNED_VARIANCE_TYPES else probe
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand((batch, 3, 4, 4), generator=g, dtype=torch.float64) * 1.6 - 0.8).to(run_dtype)
     spec = StepSpec("ddim", use_clipped_model_output=True)

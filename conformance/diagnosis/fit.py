@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from ddspec.reference import alphas as ref_alphas
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, NAMED_SPACINGS
 
 from ..expectation import reference_timesteps
 from ..protocol import Conventions
@@ -221,8 +222,7 @@ def _collect_loop(ctx: Any, failing: Sequence[str]) -> Evidence | str:
             continue
         declared_t = ts.astype(np.float64) if table_t is None else table_t[ts]
         ev.calls.append((ts, np.array([c.t_value for c in calls], dtype=np.float64), declared_t))
-        channels = int(run.output.shape[1]) if conv.family == "ddpm" and conv.variance_type in (
-            "learned", "learned_range") else None
+        channels = int(run.output.shape[1]) if conv.family == "ddpm" and conv.variance_type in LEARNED_VARIANCE_TYPES else None
         e = float(eta or 0.0)
         spec = step_spec(conv, e)
         obs_run = []
@@ -531,7 +531,7 @@ def _fit_schedule(conv: Conventions, table: Array) -> tuple[Array, dict[str, Any
 
 def _score_timesteps(ev: Evidence) -> tuple[Score, list[Score]] | None:
     conv = ev.env.conv
-    if ev.kind != "step" or conv.timestep_spacing not in ("leading", "trailing", "linspace"):
+    if ev.kind != "step" or conv.timestep_spacing not in NAMED_SPACINGS:
         return None
     mism: list[tuple[int, Array, Array]] = []
     for n, seq in ev.sequences:

@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ddspec.reference import alphas as ref_alphas
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..protocol import Conventions
 
@@ -271,7 +272,7 @@ def perturbed_step(env: Env, obs: Obs, knobs: Knobs) -> Prediction:
             large = True
         elif knobs.sigma == "beta_tilde":
             large = False
-        if vt in ("learned", "learned_range") and obs.predicted_variance is not None:
+        if vt in LEARNED_VARIANCE_TYPES and obs.predicted_variance is not None:
             v = obs.predicted_variance
             if vt == "learned":
                 var_arr = v
