@@ -51,6 +51,12 @@ __all__ = [
     "StepSpec",
     "StepBound",
     "step_bound",
+    "SAFETY_COEF",
+    "CoefficientFactor",
+    "CoefficientTerm",
+    "CoefficientBound",
+    "coefficient_terms",
+    "coefficient_bound",
 ]
 
 Array = NDArray[np.float64]
@@ -498,3 +504,253 @@ def step_bound(
         table = table + np.where(d == 0.0, 0.0, np.abs(d) * delta)
     bound = safety * (rounding + table)
     return StepBound(bound=bound, rounding=rounding, table=table)
+
+
+# -- coefficient identification (the ``coefficients`` check family) -------------------------------
+#
+# Away from clipping, every DDPM/DDIM step is affine in its inputs: x_prev = a·x_t + b·m + c·z. A
+# target's *systematic* error is the error of its effective coefficients (a, b, c); the rounding of
+# its tensor arithmetic is an element-wise, zero-mean disturbance that a least-squares fit over a
+# large batch averages out (``docs/tolerances.md``, "Coefficient identification").
+
+#: Safety factor of the coefficient-rounding bound: covers second-order terms (products of two
+#: roundings) and another association of a factor than the one counted below.
+SAFETY_COEF = 2.0
+
+
+@dataclass(frozen=True)
+class CoefficientFactor:
+    r"""One scalar factor of one term of a step coefficient.
+
+    ``value`` is the exact factor; ``form`` the relative error of forming it from the target's
+    tables, in units of the tables' unit roundoff (not counting the tables' own error, which the
+    table term propagates): e.g. :math:`\sqrt{1-\bar\alpha_t}` costs a subtraction and a square
+    root (2), :math:`\beta' = 1 - \bar\alpha_t/\bar\alpha_s` a division and a subtraction that
+    amplifies the quotient's error by :math:`(\bar\alpha_t/\bar\alpha_s)/\beta'`. ``compute`` is
+    the relative error of arithmetic the target must do in the compute dtype (on a tensor, e.g. the
+    learned-range interpolation of log-variances), in units of the compute dtype's unit roundoff,
+    beyond the one rounding every factor is charged.
+    """
+
+    value: float
+    form: float
+    compute: float = 0.0
+
+
+@dataclass(frozen=True)
+class CoefficientTerm:
+    r"""A term of a coefficient: ``sign`` × the product of its factors."""
+
+    sign: float
+    factors: tuple[CoefficientFactor, ...]
+
+    @property
+    def value(self) -> float:
+        out = self.sign
+        for f in self.factors:
+            out *= f.value
+        return out
+
+
+@dataclass(frozen=True)
+class CoefficientBound:
+    r"""The coefficients (a, b, c) of one step in closed form and the bound on a correct target's
+    deviation from them (see :func:`coefficient_bound`); dicts keyed ``"a"``, ``"b"``, ``"c"``."""
+
+    values: dict[str, float]
+    bound: dict[str, float]
+    rounding: dict[str, float]
+    table: dict[str, float]
+
+
+def _rel_cond(r: float) -> float:
+    """Amplification r/(1 − r) of the relative error of r in 1 − r (0 when r = 0, inf when r = 1)."""
+    return r / (1.0 - r) if r < 1.0 else np.inf
+
+
+def _prediction_maps(kind: str, a: float) -> tuple[list[CoefficientTerm], ...]:
+    r"""(x̂₀ ← x, x̂₀ ← m, ε̂ ← x, ε̂ ← m) as term lists for the prediction type ``kind`` at ᾱ_t = a."""
+    F = CoefficientFactor
+    s_a, s_1 = np.sqrt(a), np.sqrt(max(1.0 - a, 0.0))
+    inv_sa = F(1.0 / s_a, 2.0) if s_a > 0 else F(np.inf, 2.0)
+    inv_s1 = F(1.0 / s_1, 3.0) if s_1 > 0 else F(np.inf, 3.0)
+    if kind == "epsilon":
+        return ([CoefficientTerm(1.0, (inv_sa,))], [CoefficientTerm(-1.0, (F(s_1, 2.0), inv_sa))],
+                [], [CoefficientTerm(1.0, ())])
+    if kind == "sample":
+        return ([], [CoefficientTerm(1.0, ())],
+                [CoefficientTerm(1.0, (inv_s1,))], [CoefficientTerm(-1.0, (F(s_a, 1.0), inv_s1))])
+    if kind == "v_prediction":
+        return ([CoefficientTerm(1.0, (F(s_a, 1.0),))], [CoefficientTerm(-1.0, (F(s_1, 2.0),))],
+                [CoefficientTerm(1.0, (F(s_1, 2.0),))], [CoefficientTerm(1.0, (F(s_a, 1.0),))])
+    raise ValueError(f"prediction_type={kind!r}: expected 'epsilon', 'sample' or 'v_prediction'")
+
+
+def _scaled(factor: CoefficientFactor, terms: list[CoefficientTerm]) -> list[CoefficientTerm]:
+    return [CoefficientTerm(t.sign, (factor, *t.factors)) for t in terms]
+
+
+def _scaled_many(factors: tuple[CoefficientFactor, ...], terms: list[CoefficientTerm]) -> list[CoefficientTerm]:
+    return [CoefficientTerm(t.sign, (*factors, *t.factors)) for t in terms]
+
+
+def coefficient_terms(
+    spec: StepSpec, a: float, p: float, predicted_variance: float | None = None
+) -> dict[str, list[CoefficientTerm]]:
+    r"""The step :math:`x_\mathrm{prev} = a\,x_t + b\,m + c\,z` as sums of products of scalar factors.
+
+    With :math:`\hat x_0 = A_x x_t + A_m m` and :math:`\hat\epsilon = E_x x_t + E_m m` for the
+    prediction type (ε: :math:`A_x = 1/\sqrt{\bar\alpha_t}`, :math:`A_m = -\sqrt{1-\bar\alpha_t}/\sqrt{\bar\alpha_t}`,
+    :math:`E_m = 1`; x₀: :math:`A_m = 1`, :math:`E_x = 1/\sqrt{1-\bar\alpha_t}`,
+    :math:`E_m = -\sqrt{\bar\alpha_t}/\sqrt{1-\bar\alpha_t}`; v: Salimans & Ho 2022, §4):
+
+    * DDIM (Song et al. 2021, eq. 12, σ of eq. 16):
+      :math:`a = \sqrt{\bar\alpha_s}A_x + d\,E_x`, :math:`b = \sqrt{\bar\alpha_s}A_m + d\,E_m`,
+      :math:`c = \sigma`, :math:`d = \sqrt{1-\bar\alpha_s-\sigma^2}`;
+    * DDPM (Ho et al. 2020, eq. 7 on the respaced schedule):
+      :math:`a = c_0 A_x + c_t`, :math:`b = c_0 A_m`, :math:`c = \sqrt{\mathrm{var}}` with
+      :math:`c_0 = \sqrt{\bar\alpha_s}\beta'/(1-\bar\alpha_t)`,
+      :math:`c_t = \sqrt{\alpha'}(1-\bar\alpha_s)/(1-\bar\alpha_t)` and the variance of the declared type
+      (``predicted_variance``: the constant model output of the learned types, as the target gets it).
+
+    Clipping and thresholding are not modelled: the caller guarantees they are inactive. ``p = 1``
+    at the last step (s = −1). The closed forms are for the error bound only; the expected
+    coefficients come from the reference (``checks/coefficients.py``), and a test holds the two equal.
+    """
+    F = CoefficientFactor
+    ax, am, ex, em = _prediction_maps(spec.prediction_type, a)
+    c_t, c_p = 1.0 - a, 1.0 - p
+    ratio = a / p if p > 0 else np.inf
+    beta_p = 1.0 - ratio
+    k_r = _rel_cond(ratio)
+    if spec.family == "ddim":
+        var = spec.eta**2 * c_p / c_t * beta_p if c_t > 0 and p > 0 else 0.0
+        var = max(var, 0.0)
+        var_form = 4.0 + 1.0 + k_r  # (1 − p), (1 − a), their quotient, the product, and β'
+        rest = c_p - var
+        d = np.sqrt(max(rest, 0.0))
+        # relative error of rest, then halved by the root (+1 for the root); near rest = 0 the root's
+        # own edge is covered by coefficient_bound's absolute term
+        rest_form = (c_p * 1.0 + var * (var_form + 1.0)) / rest + 1.0 if rest > 0 else 0.0
+        f_d = F(d, rest_form / 2.0 + 1.0)
+        f_p = F(np.sqrt(p), 1.0)
+        terms = {
+            "a": _scaled(f_p, ax) + _scaled(f_d, ex),
+            "b": _scaled(f_p, am) + _scaled(f_d, em),
+            "c": [CoefficientTerm(1.0, (F(np.sqrt(var), var_form / 2.0 + 1.0),))] if var > 0 else [],
+        }
+        return terms
+    if spec.family != "ddpm":
+        raise ValueError(f"family={spec.family!r}: expected 'ddim' or 'ddpm'")
+    f_beta = F(beta_p, 1.0 + k_r)
+    inv_ct = F(1.0 / c_t, 2.0) if c_t > 0 else F(np.inf, 2.0)
+    c0 = (F(np.sqrt(p), 1.0), f_beta, inv_ct)
+    ct = CoefficientTerm(1.0, (F(np.sqrt(max(ratio, 0.0)), 2.0), F(c_p, 1.0), inv_ct))
+    small = c_p / c_t * beta_p if c_t > 0 else 0.0
+    small_form = 1.0 + 2.0 + (1.0 + k_r) + 1.0
+    vt = spec.variance_type or "fixed_small"
+    if p >= 1.0:  # the last step adds no noise (Ho et al. Algorithm 2, z = 0 at t = 1)
+        c_terms: list[CoefficientTerm] = []
+    elif vt.startswith("fixed_large"):
+        c_terms = [CoefficientTerm(1.0, (F(np.sqrt(beta_p), (1.0 + k_r) / 2.0 + 1.0),))]
+    elif vt == "learned_range":
+        if predicted_variance is None:
+            raise ValueError("predicted_variance=None: variance_type='learned_range' needs the model's variance output")
+        frac = (float(predicted_variance) + 1.0) / 2.0
+        log_var = frac * np.log(beta_p) + (1.0 - frac) * np.log(max(small, 1e-300))
+        # absolute error of the exponent = relative error of the variance; exp and the root add 2
+        form = frac * (1.0 + k_r) + (1.0 - frac) * small_form + 2.0
+        # the interpolation runs on the variance tensor, in the compute dtype: the fraction (2
+        # roundings), two products, the sum (absolute error u·Σ|terms| of the exponent), ½, exp
+        log_b, log_s = np.log(beta_p), np.log(max(small, 1e-300))
+        compute = 0.5 * (2.0 * abs(frac * log_b) + 2.0 * abs((1.0 - frac) * log_s) + abs(log_var)
+                         + 2.0 * frac * abs(log_b - log_s)) + 2.0
+        c_terms = [CoefficientTerm(1.0, (F(float(np.exp(0.5 * log_var)), form / 2.0 + 2.0, compute),))]
+    elif vt == "learned":
+        if predicted_variance is None:
+            raise ValueError("predicted_variance=None: variance_type='learned' needs the model's variance output")
+        c_terms = [CoefficientTerm(1.0, (F(float(np.sqrt(predicted_variance)), 0.0),))]
+    else:
+        c_terms = [CoefficientTerm(1.0, (F(np.sqrt(small), small_form / 2.0 + 1.0),))]
+    return {"a": _scaled_many(c0, ax) + [ct], "b": _scaled_many(c0, am), "c": c_terms}
+
+
+def _coefficient_values(spec: StepSpec, a: float, p: float, pv: float | None) -> dict[str, float]:
+    return {k: float(sum(t.value for t in terms)) for k, terms in coefficient_terms(spec, a, p, pv).items()}
+
+
+def coefficient_bound(
+    spec: StepSpec,
+    *,
+    alpha_bar_t: float,
+    alpha_bar_prev: float,
+    delta_t: float,
+    delta_prev: float,
+    u_compute: float,
+    u_table: float,
+    predicted_variance: float | None = None,
+    safety: float = SAFETY_COEF,
+) -> CoefficientBound:
+    r"""How far a correct target's effective coefficients (a, b, c) may lie from the exact ones.
+
+    Which rounding applies. A target forms each scalar factor of a coefficient (√ᾱ, 1/(1 − ᾱ_t),
+    β′, σ, …) from its tables in the tables' dtype (unit roundoff ``u_table``, read off the target's
+    ᾱ table), and each factor meets the tensor once: a Python float or a float32 0-d tensor times a
+    bfloat16 tensor is rounded to bfloat16 by torch's type promotion (a 0-d tensor does not promote a
+    dimensioned one; torch 2.x keeps a Python float in float32 arithmetic, but a 0-d tensor is cast
+    first — both are within the bound). A term of k factors is therefore off by at most
+
+    .. math::
+
+        |{\rm term}|\Big(\gamma_k(u_c) + u_{\rm table}\sum_f \mathrm{form}_f\Big)
+
+    (:class:`CoefficientFactor` ``form``), and the coefficient by the sum over its terms (no
+    cancellation assumed), times ``safety``. The tables' own error propagates as
+    :math:`|\partial c/\partial\ln\bar\alpha_t|\,\delta_t + |\partial c/\partial\ln\bar\alpha_s|\,\delta_s`
+    (central differences of the closed form). DDIM's :math:`d = \sqrt{1-\bar\alpha_s-\sigma^2}` of a
+    (nearly) cancelling difference r formed with absolute error Δ is off by at most
+    :math:`\min(\Delta/(2\sqrt r), \sqrt\Delta)` (as in :func:`step_bound`), added to the terms that hold d.
+    """
+    a, p = float(alpha_bar_t), float(alpha_bar_prev)
+    terms = coefficient_terms(spec, a, p, predicted_variance)
+    values = {k: float(sum(t.value for t in ts)) for k, ts in terms.items()}
+    rounding: dict[str, float] = {}
+    for key, ts in terms.items():
+        total = 0.0
+        for term in ts:
+            k = len(term.factors)
+            rel = (float(gamma(k, u_compute)) + u_table * sum(f.form for f in term.factors)
+                   + u_compute * sum(f.compute for f in term.factors))
+            total += abs(term.value) * rel
+        rounding[key] = safety * total
+    if spec.family == "ddim":
+        var = max(spec.eta**2 * (1.0 - p) / (1.0 - a) * (1.0 - a / p), 0.0) if a < 1.0 and p > 0 else 0.0
+        rest = (1.0 - p) - var
+        delta = 2.0 * u_table * ((1.0 - p) + var * (6.0 + _rel_cond(a / p) if p > 0 else 0.0))
+        root_err = min(delta / (2.0 * np.sqrt(rest)), np.sqrt(delta)) if rest > 0 else np.sqrt(max(delta, 0.0))
+        _, _, ex, em = _prediction_maps(spec.prediction_type, a)
+        for key, maps in (("a", ex), ("b", em)):
+            rounding[key] += safety * root_err * sum(abs(t.value) for t in maps)
+    table: dict[str, float] = {k: 0.0 for k in terms}
+    h = 1e-7
+    for which, delta in (("t", delta_t), ("p", delta_prev)):
+        if not delta > 0.0:
+            continue
+        if which == "t":
+            lo, hi = a * (1 - h), min(a * (1 + h), np.nextafter(min(1.0, p), 0.0))
+            if a <= 0.0 or hi <= lo:
+                continue
+            v_hi = _coefficient_values(spec, hi, p, predicted_variance)
+            v_lo = _coefficient_values(spec, lo, p, predicted_variance)
+        else:
+            lo, hi = max(p * (1 - h), a if spec.family == "ddpm" else 0.0), min(p * (1 + h), 1.0)
+            if p <= 0.0 or hi <= lo:
+                continue
+            v_hi = _coefficient_values(spec, a, hi, predicted_variance)
+            v_lo = _coefficient_values(spec, a, lo, predicted_variance)
+        for key in terms:
+            d = (v_hi[key] - v_lo[key]) / np.log(hi / lo)
+            if d != 0.0:
+                table[key] += abs(d) * delta
+    bound = {k: rounding[k] + safety * table[k] for k in terms}
+    return CoefficientBound(values=values, bound=bound, rounding=rounding, table=table)

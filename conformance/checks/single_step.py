@@ -15,6 +15,16 @@ evaluated on exactly the values the target was given (cast back to float64):
   predicted value is :math:`\tanh(g)\in(-1, 1)`, for ``learned`` the variance :math:`\beta' e^{g/2} > 0`,
   g standard normal.
 
+**Half precision (float16, bfloat16): realistic inputs.** A random model output that is
+inconsistent with x_t makes x̂₀ ≈ (x_t − √(1−ᾱ)m)/√ᾱ as large as 1e5 at t = T − 1 of a cosine
+schedule, past float16's 65504: a correct sampler then overflows on inputs no model produces. In
+half precision the harness therefore draws (x_t, m) consistent with an oracle data law,
+x₀ ~ U(−ρ, ρ) with ρ = twice the clip range (2 without clipping), by
+:func:`~ddspec.conformance.checks.coefficients.oracle_inputs` (same offsets): x̂₀ is then x₀ up to the
+inputs' rounding, in the data's range, and clipping still acts. A run that still overflows on such
+inputs is a real failure. float32 and float64 keep the independent random draws (no overflow is
+possible there, and they exercise every term of the step).
+
 The model output is read with the target's declared ``prediction_type`` (reported in ``details``).
 Every element must satisfy ``|got − expected| ≤ step_bound`` (:func:`ddspec.conformance.tolerances.step_bound`,
 ``u_table = max(table_roundoff(target ᾱ), u_compute)``); an exception, a timeout, NaN/inf, or a tensor
@@ -38,10 +48,13 @@ import numpy as np
 
 from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
 from ..expectation import UnsupportedConvention, reference_betas, reference_step, step_spec
+from ..protocol import Conventions
 from ..results import CheckResult, Verdict
+from .coefficients import oracle_inputs
 from ._common import (
     RunPlan,
     Tally,
@@ -65,10 +78,25 @@ __all__ = ["check_single_steps", "CHECKS"]
 FAMILY = "single_step"
 
 
+#: The dtypes whose single steps are fed inputs consistent with an oracle data law (issue 13 §3).
+CONSISTENT_DTYPES = ("float16", "bfloat16")
+
+
+def uses_consistent_inputs(ctx: CheckContext) -> bool:
+    """Whether this run draws (x_t, m) consistent with an oracle data law: in half precision."""
+    return ctx.dtype_name in CONSISTENT_DTYPES
+
+
+def consistent_data_range(conv: Conventions) -> float:
+    r"""ρ of the data law x₀ ~ U(−ρ, ρ) of the consistent inputs: twice the clip range (so that
+    clipping and thresholding still act on about half the elements), 2 when nothing is clipped."""
+    return 2.0 * (float(conv.clip_sample_range) if conv.clip_sample else 1.0)
+
+
 def _predicted_variance(ctx: CheckContext, conv, betas, t: int, t_prev: int, offset: int) -> np.ndarray | None:
     """The float64 predicted variance drawn for a learned variance type (before the cast), else None."""
     vt = conv.variance_type
-    if vt not in ("learned", "learned_range"):
+    if vt not in LEARNED_VARIANCE_TYPES:
         return None
     g = ctx.randn(ctx.settings.sample_shape, offset, dtype="float64", device="cpu").numpy()
     if vt == "learned_range":
@@ -87,8 +115,17 @@ def _reproduce(ctx: CheckContext, conv, info: dict[str, Any]) -> str:
         "# `sampler`: the target under test",
         f"ctx = CheckContext(sampler, device={str(ctx.device)!r}, dtype={ctx.dtype_name!r}, seed={ctx.seed})",
         "conv, betas = sampler.conventions, reference_betas(sampler.conventions)",
-        f"x_t = ctx.randn({shape}, {info['off_x']})",
-        f"m = ctx.randn({shape}, {info['off_m']})",
+    ]
+    if info.get("consistent_range") is not None:
+        lines += [
+            "from ddspec.conformance.checks.coefficients import oracle_inputs",
+            "from ddspec.reference.alphas import alpha_bar",
+            f"x_t, m, _ = oracle_inputs(ctx, conv.prediction_type, float(alpha_bar(betas)[{info['t']}]), {shape}, "
+            f"{info['off_x']}, {info['off_m']}, {info['consistent_range']!r})",
+        ]
+    else:
+        lines += [f"x_t = ctx.randn({shape}, {info['off_x']})", f"m = ctx.randn({shape}, {info['off_m']})"]
+    lines += [
         f"z = ctx.randn({shape}, {info['off_z']})" if info.get("off_z") is not None else "z = None",
     ]
     if info.get("off_pv") is not None:
@@ -127,6 +164,9 @@ def _run_variant(
 ) -> tuple[Tally, dict[str, Any]]:
     shape = tuple(ctx.settings.sample_shape)
     spec = step_spec(conv, eta)
+    consistent = uses_consistent_inputs(ctx)
+    rho = consistent_data_range(conv)
+    alpha_bar = ref_alphas.alpha_bar(betas)
     tally = Tally()
     singular: list[str] = []
     rejected: list[str] = []
@@ -154,8 +194,11 @@ def _run_variant(
                 no_injection += 1
                 continue
             use_noise = wants_noise and conv.supports_noise_injection
-            x = ctx.randn(shape, off_x)
-            m = ctx.randn(shape, off_m)
+            if consistent:
+                x, m, _ = oracle_inputs(ctx, conv.prediction_type, float(alpha_bar[t]), shape, off_x, off_m, rho)
+            else:
+                x = ctx.randn(shape, off_x)
+                m = ctx.randn(shape, off_m)
             z = ctx.randn(shape, off_z) if use_noise else None
             pv64 = _predicted_variance(ctx, conv, betas, t, t_prev, off_pv)
             pv = None
@@ -164,7 +207,8 @@ def _run_variant(
             x64, m64 = exact_of(x), exact_of(m)
             z64 = None if z is None else exact_of(z)
             info = {"N": N, "k": k, "t": t, "t_prev": t_prev, "eta": eta, "off_x": off_x, "off_m": off_m,
-                    "off_z": off_z if z is not None else None, "off_pv": off_pv if pv is not None else None}
+                    "off_z": off_z if z is not None else None, "off_pv": off_pv if pv is not None else None,
+                    "consistent_range": rho if consistent else None}
             try:
                 ref = reference_step(conv, betas, model_output=m64, t=t, t_prev=t_prev, x_t=x64,
                                      noise=z64, eta=eta, predicted_variance=pv64)
@@ -245,6 +289,9 @@ def check_single_steps(ctx: CheckContext) -> list[CheckResult]:
         "prediction_type_note": "the model output is read as the target declares it (conventions.prediction_type)",
         "steps_tested": [p.num_steps for p in plans],
         "timesteps_source": {f"N={p.num_steps}": p.source for p in plans},
+        "inputs": (f"consistent with the data law x0 ~ U(-{consistent_data_range(conv):g}, "
+                   f"{consistent_data_range(conv):g}) (half precision)" if uses_consistent_inputs(ctx)
+                   else "independent standard normal x_t and model output"),
         **tol.details(),
     }
     if skipped_runs:

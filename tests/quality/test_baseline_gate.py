@@ -2,9 +2,10 @@ r"""Acceptance test of the baseline gate (issue 12, §1): a precision regression
 
 The planted target is the bundled torch port (:mod:`ddspec.conformance.torch_port`, right by
 construction: its float32 error is the working dtype's rounding alone) with one coefficient
-perturbed: every step's output is multiplied by :math:`1 + 30u`, :math:`u = 2^{-24}` the float32 unit
-roundoff, i.e. the coefficients of :math:`\hat x_0` and :math:`\hat\epsilon` in DDIM eq. 12 (Song et al.
-2021) are each off by 30 of their own rounding errors. The single-step error becomes
+perturbed: every step's output is multiplied by :math:`1 \pm 30u` (a fixed sign per element),
+:math:`u = 2^{-24}` the float32 unit roundoff, i.e. each element of DDIM eq. 12's output (Song et al.
+2021) is off by 30 of its own rounding errors, with no systematic change of any coefficient (a constant
+factor would be, and the ``coefficients`` family catches that). The single-step error becomes
 :math:`\approx 30u\,|x_{t-1}|`, where the port's honest error is :math:`\lesssim u\,|x_{t-1}|`.
 
 Why 30 and not 100: at :math:`100u` the single-step error reaches about 92 % of the single-step
@@ -41,12 +42,24 @@ K = 30.0
 
 
 class PerturbedPort(ReferencePort):
-    r"""The reference port with every step output scaled by :math:`1 + K u` (u of the working dtype)."""
+    r"""The reference port with every step output multiplied by :math:`1 + s K u` (u of the working dtype), with
+    a fixed sign pattern :math:`s = \pm 1` per element: a noisier kernel, not a changed coefficient.
+
+    A constant factor :math:`1 + Ku` would move every coefficient of the step by :math:`Ku`, which the
+    ``coefficients`` family (issue 13) resolves at 30u: a real defect, not a regression inside the
+    tolerance. A zero-mean sign pattern leaves the fitted coefficients unbiased (it widens the residual)
+    while each element is still off by :math:`Ku|x_{t-1}|`; the pattern depends on the element's place
+    within a sample only, so the step stays deterministic and batch-independent.
+    """
 
     def step(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         out = super().step(*args, **kwargs)
         u = float(torch.finfo(out.dtype).eps) / 2.0
-        return out * (1.0 + K * u)
+        g = torch.Generator(device="cpu").manual_seed(20261206)
+        # one sign per position within a sample, the same for every sample of the batch (the step must stay
+        # batch-independent: a fixed x_t repeated over the batch gives repeated outputs)
+        sign = torch.randint(0, 2, out.shape[1:], generator=g, dtype=torch.int64).to(out.dtype) * 2.0 - 1.0
+        return out * (1.0 + K * u * sign.to(out.device))
 
 
 def make_perturbed_port() -> PerturbedPort:

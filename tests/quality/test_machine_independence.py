@@ -51,6 +51,7 @@ from ddspec.conformance.runner import run_checks
 #: Checks that a NaN at the first step of an η = 1 run explains (and nothing else may fail).
 NAN_EXPLAINS: tuple[str, ...] = (
     "single_step.eta=1",
+    "coefficients.eta=1",
     "oracle.point_mass.eta=1",
     "distribution.step_moments.eta=1",
     "distribution.run_output.eta=1",

@@ -701,7 +701,7 @@ def diffusers_ddim_trailing() -> DDIMScheduler:
     return DDIMScheduler(timestep_spacing="trailing")
 
 
-_NOISY_LAST_STEP = ("distribution.step_moments.*", "invariants.no_final_noise")
+_NOISY_LAST_STEP = ("distribution.step_moments.*", "invariants.no_final_noise", "coefficients.*")
 
 #: diffusers 0.42's leading spacing with steps_offset=1 at N = T returns [1000, 999, ..., 1]: timestep
 #: 1000 lies outside the 1000-entry table and step() raises IndexError there (docs/diffusers.md §6).
@@ -756,25 +756,25 @@ KNOWN_DISCREPANCIES: tuple[Config, ...] = (
            "DDPMScheduler(variance_type='fixed_large', timestep_spacing='trailing')",
            discrepancy="diffusers 0.42: DDPMScheduler.step adds noise when t > 0, so with trailing spacing the "
                        "last step (t = T/N - 1 -> data) adds sqrt(beta') z, std 0.32 at N = 10",
-           fails=("oracle.point_mass.variance_type=*", "single_step.*", "distribution.*", "invariants.no_final_noise")),
+           fails=("oracle.point_mass.variance_type=*", "single_step.*", "coefficients.*", "distribution.*", "invariants.no_final_noise")),
     Config("diffusers_ddpm_fixed_large_log", diffusers_ddpm_fixed_large_log,
            "DDPMScheduler(variance_type='fixed_large_log')",
            discrepancy="diffusers 0.42: DDPMScheduler fixed_large_log returns log(beta') and step takes its square "
                        "root: sqrt(negative) = NaN at every noisy step",
-           fails=("oracle.point_mass.variance_type=*", "single_step.*", "distribution.*", "invariants.finite")),
+           fails=("oracle.point_mass.variance_type=*", "single_step.*", "coefficients.*", "distribution.*", "invariants.finite")),
     Config("diffusers_ddim_linspace", diffusers_ddim_linspace, "DDIMScheduler(timestep_spacing='linspace')",
            discrepancy="diffusers 0.42: DDIMScheduler.step takes t - T//N as the previous timestep for every "
                        "spacing; with linspace it is not the next timestep of the run",
-           fails=("oracle.*", "single_step.*", "distribution.*")),
+           fails=("oracle.*", "single_step.*", "coefficients.*", "distribution.*")),
     Config("diffusers_ddim_trailing_N7", diffusers_ddim_trailing,
            "DDIMScheduler(timestep_spacing='trailing'), N = 7", steps=(7,),
            discrepancy="diffusers 0.42: DDIMScheduler.step takes t - T//N as the previous timestep; with trailing "
                        "spacing and N not dividing T it is not the next timestep, and the last step goes "
                        "to round(T/N) - 1 - T//N (index 0 for T=1000, N=7) instead of the data",
-           fails=("oracle.*", "single_step.*", "distribution.*", "invariants.no_final_noise")),
+           fails=("oracle.*", "single_step.*", "coefficients.*", "distribution.*", "invariants.no_final_noise")),
     Config("diffusers_ddim_trailing_N61", diffusers_ddim_trailing,
            "DDIMScheduler(timestep_spacing='trailing'), N = 61", steps=(61,),
            discrepancy="diffusers 0.42: trailing set_timesteps(61) returns 62 timesteps ending in -1, and step "
                        "takes t - T//N as the previous timestep",
-           fails=("timesteps.sequence.N=61", "oracle.*", "single_step.*", "distribution.*", "invariants.*")),
+           fails=("timesteps.sequence.N=61", "oracle.*", "single_step.*", "coefficients.*", "distribution.*", "invariants.*")),
 )

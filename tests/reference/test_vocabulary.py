@@ -61,3 +61,20 @@ def test_x0_constraint_follows_the_declaration() -> None:
     assert Conventions(**base).x0_constraint is V.X0Constraint.NONE
     assert Conventions(**base, clip_sample=True).x0_constraint is V.X0Constraint.CLIP
     assert Conventions(**base, clip_sample=True, thresholding=True).x0_constraint is V.X0Constraint.THRESHOLD
+def _spelled_vocabularies(path: Path) -> list[str]:
+    """Tuple/list/set literals in ``path`` holding two or more names of one vocabulary."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            names = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+            for label, vocab in _VOCABULARIES.items():
+                if len(names & vocab) >= 2:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {label} {sorted(names & vocab)}")
+    return found
+
+
+def test_no_other_module_spells_a_vocabulary() -> None:
+    modules = [p for d in ("reference", "conformance") for p in sorted((ROOT / d).rglob("*.py"))
+               if p.name != "vocabulary.py" and "twin" not in p.parts]
+    spelled = [hit for p in modules for hit in _spelled_vocabularies(p)]
+    assert not spelled, "vocabulary spelled outside reference/vocabulary.py:\n" + "\n".join(spelled)
