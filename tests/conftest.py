@@ -102,10 +102,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 #: counts them (every CheckResult whose details carry a false_failure_rate), prints the count under
 #: the ledger, and fails if it exceeds the bound (pytest_sessionfinish).
 HARNESS_ALPHA = 1e-10
-HARNESS_MAX_CHECKS = 2000
-#: The bound of a ``--run-slow`` run (the seed sweeps add about 1000 statistical results; measured:
-#: 1484 in the default run). Its booking, 5e-7, still leaves that run inside the 1e-6 budget.
-HARNESS_MAX_CHECKS_SLOW = 5000
+#: Measured on 2026-12-06: 3044 in the default run (the adapters, coefficients and diagnosis families of
+#: issues 9, 10 and 13 added about 1500). Booking 4000 (4e-7) with the run's other entries (about 2.2e-7)
+#: stays inside the 1e-6 budget.
+HARNESS_MAX_CHECKS = 4000
+#: The bound of a ``--run-slow`` run (the seed sweeps and the wide half-precision and diagnosis tables add
+#: their results). Its booking, 7e-7, with the other entries still leaves that run inside the 1e-6 budget.
+HARNESS_MAX_CHECKS_SLOW = 7000
 
 
 def _max_checks(config: pytest.Config) -> int:

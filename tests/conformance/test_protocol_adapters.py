@@ -405,7 +405,7 @@ def test_adapt_dispatch() -> None:
         (3, "builtins.int"),
         (lambda n: n, "no arguments"),
         (lambda: 42, "returned int"),
-        (diffusers.EulerDiscreteScheduler(), "only DDPMScheduler and DDIMScheduler"),
+        (diffusers.EulerDiscreteScheduler(), "supported diffusers classes: DDPMScheduler, DDIMScheduler"),
     ],
 )
 def test_adapt_errors(obj: object, match: str) -> None:
