@@ -24,6 +24,7 @@ ALL_CHECKS: list = [
     *distribution.CHECKS,
     *invariants.CHECKS,
     *loop.CHECKS,
+    *coefficients.LOOP_CHECKS,
     *global_state.CHECKS,
     *adapter_extras.CHECKS,
 ]

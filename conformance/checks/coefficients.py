@@ -62,8 +62,8 @@ Results: ``coefficients.eta=<η>`` (DDIM, one per profile η) or ``coefficients.
 "standard_error": {...}, "output_rounding": {...}, "fit_error": {...}, "design", "n_elements"}``.
 
 **Loop targets** (:func:`check_loop_coefficients`, one result ``loop.coefficients``, family ``loop``
-like every result of a loop target; in :data:`LOOP_CHECKS`, not yet in ``ALL_CHECKS``): the loop is
-driven by the ``loop`` family's field probe and each chosen recorded transition is fitted,
+like every result of a loop target; :data:`LOOP_CHECKS`, in ``ALL_CHECKS``): the ``loop`` family's
+field-probe runs (the same recorded runs, shared) and each chosen recorded transition is fitted,
 x_{k+1} ≈ a·x_k + b·out_k, with the same tolerance; the residual's
 standard deviation estimates c and is judged by a χ² interval widened by the rounding (rows carry a
 ``"noise_std"`` entry).
@@ -425,7 +425,7 @@ def _variant(
     rho = data_range(conv)
     rows: list[_Row] = []
     broken = BrokenCalls()
-    counts = {"singular": 0, "clip_range": 0, "no_injection": 0, "rejected": 0}
+    counts = {"singular": 0, "clip_range": 0, "no_injection": 0, "rejected": 0, "identity": 0}
     designs: dict[str, int] = {}
     for plan in plans:
         N = plan.num_steps
@@ -434,6 +434,11 @@ def _variant(
         rng = np.random.default_rng([ctx.seed, offset_for(FAMILY, "choose", N)])
         for k in choose_steps(len(plan.pairs), fit_steps(ctx), rng):
             t, t_prev = plan.pairs[k]
+            if t == t_prev:
+                # the ᾱ_0 variant's last step of a run ending at index 0 (t = t_prev = 0): the identity in exact
+                # arithmetic, (a, b, c) = (1, 0, 0), whose rounding terms are 0/0; single_step judges it exactly
+                counts["identity"] += 1
+                continue
             stochastic = eta > 0.0 if conv.family == "ddim" else t_prev >= 0
             if stochastic and not conv.supports_noise_injection:
                 counts["no_injection"] += 1
@@ -516,6 +521,8 @@ def _variant(
         extra["stochastic_steps_skipped_no_noise_injection"] = counts["no_injection"]
     if counts["rejected"]:
         extra["steps_the_reference_rejects"] = counts["rejected"]
+    if counts["identity"]:
+        extra["identity_steps_left_to_single_step"] = counts["identity"]
     return rows, broken, extra
 
 
@@ -688,7 +695,7 @@ def _loop_rows(ctx: CheckContext, setup: Any, n: int, eta: float | None) -> tupl
     r"""Fit every chosen transition of one field-probe run of the loop (see :func:`check_loop_coefficients`)."""
     from . import loop as loop_checks
 
-    run = loop_checks._run(ctx, setup, n, eta, kind="field")
+    run = loop_checks.field_run(ctx, setup, n, eta)
     if run.error is not None:
         return [], run.error, {}
     conv, betas = setup.conv, setup.betas
@@ -824,6 +831,7 @@ check_loop_coefficients.target_kinds = ("loop",)  # type: ignore[attr-defined]
 
 #: The step-target check, in :data:`ddspec.conformance.checks.ALL_CHECKS`.
 CHECKS: list = [check_coefficients]
-#: The loop-target check (``target_kinds = ("loop",)``). Not yet in ``ALL_CHECKS``: the ``loop``
-#: family's test of the loop check list and the test run's statistical booking must take it first.
+#: The loop-target check (``target_kinds = ("loop",)``), in ``ALL_CHECKS`` after the ``loop`` family: it
+#: fits the field runs that family recorded (:func:`~ddspec.conformance.checks.loop.field_run`), so it drives
+#: the loop again only for a run the shared store no longer holds.
 LOOP_CHECKS: list = [check_loop_coefficients]

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -189,12 +190,48 @@ def _seed(ctx: CheckContext, *parts: object) -> int:
     return (ctx.seed + offset_for(*parts)) % (2**62)
 
 
+#: The most recorded state elements (float64) of shared field runs kept per context (about 32 MB).
+SHARED_MAX_ELEMENTS = 4_000_000
+#: The recorded field runs of each context, by (N, η): ``loop.*``, ``loop.coefficients`` and the diagnosis
+#: judge the same run instead of driving the loop again (a run is a pure function of the context's seed).
+#: Keyed by ``id(ctx)`` (a context is a mutable dataclass, unhashable); an entry goes when its context does.
+_FIELD_RUNS: dict[int, dict[tuple[int, float | None], Trajectory]] = {}
+
+
+def _runs_of(ctx: CheckContext) -> dict[tuple[int, float | None], Trajectory]:
+    key = id(ctx)
+    if key not in _FIELD_RUNS:
+        _FIELD_RUNS[key] = {}
+        weakref.finalize(ctx, _FIELD_RUNS.pop, key, None)
+    return _FIELD_RUNS[key]
+
+
+def field_run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) -> Trajectory:
+    r"""The field-probe run of N steps at η for this context, driven once and shared by every check that judges
+    it (``loop.steps``/``noise``/``final_step``, ``loop.coefficients``, the diagnosis)."""
+    runs = _runs_of(ctx)
+    key = (int(n), eta)
+    if key in runs:
+        return runs[key]
+    run = _run(ctx, setup, n, eta, kind="field")
+    runs[key] = run
+    # keep at most SHARED_MAX_ELEMENTS recorded state elements per context: drop the oldest runs first
+    while len(runs) > 1 and sum(_recorded(r) for r in runs.values()) > SHARED_MAX_ELEMENTS:
+        del runs[next(iter(runs))]
+    return run
+
+
+def _recorded(run: Trajectory) -> int:
+    return sum(c.x_t.size + c.output.size for c in run.calls if c.x_t is not None and c.output is not None)
+
+
 def _run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, *, kind: str,
          global_seed: int | None = None, tag: str = "", start: tuple[Any, Any] | None = None,
          data_scale: float = 1.0) -> Trajectory:
     r"""One run of the loop driven by the field probe (``kind="field"``, states recorded) or the pure oracle
     (``"oracle"``). x_T is standard normal, or ``start = (mean, variance)`` per coordinate; the probe's data
-    law is :func:`~ddspec.conformance.trajectory.probe_oracle` scaled by ``data_scale`` (:func:`_data_oracle`)."""
+    law is :func:`~ddspec.conformance.trajectory.probe_oracle` scaled by ``data_scale`` (:func:`_data_oracle`).
+    The plain field run of a context is :func:`field_run` (driven once, shared)."""
     batch = _field_batch(ctx, n) if kind == "field" else _law_batch(ctx, n)
     shape = (batch, *STATE_SHAPE)
     if setup.hung:  # an abandoned call may still be running: call the loop no more
@@ -735,7 +772,7 @@ def check_loop_runs(ctx: CheckContext) -> list[CheckResult]:
         results.append(CheckResult.skipped(f"loop.timesteps.N={n}", FAMILY, why))
     for n in setup.counts:
         start = time.perf_counter()
-        runs = [(eta, _run(ctx, setup, n, eta, kind="field")) for eta in setup.etas]
+        runs = [(eta, field_run(ctx, setup, n, eta)) for eta in setup.etas]
         per_n = [_timesteps_result(setup, n, [r for _, r in runs])]
         for eta, run in runs:
             if run.input_mutated:

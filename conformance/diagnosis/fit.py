@@ -212,7 +212,7 @@ def _collect_loop(ctx: Any, failing: Sequence[str]) -> Evidence | str:
         etas = [etas[0], etas[-1]]
     table_t = setup.timestep_table
     for eta in etas:
-        run = lp._run(ctx, setup, n, eta, kind="field", tag="diagnosis")
+        run = lp.field_run(ctx, setup, n, eta)  # the run the checks judged, when they ran this N
         if run.input_mutated:
             ev.mutated = True
         calls = [c for c in run.calls if c.x_t is not None and c.output is not None]

@@ -30,7 +30,7 @@ from ddspec.conformance.context import CheckContext
 from ddspec.conformance.expectation import reference_betas, step_spec
 from ddspec.conformance.protocol import Conventions
 from ddspec.conformance.results import FAMILIES, Verdict
-from ddspec.conformance.runner import select_checks
+from ddspec.conformance.runner import installed_checks, run_checks, select_checks
 from ddspec.conformance.tolerances import UNIT_ROUNDOFF, coefficient_bound, coefficient_terms
 from ddspec.conformance.torch_port import ReferencePort, make_reference_port
 from ddspec.reference.alphas import alpha_bar
@@ -354,3 +354,21 @@ def test_planted_loop_bug_fails(case: str, what: str) -> None:
     assert failed, {n: r.message for n, r in results.items()}
     assert any(f"{what} at t=" in r.message for r in failed), [r.message for r in failed]
     assert all(r.family == "loop" and r.name == "loop.coefficients" for r in results.values())
+
+
+def test_the_alpha_bar_0_variants_identity_step_is_left_to_single_step() -> None:
+    # DDIMScheduler(set_alpha_to_one=False) at N = 1 steps from t = 0 to "index 0" (alpha_bar_0): x_prev = x_t,
+    # the coefficients (1, 0, 0) exactly, whose rounding terms are 0/0. The fit skips that step (and says so)
+    # instead of judging it against a NaN tolerance; single_step compares it exactly.
+    from diffusers import DDIMScheduler
+
+    from ddspec.conformance.adapters import adapt
+
+    target = adapt(DDIMScheduler(set_alpha_to_one=False))
+    ctx = CheckContext(target, dtype="float32", profile="quick", seed=0, steps=(1, 10))
+    results = {r.name: r for r in run_checks(target, ctx, installed_checks()).checks}
+    for eta in ("0", "1"):
+        r = results[f"coefficients.eta={eta}"]
+        assert r.verdict is Verdict.PASS, r.message
+        assert r.details["identity_steps_left_to_single_step"] >= 1
+    assert results["single_step.eta=0"].verdict is Verdict.PASS

@@ -18,7 +18,7 @@ import torch
 from ddspec.conformance.adapters import adapt
 from ddspec.conformance.adapters.loop import LoopSampler
 from ddspec.conformance.checks import ALL_CHECKS
-from ddspec.conformance.checks import adapter_extras
+from ddspec.conformance.checks import adapter_extras, coefficients
 from ddspec.conformance.checks import loop as loop_checks
 from ddspec.conformance.context import CheckContext
 from ddspec.conformance.loader import load
@@ -254,11 +254,13 @@ def test_runner_gives_each_kind_its_checks() -> None:
     assert target_kind(step) == "step" and target_kind(loop_target) == "loop"
     # every kind also gets the adapter's own extra checks (a duck-typed hook that returns nothing without one)
     extras = adapter_extras.CHECKS
-    assert select_checks(step, ALL_CHECKS) == [c for c in ALL_CHECKS if c not in loop_checks.CHECKS]
-    assert select_checks(loop_target, ALL_CHECKS) == loop_checks.CHECKS + extras
+    loop_only = loop_checks.CHECKS + coefficients.LOOP_CHECKS
+    assert select_checks(step, ALL_CHECKS) == [c for c in ALL_CHECKS if c not in loop_only]
+    assert select_checks(loop_target, ALL_CHECKS) == loop_only + extras
     chosen = select_checks(with_tables, ALL_CHECKS)
-    assert chosen[-4:] == loop_checks.CHECKS + extras
-    assert {c.__module__.rsplit(".", 1)[-1] for c in chosen[:-4]} == {"schedule"}
+    k = len(loop_only + extras)
+    assert chosen[-k:] == loop_only + extras
+    assert {c.__module__.rsplit(".", 1)[-1] for c in chosen[:-k]} == {"schedule"}
 
 
 def test_adapt_and_load_accept_a_loop_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
