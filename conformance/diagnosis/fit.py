@@ -271,18 +271,24 @@ def _finite(obs: list[Obs]) -> list[Obs]:
 
 
 def _score_transitions(env: Env, obs: list[Obs], knobs: Knobs, name: str | None, params: dict[str, Any],
-                       bases: dict[int, Array] | None = None) -> Score:
+                       bases: dict[int, Array] | None = None, *, finite: bool = False,
+                       stop_above: float = math.inf) -> Score:
     r"""Score ``knobs`` on the transitions. The error model's bound τ was computed for the declared
     step; for a perturbed step it is scaled by the ratio of the two steps' magnitudes M (the rounding
-    bound is proportional to M) when that ratio exceeds 1."""
+    bound is proportional to M) when that ratio exceeds 1.
+
+    ``stop_above``: once the worst ratio exceeds it, the remaining transitions are not scored and the
+    score returned is that lower bound (the caller only needs to know the candidate is worse: see
+    :func:`score_step_patterns`)."""
     worst = (0.0, 0.0, 0.0, "")
     u_all: list[Array] = []
     x_all: list[Array] = []
-    for o in _finite(obs):
+    unperturbed = knobs == Knobs()
+    for o in (obs if finite else _finite(obs)):
         try:
             with np.errstate(all="ignore"):
                 pred = perturbed_step(env, o, knobs)
-                if knobs == Knobs():
+                if unperturbed:
                     base = pred.magnitude
                 elif bases is not None and id(o) in bases:
                     base = bases[id(o)]
@@ -291,10 +297,13 @@ def _score_transitions(env: Env, obs: list[Obs], knobs: Knobs, name: str | None,
                 scale = np.maximum(1.0, np.where(base > 0, pred.magnitude / np.where(base > 0, base, 1.0), 1.0))
         except (ValueError, IndexError, ZeroDivisionError) as exc:
             return Score(name, "step", math.inf, math.inf, 0.0, params, f"{_where(o)}: {exc}")
-        if o.bound is not None:
-            o = replace(o, bound=o.bound * np.where(np.isfinite(scale), scale, 1.0))
         sigma = pred.sigma
-        tol = _tol(o, pred.magnitude, sigma)
+        if o.bound is not None:
+            bound = o.bound * np.where(np.isfinite(scale), scale, 1.0)
+            z = np.abs(o.noise) if o.noise is not None else 0.0
+            tol = bound + _OWN_ROUNDING * (pred.magnitude + sigma * z) + 1e-300  # _tol with the scaled bound
+        else:
+            tol = _tol(o, pred.magnitude, sigma)
         if o.noise is not None:
             with np.errstate(all="ignore"):
                 err = np.abs(o.x_prev - (pred.mean + sigma * o.noise))
@@ -313,6 +322,8 @@ def _score_transitions(env: Env, obs: list[Obs], knobs: Knobs, name: str | None,
         j = int(np.argmax(ratio))
         if ratio.flat[j] > worst[0]:
             worst = (float(ratio.flat[j]), float(err.flat[j]), float(tol.flat[j]), _where(o))
+            if worst[0] > stop_above:
+                return Score(name, "step", worst[0], worst[1], worst[2], params, worst[3] + " (scoring stopped: worse)")
     score = Score(name, "step", worst[0], worst[1], worst[2], params, worst[3])
     if u_all:
         u = np.concatenate(u_all)
@@ -431,19 +442,23 @@ def _rank(scores: list[Score]) -> list[Score]:
 
 def score_step_patterns(ev: Evidence) -> tuple[Score, list[Score]]:
     r"""The reference's score and every applicable ``"step"`` pattern's best score on the transitions."""
-    obs = _thin(list(ev.obs))
-    ref = _score_transitions(ev.env, obs, Knobs(), None, {})
+    obs = _finite(_thin(list(ev.obs)))  # filtered once: every candidate scores the same transitions
+    ref = _score_transitions(ev.env, obs, Knobs(), None, {}, finite=True)
     with np.errstate(all="ignore"):
-        bases = {id(o): perturbed_step(ev.env, o, Knobs()).magnitude for o in _finite(obs)}
+        bases = {id(o): perturbed_step(ev.env, o, Knobs()).magnitude for o in obs}
     scores = []
+    # a candidate whose worst ratio already exceeds both 1 and the best ratio so far cannot explain the
+    # observations nor be the closest pattern: its scoring stops there (its ratio is then a lower bound)
+    cutoff = math.inf
     for p in CATALOGUE:
         if p.evidence != "step" or not _applicable(p, ev):
             continue
         best: Score | None = None
         for knobs, params in _step_candidates(p, ev.env, obs):
-            s = _score_transitions(ev.env, obs, knobs, p.name, params, bases)
+            s = _score_transitions(ev.env, obs, knobs, p.name, params, bases, finite=True, stop_above=cutoff)
             if best is None or s.ratio < best.ratio:
                 best = s
+            cutoff = min(cutoff, max(1.0, s.ratio))
         if best is not None:
             scores.append(best)
     return ref, scores
@@ -757,6 +772,7 @@ def diagnose_evidence(ev: Evidence, failing: Sequence[str]) -> tuple[Diagnosis, 
     covered: set[str] = set()
     closest: tuple[float, Score] | None = None
     table_explains = False
+    explaining: list[Score] = []
     for ref, scores in score_patterns(ev):
         if not scores:
             continue
@@ -766,6 +782,13 @@ def diagnose_evidence(ev: Evidence, failing: Sequence[str]) -> tuple[Diagnosis, 
             if ref.ratio > 1.0 and (closest is None or best.ratio < closest[0]):
                 closest = (best.ratio, best)
             continue
+        explaining.append(best)
+    # the table first (a wrong table explains the steps it feeds); then, across every kind of evidence, a
+    # pattern with no fitted parameter before a fitted one (the simpler explanation: noise shared across the
+    # batch is `noise_reused`, though a fitted noise scale can also square the chi-square of its residuals),
+    # then the smaller ratio
+    explaining.sort(key=lambda s: (s.evidence != "table", bool(by_name[s.pattern].fitted), s.ratio))
+    for best in explaining:
         if best.evidence == "nan" and table_explains:
             continue
         p = by_name[best.pattern]

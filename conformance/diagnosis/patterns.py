@@ -357,7 +357,7 @@ class Pattern:
 #: where the reference is finite, noise on the last step). Contract invariants (mutation, dtype,
 #: determinism, global RNG, batch independence) are never explained by a wrong equation.
 _STEP = ("single_step.*", "oracle.*", "distribution.*", "coefficients.*", "loop.steps*", "loop.noise*",
-         "loop.final_step*", "loop.output_law*", "invariants.finite*", "invariants.no_final_noise*")
+         "loop.final_step*", "loop.output_law*", "loop.coefficients*", "invariants.finite*", "invariants.no_final_noise*")
 
 CATALOGUE: tuple[Pattern, ...] = (
     # -- timesteps and ᾱ_prev -------------------------------------------------------------------------
@@ -389,7 +389,8 @@ CATALOGUE: tuple[Pattern, ...] = (
     Pattern("model_timestep_offset",
             "the model is called with {scale:.6g}·t {offset:+.6g} instead of the declared timestep",
             "improved-diffusion _WrappedModel (rescale_timesteps: t·1000/T); an off-by-one t + 1",
-            ("loop.timesteps*", "loop.steps*", "loop.final_step*", "loop.noise*", "loop.output_law*"), "model_t",
+            ("loop.timesteps*", "loop.steps*", "loop.final_step*", "loop.noise*", "loop.output_law*",
+             "loop.coefficients*"), "model_t",
             targets=("loop",)),
     # -- σ and noise -----------------------------------------------------------------------------------
     Pattern("sigma_from_beta",
@@ -423,7 +424,7 @@ CATALOGUE: tuple[Pattern, ...] = (
     Pattern("noise_reused",
             "one noise draw is reused across {across}",
             "Ho et al. 2020 Algorithm 2, line 3: a fresh z ~ N(0, I) per step and per sample",
-            ("loop.noise*", "loop.output_law*"), "noise_reuse", targets=("loop",)),
+            ("loop.noise*", "loop.output_law*", "loop.coefficients*"), "noise_reuse", targets=("loop",)),
     Pattern("learned_range_unshifted",
             "the learned_range fraction is v itself instead of (v + 1)/2",
             "Nichol & Dhariwal 2021, eq. 15: v ∈ [−1, 1] mapped to (v + 1)/2",
