@@ -501,7 +501,8 @@ def step_bound(
                 continue
             d = (_coef_step(spec, a, hi_p, m, x, z, pv) - _coef_step(spec, a, lo_p, m, x, z, pv)) / np.log(hi_p / lo_p)
         # delta may be inf (a γ bound past 1/u: no useful bound); 0 sensitivity then still costs nothing
-        table = table + np.where(d == 0.0, 0.0, np.abs(d) * delta)
+        with np.errstate(invalid="ignore"):  # inf * 0 where d == 0: masked to 0 just below
+            table = table + np.where(d == 0.0, 0.0, np.abs(d) * delta)
     bound = safety * (rounding + table)
     return StepBound(bound=bound, rounding=rounding, table=table)
 
