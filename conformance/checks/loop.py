@@ -67,7 +67,7 @@ from .distribution import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, clip_tail_bound
 from ._common import (
     StepTolerance, Tally, choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call, tally_result,
 )
-from .timesteps import tie_positions
+from .timesteps import named_rule_match, tie_positions
 
 __all__ = ["CHECKS", "check_loop_runs", "check_loop_output_law", "check_loop_determinism", "named_rule_match",
            "STATE_SHAPE", "RESIDUAL_ROUNDING_LIMIT"]
@@ -339,56 +339,6 @@ def _bound(setup: LoopSetup, e: _Expected, eta: float | None) -> NDArray[np.floa
 
 
 # -- timesteps -------------------------------------------------------------------------------------
-
-_RULE_LABELS = {
-    "leading": "leading",
-    "leading_offset1": "leading with steps_offset=1",
-    "trailing": "trailing",
-    "linspace": "linspace",
-    "uniform": "uniform, range(0, T, T//N)",
-    "quadratic": "quadratic",
-    "section": "improved-diffusion respacing \"N\"",
-    "ddimN": "improved-diffusion \"ddimN\"",
-}
-
-
-def _named_rules(T: int, n: int) -> dict[str, NDArray[np.int64]]:
-    makers = {
-        "leading": lambda: ref_timesteps.leading_timesteps(T, n),
-        "leading_offset1": lambda: ref_timesteps.leading_timesteps(T, n, 1),
-        "trailing": lambda: ref_timesteps.trailing_timesteps(T, n),
-        "linspace": lambda: ref_timesteps.linspace_timesteps(T, n),
-        "uniform": lambda: ref_timesteps.uniform_timesteps(T, n, strict=False),
-        "quadratic": lambda: ref_timesteps.quadratic_timesteps(T, n, strict=False),
-        "section": lambda: ref_timesteps.section_timesteps(T, [n]),
-        "ddimN": lambda: ref_timesteps.section_timesteps(T, f"ddim{n}"),
-    }
-    out = {}
-    for key, make in makers.items():
-        try:
-            out[key] = np.asarray(make(), dtype=np.int64)
-        except ValueError:
-            continue
-    return out
-
-
-def named_rule_match(seq: NDArray[np.int64], T: int, n: int) -> tuple[str | None, str]:
-    r"""(rule, text): the named rule ``seq`` equals (text ``"equals <rule>"``), or None and the nearest one
-    (``"equals leading except 2 positions: 334 vs 333, 668 vs 666"``, got vs rule)."""
-    rules = _named_rules(T, n)
-    same = {k: v for k, v in rules.items() if v.size == seq.size}
-    for key, rule in same.items():
-        if np.array_equal(rule, seq):
-            return key, f"equals the {_RULE_LABELS[key]} rule"
-    if not same:
-        sizes = ", ".join(f"{_RULE_LABELS[k]}: {v.size}" for k, v in rules.items())
-        return None, f"has {seq.size} elements, which no named rule gives for N={n} ({sizes})"
-    key = min(same, key=lambda k: (int(np.count_nonzero(same[k] != seq)), list(rules).index(k)))
-    diff = np.flatnonzero(same[key] != seq)
-    shown = ", ".join(f"{int(seq[i])} vs {int(same[key][i])}" for i in diff[:6])
-    more = " ..." if diff.size > 6 else ""
-    return None, f"equals {_RULE_LABELS[key]} except {diff.size} position(s): {shown}{more}"
-
 
 def _timesteps_result(setup: LoopSetup, n: int, runs: list[Trajectory]) -> CheckResult:
     name = f"loop.timesteps.N={n}"

@@ -29,15 +29,18 @@ It is a tie exactly when twice its remainder equals the denominator. ``leading``
 from __future__ import annotations
 
 import numpy as np
-from ddspec.reference.vocabulary import NAMED_SPACINGS
 import torch
+from numpy.typing import NDArray
+
+from ddspec.reference import timesteps as ref_timesteps
+from ddspec.reference.vocabulary import NAMED_SPACINGS, TimestepSpacing
 
 from ..context import CheckContext
 from ..expectation import UnsupportedConvention, reference_betas, reference_timesteps
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ._common import conventions_of, fail_result, failed_call, unsupported_entries, unsupported_results
 
-__all__ = ["check_timesteps", "CHECKS", "TIMESTEP_FIELDS", "tie_positions"]
+__all__ = ["check_timesteps", "CHECKS", "TIMESTEP_FIELDS", "tie_positions", "named_rule_match"]
 
 FAMILY = "timesteps"
 TIMESTEP_FIELDS = ("num_train_timesteps", "timestep_spacing", "steps_offset")
@@ -220,6 +223,94 @@ def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResu
     )
 
 
+# -- the named rules, for a target's own (custom) rule ----------------------------------------------
+
+_RULE_LABELS = {
+    "leading": "leading",
+    "leading_offset1": "leading with steps_offset=1",
+    "trailing": "trailing",
+    "linspace": "linspace",
+    "uniform": "uniform, range(0, T, T//N)",
+    "quadratic": "quadratic",
+    "section": "improved-diffusion respacing \"N\"",
+    "ddimN": "improved-diffusion \"ddimN\"",
+}
+
+
+def _named_rules(T: int, n: int) -> dict[str, NDArray[np.int64]]:
+    makers = {
+        "leading": lambda: ref_timesteps.leading_timesteps(T, n),
+        "leading_offset1": lambda: ref_timesteps.leading_timesteps(T, n, 1),
+        "trailing": lambda: ref_timesteps.trailing_timesteps(T, n),
+        "linspace": lambda: ref_timesteps.linspace_timesteps(T, n),
+        "uniform": lambda: ref_timesteps.uniform_timesteps(T, n, strict=False),
+        "quadratic": lambda: ref_timesteps.quadratic_timesteps(T, n, strict=False),
+        "section": lambda: ref_timesteps.section_timesteps(T, [n]),
+        "ddimN": lambda: ref_timesteps.section_timesteps(T, f"ddim{n}"),
+    }
+    out = {}
+    for key, make in makers.items():
+        try:
+            out[key] = np.asarray(make(), dtype=np.int64)
+        except ValueError:
+            continue
+    return out
+
+
+def named_rule_match(seq: NDArray[np.int64], T: int, n: int) -> tuple[str | None, str]:
+    r"""(rule, text): the named rule ``seq`` equals (text ``"equals <rule>"``), or None and the nearest one
+    (``"equals leading except 2 positions: 334 vs 333, 668 vs 666"``, got vs rule)."""
+    rules = _named_rules(T, n)
+    same = {k: v for k, v in rules.items() if v.size == seq.size}
+    for key, rule in same.items():
+        if np.array_equal(rule, seq):
+            return key, f"equals the {_RULE_LABELS[key]} rule"
+    if not same:
+        sizes = ", ".join(f"{_RULE_LABELS[k]}: {v.size}" for k, v in rules.items())
+        return None, f"has {seq.size} elements, which no named rule gives for N={n} ({sizes})"
+    key = min(same, key=lambda k: (int(np.count_nonzero(same[k] != seq)), list(rules).index(k)))
+    diff = np.flatnonzero(same[key] != seq)
+    shown = ", ".join(f"{int(seq[i])} vs {int(same[key][i])}" for i in diff[:6])
+    more = " ..." if diff.size > 6 else ""
+    return None, f"equals {_RULE_LABELS[key]} except {diff.size} position(s): {shown}{more}"
+
+
+def _custom(ctx: CheckContext, conv, n: int) -> CheckResult:
+    r"""``timesteps.sequence.N=<n>`` for a target that declares its own rule (``timestep_spacing="custom"``):
+    the list it gives must be a valid reverse sequence (indices in [0, T − 1], strictly decreasing); then the
+    result is *acceptable*, naming the nearest rule ddspec knows and how the list differs from it
+    (:func:`named_rule_match`), never a silent pass and never a failure for being non-standard. The step
+    checks judge the maths at the target's own pairs (t, t_prev)."""
+    name = _name(n)
+    T = conv.num_train_timesteps
+    base = {"N": n, "num_train_timesteps": T, "timestep_spacing": conv.timestep_spacing}
+    outcome = ctx.call(ctx.sampler.timesteps, n)
+    if not outcome.ok:
+        return _call_failed(name, n, outcome.describe(), base)
+    got, why = _as_int_sequence(outcome.value)
+    if got is None:
+        return fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)
+    details = dict(base, got=[int(v) for v in got[:MAX_SEQUENCE]], got_length=int(got.size))
+    bad = [k for k in range(got.size) if not 0 <= int(got[k]) <= T - 1]
+    bad += [k for k in range(1, got.size) if int(got[k]) >= int(got[k - 1])]
+    if got.size == 0 or bad:
+        k = bad[0] if bad else 0
+        return CheckResult(
+            name=name, family=FAMILY, verdict=Verdict.FAIL, observed=None, tolerance=0.0,
+            message=(f"timesteps({n}) is not a valid sampling sequence: " + ("empty" if got.size == 0 else
+                     f"position {k}: {int(got[k])} (indices must lie in [0, {T - 1}] and strictly decrease)")),
+            findings=(Finding(step=k, message=f"position {k} of timesteps({n})"),), reproduce=_reproduce(n),
+            details=details)
+    rule, text = named_rule_match(got, T, n)
+    details["nearest_rule"] = rule
+    return CheckResult(
+        name=name, family=FAMILY, verdict=Verdict.ACCEPTABLE,
+        message=f"timesteps({n}) is the target's own rule (timestep_spacing='custom'): it {text}",
+        consequence=("the target's own timesteps are used; the step checks judge each step at the target's "
+                     "(t, t_prev) pairs" + ("" if rule else ", which no named rule gives")),
+        details=details)
+
+
 def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     r"""``timesteps.sequence.N=<N>`` for every tested N (see the module docstring)."""
     conv, why = conventions_of(ctx)
@@ -228,13 +319,16 @@ def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     entries = unsupported_entries(conv, TIMESTEP_FIELDS)
     if entries:
         return unsupported_results(["timesteps.sequence"], FAMILY, entries)
+    T = conv.num_train_timesteps
+    wanted = set(ctx.steps or ()) | {1, 2, 3, 7, T}
+    if conv.timestep_spacing == TimestepSpacing.CUSTOM:
+        return [_custom(ctx, conv, n) if n <= T else
+                CheckResult.skipped(_name(n), FAMILY, f"N={n} exceeds num_train_timesteps={T}") for n in sorted(wanted)]
     if conv.timestep_spacing not in NAMED_SPACINGS:
         return unsupported_results(
             ["timesteps.sequence"], FAMILY,
             [f"timestep_spacing={conv.timestep_spacing!r}: the target uses its own rule, which has no reference"],
         )
-    T = conv.num_train_timesteps
-    wanted = set(ctx.steps or ()) | {1, 2, 3, 7, T}
     results = []
     try:
         betas = reference_betas(conv)

@@ -133,3 +133,21 @@ def test_the_graph_reader_sees_a_planted_circle(tmp_path: Path) -> None:
     real = _graph(lazy=False)
     assert "ddspec.conformance.guard" in real["ddspec.conformance.context"]
     assert "ddspec.conformance.results" in real["ddspec.conformance.runner"]
+
+
+def test_every_package_is_installed() -> None:
+    """A subpackage missing from pyproject's ``packages`` works in the editable checkout and is absent from a
+    real install (it happened to ``ddspec.conformance.diagnosis``): every folder with an ``__init__.py`` under
+    the mapped package dirs must be listed."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    listed = set(config["packages"])
+    missing = []
+    for package, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            name = ".".join([package, *rel.parts])
+            if name not in listed:
+                missing.append(name)
+    assert not missing, f"packages missing from pyproject.toml [tool.setuptools] packages: {sorted(missing)}"
