@@ -84,6 +84,8 @@ __all__ = [
     "Tally",
     "tally_result",
     "StepTolerance",
+    "StepFamilyPlan",
+    "plan_step_family",
     "step_tolerance",
     "choose_steps",
     "torch_input",
@@ -871,6 +873,73 @@ def plan_for(ctx: Any, setup: TargetSetup, num_steps: int) -> tuple[RunPlan | No
     if plan.source != "target":
         note = f"N={num_steps}: {plan.note} (reported by timesteps.sequence.N={num_steps})"
     return plan, note, None
+
+
+@dataclass(frozen=True)
+class StepFamilyPlan:
+    r"""What a step-by-step family (``single_step``, ``coefficients``) needs before it drives the target, read once.
+
+    ``variants`` are ``(result name, η)``: ``<family>.eta=<η>`` for each profile η (DDIM), or one
+    ``<family>.variance_type=<type>`` (DDPM, η unused). ``plans`` are the runs the profile's step counts give
+    (:func:`plan_run`: the target's own timesteps where valid), ``skipped`` the step counts that cannot be
+    run, with the reason, and ``notes`` the runs whose timesteps come from the reference.
+    """
+
+    conv: Conventions
+    betas: Array
+    variants: tuple[tuple[str, float], ...]
+    plans: tuple[RunPlan, ...]
+    skipped: dict[str, str]
+    notes: dict[str, str]
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.variants]
+
+
+def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[CheckResult]:
+    r"""The shared preamble of the step families: the conventions, the variants, the reference β, the runs.
+
+    Returns the plan, or the results that end the family at once: ``fail`` when the conventions cannot be read,
+    ``unsupported`` (one per variant) when the adapter could not interpret a field, the ᾱ₀ variant is declared
+    for DDPM (the reference defines it for DDIM only) or the reference cannot build the schedule, and
+    ``skipped`` when no step count can be run.
+    """
+    conv, why = conventions_of(ctx)
+    if conv is None:
+        return [fail_result(family, family, why or "no conventions")]
+    if conv.family == "ddim":
+        variants = tuple((f"{family}.eta={eta:g}", float(eta)) for eta in ctx.settings.etas)
+    else:
+        variants = ((f"{family}.variance_type={conv.variance_type}", 0.0),)
+    names = [n for n, _ in variants]
+    entries = unsupported_entries(conv, None)
+    if entries:
+        return unsupported_results(names, family, entries)
+    if conv.family == "ddpm" and not conv.final_alpha_bar_is_one:
+        return unsupported_results(names, family, [
+            "final_alpha_bar_is_one=False: the reference defines this variant for DDIM only"])
+    try:
+        betas = reference_betas(conv)
+    except UnsupportedConvention as exc:
+        return unsupported_results(names, family, [str(exc)])
+    except ValueError as exc:
+        return unsupported_results(names, family, [f"the reference cannot build the declared schedule: {exc}"])
+    plans: list[RunPlan] = []
+    skipped: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    for n in ctx.steps or ():
+        plan, reason = plan_run(ctx, conv, n)
+        if plan is None:
+            skipped[f"N={n}"] = reason or "cannot be run"
+            continue
+        plans.append(plan)
+        if plan.note:
+            notes[f"N={n}"] = plan.note
+    if not plans:
+        return [CheckResult.skipped(n, family, "no run can be checked: " + "; ".join(
+            f"{k}: {v}" for k, v in skipped.items())) for n in names]
+    return StepFamilyPlan(conv, betas, variants, tuple(plans), skipped, notes)
 
 
 def run_variants(ctx: Any, setup: TargetSetup) -> list[tuple[str, float]]:

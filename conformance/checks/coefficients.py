@@ -88,7 +88,7 @@ from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
-from ..expectation import UnsupportedConvention, reference_betas, reference_step, step_spec, zero_snr_original
+from ..expectation import reference_step, step_spec, zero_snr_original
 from ..protocol import Conventions
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import (
@@ -105,18 +105,15 @@ from ..tolerances import (
 from ._common import (
     BrokenCalls,
     RunPlan,
+    StepFamilyPlan,
     TargetCaller,
     choose_steps,
-    conventions_of,
     dtype_of_roundoff,
-    fail_result,
     offset_for,
     output_array,
-    plan_run,
+    plan_step_family,
     read_table,
     torch_input,
-    unsupported_entries,
-    unsupported_results,
 )
 
 __all__ = [
@@ -628,38 +625,15 @@ def _result(ctx: CheckContext, name: str, what: str, rows: list[_Row], broken: B
 
 def check_coefficients(ctx: CheckContext) -> list[CheckResult]:
     r"""``coefficients.eta=<η>`` (DDIM) or ``coefficients.variance_type=<type>`` (DDPM); see the module docstring."""
-    conv, why = conventions_of(ctx)
-    if conv is None:
-        return [fail_result(FAMILY, FAMILY, why or "no conventions")]
-    if conv.family == "ddim":
-        variants = [(f"{FAMILY}.eta={eta:g}", float(eta)) for eta in ctx.settings.etas]
-    else:
-        variants = [(f"{FAMILY}.variance_type={conv.variance_type}", 0.0)]
-    names = [n for n, _ in variants]
-    entries = unsupported_entries(conv, None)
-    if entries:
-        return unsupported_results(names, FAMILY, entries)
-    if conv.family == "ddpm" and not conv.final_alpha_bar_is_one:
-        return unsupported_results(names, FAMILY, [
-            "final_alpha_bar_is_one=False: the reference defines this variant for DDIM only"])
-    try:
-        betas = reference_betas(conv)
-    except UnsupportedConvention as exc:
-        return unsupported_results(names, FAMILY, [str(exc)])
-    except ValueError as exc:
-        return unsupported_results(names, FAMILY, [f"the reference cannot build the declared schedule: {exc}"])
+    family = plan_step_family(ctx, FAMILY)
+    if not isinstance(family, StepFamilyPlan):
+        return family
+    conv, betas, variants, plans = family.conv, family.betas, family.variants, list(family.plans)
+    skipped = family.skipped
     u_c = unit_roundoff(ctx.dtype)
     table, table_why = read_table(ctx, "alphas_cumprod", conv.num_train_timesteps)
     u_t = u_c if table is None else table_roundoff(table)
     deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_t, zero_snr_original=zero_snr_original(conv))
-    plans: list[RunPlan] = []
-    skipped: dict[str, str] = {}
-    for n in ctx.steps or ():
-        plan, reason = plan_run(ctx, conv, n)
-        if plan is None:
-            skipped[f"N={n}"] = reason or "cannot be run"
-        else:
-            plans.append(plan)
     base: dict[str, Any] = {
         "prediction_type": conv.prediction_type,
         "u_compute": u_c,
@@ -673,9 +647,6 @@ def check_coefficients(ctx: CheckContext) -> list[CheckResult]:
         base["table_note"] = f"{table_why}; coefficients assumed formed in the compute dtype"
     if skipped:
         base["runs_skipped"] = skipped
-    if not plans:
-        return [CheckResult.skipped(n, FAMILY, "no run can be checked: " + "; ".join(
-            f"{k}: {v}" for k, v in skipped.items())) for n in names]
     caller = TargetCaller(ctx)
     results = []
     for name, eta in variants:

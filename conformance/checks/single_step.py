@@ -51,26 +51,23 @@ from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
-from ..expectation import UnsupportedConvention, reference_betas, reference_step, step_spec
+from ..expectation import reference_step, step_spec
 from ..protocol import Conventions
 from ..results import CheckResult, Verdict
 from .coefficients import oracle_inputs
 from ._common import (
     RunPlan,
+    StepFamilyPlan,
     Tally,
     TargetCaller,
     choose_steps,
-    conventions_of,
     exact_of,
-    fail_result,
     offset_for,
     output_array,
-    plan_run,
+    plan_step_family,
     step_tolerance,
     tally_result,
     torch_input,
-    unsupported_entries,
-    unsupported_results,
 )
 
 __all__ = ["check_single_steps", "CHECKS"]
@@ -251,39 +248,12 @@ def _run_variant(
 
 def check_single_steps(ctx: CheckContext) -> list[CheckResult]:
     r"""``single_step.eta=<η>`` (DDIM) or ``single_step.variance_type=<type>`` (DDPM); see the module docstring."""
-    conv, why = conventions_of(ctx)
-    if conv is None:
-        return [fail_result("single_step", FAMILY, why or "no conventions")]
-    if conv.family == "ddim":
-        variants = [(f"single_step.eta={eta:g}", float(eta)) for eta in ctx.settings.etas]
-    else:
-        variants = [(f"single_step.variance_type={conv.variance_type}", 0.0)]
-    names = [n for n, _ in variants]
-    entries = unsupported_entries(conv, None)
-    if entries:
-        return unsupported_results(names, FAMILY, entries)
-    if conv.family == "ddpm" and not conv.final_alpha_bar_is_one:
-        return unsupported_results(names, FAMILY, [
-            "final_alpha_bar_is_one=False: the reference defines this variant for DDIM only"])
-    try:
-        betas = reference_betas(conv)
-    except UnsupportedConvention as exc:
-        return unsupported_results(names, FAMILY, [str(exc)])
-    except ValueError as exc:
-        return unsupported_results(names, FAMILY, [f"the reference cannot build the declared schedule: {exc}"])
+    family = plan_step_family(ctx, FAMILY)
+    if not isinstance(family, StepFamilyPlan):
+        return family
+    conv, betas, variants, plans = family.conv, family.betas, family.variants, list(family.plans)
+    skipped_runs, notes = family.skipped, family.notes
     tol = step_tolerance(ctx, conv, betas)
-
-    plans: list[RunPlan] = []
-    skipped_runs: dict[str, str] = {}
-    notes: dict[str, str] = {}
-    for n in ctx.steps or ():
-        plan, reason = plan_run(ctx, conv, n)
-        if plan is None:
-            skipped_runs[f"N={n}"] = reason or "cannot be run"
-            continue
-        plans.append(plan)
-        if plan.note:
-            notes[f"N={n}"] = plan.note
     base = {
         "prediction_type": conv.prediction_type,
         "prediction_type_note": "the model output is read as the target declares it (conventions.prediction_type)",
@@ -298,9 +268,6 @@ def check_single_steps(ctx: CheckContext) -> list[CheckResult]:
         base["runs_skipped"] = skipped_runs
     if notes:
         base["timesteps_notes"] = notes
-    if not plans:
-        return [CheckResult.skipped(n, FAMILY, "no run can be checked: " + "; ".join(
-            f"{k}: {v}" for k, v in skipped_runs.items())) for n in names]
 
     caller = TargetCaller(ctx)
     results = []
