@@ -809,6 +809,12 @@ class WorkerSampler:
             proc.join(5)
         state["_proc"] = state["_conn"] = None
 
+    def give_up(self, why: str) -> None:
+        r"""Kill the worker and start no other: every later access fails at once with ``why``."""
+        with self._lock:
+            self._kill_process(self.__dict__)
+            self.__dict__["_given_up"] = why
+
     def close(self) -> None:
         r"""Stop the worker (politely, then ``SIGKILL``). A later call starts a new one."""
         with self._lock:
@@ -1036,6 +1042,10 @@ def call_isolated(proxy: WorkerSampler, fn: Callable[..., Any], args: tuple[Any,
     except _WorkerDied as exc:
         return CallOutcome(ok=False, error=f"WorkerDied: {exc}", elapsed_s=time.perf_counter() - start)
     except KeyboardInterrupt:
+        # the user's Ctrl-C: the worker (which ignores SIGINT) may be busy with the abandoned call, so stop it
+        # now; later reads of the target (the partial report's notes) then fail at once instead of waiting
+        # for that call's deadline
+        proxy.give_up("the run was interrupted by the user")
         raise
     except BaseException as exc:  # noqa: BLE001 - harness-side code of the callable
         return CallOutcome(ok=False, error=_describe_exception(exc), traceback=_traceback.format_exc(),
