@@ -136,6 +136,8 @@ __all__ = [
 ]
 
 FAMILY = "coefficients"
+#: The names of the step-target results (:func:`~._common.plan_step_family` builds them).
+RESULT_NAMES = ("coefficients.eta=<η>", "coefficients.variance_type=<type>")
 #: A loop target's result belongs to the ``loop`` family (every result of a loop target does): ``loop.coefficients``.
 LOOP_FAMILY = "loop"
 LOOP_NAME = "loop.coefficients"

@@ -73,6 +73,9 @@ from ._common import (
 __all__ = ["check_single_steps", "CHECKS"]
 
 FAMILY = "single_step"
+#: The names of this family's results (:func:`~._common.plan_step_family` builds them): one per DDIM η of the
+#: profile, or one for a DDPM target's declared variance.
+RESULT_NAMES = ("single_step.eta=<η>", "single_step.variance_type=<type>")
 
 
 #: The dtypes whose single steps are fed inputs consistent with an oracle data law (issue 13 §3).
