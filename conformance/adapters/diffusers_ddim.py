@@ -71,21 +71,27 @@ class DiffusersDDIMAdapter:
     read as that release behaves, and ``notes`` says so (:mod:`._diffusers_compat`).
     """
 
-    def __init__(self, scheduler: Any, *, use_clipped_model_output: bool = False, name: str | None = None) -> None:
-        from diffusers import DDIMScheduler  # lazy: ddspec.conformance imports without diffusers
+    #: The diffusers class this adapter reads (a subclass adapter for a sibling class names its own).
+    DIFFUSERS_CLASS = "DDIMScheduler"
+    #: Notes the adapter adds to the release's notes (a sibling class says how it is read).
+    EXTRA_NOTES: tuple[str, ...] = ()
 
-        if not isinstance(scheduler, DDIMScheduler):
-            fail("scheduler", scheduler, "expected a diffusers DDIMScheduler (or subclass) instance")
+    def __init__(self, scheduler: Any, *, use_clipped_model_output: bool = False, name: str | None = None) -> None:
+        import diffusers  # lazy: ddspec.conformance imports without diffusers
+
+        base = getattr(diffusers, self.DIFFUSERS_CLASS)
+        if not isinstance(scheduler, base):
+            fail("scheduler", scheduler, f"expected a diffusers {self.DIFFUSERS_CLASS} (or subclass) instance")
         if not isinstance(use_clipped_model_output, bool):
             fail("use_clipped_model_output", use_clipped_model_output, "must be a bool")
         self.scheduler = scheduler
         self.name = name if name is not None else f"diffusers.{type(scheduler).__name__}"
         fields, unsupported, rc = read_common_config(scheduler, _DDIM_FIELDS, schedule_names=DDIM_BETA_SCHEDULE_NAMES,
-                                                     family="ddim", base=DDIMScheduler)
+                                                     family="ddim", base=base)
         #: the diffusers release the scheduler comes from, and one note per config field that release
         #: does not have (filled with its behaviour), e.g. "diffusers 0.14.0 has no timestep_spacing: ...".
         self.release: str = rc.release
-        self.notes: tuple[str, ...] = rc.notes
+        self.notes: tuple[str, ...] = rc.notes + self.EXTRA_NOTES
         self.conventions = Conventions(
             family="ddim",
             variance_type=None,

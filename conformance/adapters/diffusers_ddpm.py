@@ -187,15 +187,21 @@ class DiffusersDDPMAdapter:
     noise is injected.
     """
 
-    def __init__(self, scheduler: Any, *, name: str | None = None) -> None:
-        from diffusers import DDPMScheduler  # lazy: ddspec.conformance imports without diffusers
+    #: The diffusers class this adapter reads (a subclass adapter for a sibling class names its own).
+    DIFFUSERS_CLASS = "DDPMScheduler"
+    #: Notes the adapter adds to the release's notes (a sibling class says how it is read).
+    EXTRA_NOTES: tuple[str, ...] = ()
 
-        if not isinstance(scheduler, DDPMScheduler):
-            fail("scheduler", scheduler, "expected a diffusers DDPMScheduler (or subclass) instance")
+    def __init__(self, scheduler: Any, *, name: str | None = None) -> None:
+        import diffusers  # lazy: ddspec.conformance imports without diffusers
+
+        base = getattr(diffusers, self.DIFFUSERS_CLASS)
+        if not isinstance(scheduler, base):
+            fail("scheduler", scheduler, f"expected a diffusers {self.DIFFUSERS_CLASS} (or subclass) instance")
         self.scheduler = scheduler
         self.name = name if name is not None else f"diffusers.{type(scheduler).__name__}"
         fields, unsupported, rc = read_common_config(scheduler, _DDPM_FIELDS, schedule_names=BETA_SCHEDULE_NAMES,
-                                                     family="ddpm", base=DDPMScheduler)
+                                                     family="ddpm", base=base)
         vt = rc["variance_type"]
         if vt not in DDPM_VARIANCE_TYPES:
             unsupported.append(_entry("variance_type", vt, f"not one of {DDPM_VARIANCE_TYPES}"))
@@ -203,7 +209,7 @@ class DiffusersDDPMAdapter:
         #: the diffusers release the scheduler comes from, and one note per config field that release
         #: does not have (filled with its behaviour), e.g. "diffusers 0.14.0 has no timestep_spacing: ...".
         self.release: str = rc.release
-        self.notes: tuple[str, ...] = rc.notes + tuple(
+        self.notes: tuple[str, ...] = rc.notes + self.EXTRA_NOTES + tuple(
             f"diffusers {rc.release}: {type(scheduler).__name__}.step draws its noise with torch.randn; the "
             "injected noise replaces that call" for _ns, kind in self._patch_targets if kind == "torch")
         self.conventions = Conventions(

@@ -26,14 +26,14 @@ import torch
 from numpy.typing import NDArray
 
 from ddspec.reference import alphas as ref_alphas
-from ddspec.reference._validate import as_int, as_scalar, fail
+from ddspec.reference.validation import as_int, as_scalar
 
 from ..expectation import reference_betas, reference_step, step_spec
-from ..protocol import DDPM_VARIANCE_TYPES, Conventions
+from ..protocol import Conventions
 from ..results import CheckResult, Finding, Verdict
 from ..tolerances import StepSpec, alpha_bar_relative_bound, step_bound, table_roundoff, unit_roundoff
-from .diffusers_ddim import _DDIM_FIELDS, DDIM_BETA_SCHEDULE_NAMES, DiffusersDDIMAdapter
-from .diffusers_ddpm import _DDPM_FIELDS, BETA_SCHEDULE_NAMES, DiffusersDDPMAdapter, _entry, _noise_sites, read_common_config
+from .diffusers_ddim import DiffusersDDIMAdapter
+from .diffusers_ddpm import DiffusersDDPMAdapter
 
 __all__ = [
     "DiffusersDDPMParallelAdapter",
@@ -133,24 +133,8 @@ class DiffusersDDPMParallelAdapter(DiffusersDDPMAdapter):
     tables, timesteps and ``step`` are :class:`~.diffusers_ddpm.DiffusersDDPMAdapter`'s.
     """
 
-    def __init__(self, scheduler: Any, *, name: str | None = None) -> None:
-        from diffusers import DDPMParallelScheduler  # lazy
-
-        if not isinstance(scheduler, DDPMParallelScheduler):
-            fail("scheduler", scheduler, "expected a diffusers DDPMParallelScheduler (or subclass) instance")
-        self.scheduler = scheduler
-        self.name = name if name is not None else f"diffusers.{type(scheduler).__name__}"
-        fields, unsupported, rc = read_common_config(scheduler, _DDPM_FIELDS, schedule_names=BETA_SCHEDULE_NAMES,
-                                                     family="ddpm", base=DDPMParallelScheduler)
-        vt = rc["variance_type"]
-        if vt not in DDPM_VARIANCE_TYPES:
-            unsupported.append(_entry("variance_type", vt, f"not one of {DDPM_VARIANCE_TYPES}"))
-        self._patch_targets = _noise_sites(type(scheduler))
-        self.release = rc.release
-        self.notes = rc.notes + ("DDPMParallelScheduler does not derive from DDPMScheduler; read as one",)
-        self.conventions = Conventions(family="ddpm", variance_type=vt, final_alpha_bar_is_one=True,
-                                       use_clipped_model_output=False, supports_noise_injection=bool(self._patch_targets),
-                                       unsupported=tuple(unsupported), **fields)
+    DIFFUSERS_CLASS = "DDPMParallelScheduler"
+    EXTRA_NOTES = ("DDPMParallelScheduler does not derive from DDPMScheduler; read as one",)
 
     def extra_checks(self, *, dtype: torch.dtype = torch.float32, steps: Sequence[int] = (1, 10), seed: int = 0
                      ) -> list[CheckResult]:
@@ -165,22 +149,8 @@ class DiffusersDDIMParallelAdapter(DiffusersDDIMAdapter):
     :class:`~.diffusers_ddim.DiffusersDDIMAdapter`'s.
     """
 
-    def __init__(self, scheduler: Any, *, use_clipped_model_output: bool = False, name: str | None = None) -> None:
-        from diffusers import DDIMParallelScheduler  # lazy
-
-        if not isinstance(scheduler, DDIMParallelScheduler):
-            fail("scheduler", scheduler, "expected a diffusers DDIMParallelScheduler (or subclass) instance")
-        if not isinstance(use_clipped_model_output, bool):
-            fail("use_clipped_model_output", use_clipped_model_output, "must be a bool")
-        self.scheduler = scheduler
-        self.name = name if name is not None else f"diffusers.{type(scheduler).__name__}"
-        fields, unsupported, rc = read_common_config(scheduler, _DDIM_FIELDS, schedule_names=DDIM_BETA_SCHEDULE_NAMES,
-                                                     family="ddim", base=DDIMParallelScheduler)
-        self.release = rc.release
-        self.notes = rc.notes + ("DDIMParallelScheduler does not derive from DDIMScheduler; read as one",)
-        self.conventions = Conventions(family="ddim", variance_type=None, final_alpha_bar_is_one=bool(rc["set_alpha_to_one"]),
-                                       use_clipped_model_output=use_clipped_model_output, supports_noise_injection=True,
-                                       unsupported=tuple(unsupported), **fields)
+    DIFFUSERS_CLASS = "DDIMParallelScheduler"
+    EXTRA_NOTES = ("DDIMParallelScheduler does not derive from DDIMScheduler; read as one",)
 
     def extra_checks(self, *, dtype: torch.dtype = torch.float32, steps: Sequence[int] = (1, 10), seed: int = 0
                      ) -> list[CheckResult]:
