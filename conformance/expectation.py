@@ -23,8 +23,11 @@ from numpy.typing import NDArray
 from ddspec.reference import alphas, sampling, schedules, timesteps
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, NAMED_SPACINGS, BetaSchedule, TimestepSpacing, VarianceType, reference_variance_type
 
+from ddspec.reference import SingularError
+
 from .protocol import Conventions
 from .tolerances import StepSpec
+from .trajectory import Transition
 
 __all__ = [
     "UnsupportedConvention",
@@ -35,6 +38,8 @@ __all__ = [
     "reference_step",
     "step_spec",
     "final_step_consequence",
+    "ExpectedTransition",
+    "expect_transition",
 ]
 
 Array = NDArray[np.float64]
@@ -160,3 +165,58 @@ def final_step_consequence(conv: Conventions, betas: Array) -> str | None:
 def zero_snr_original(conv: Conventions) -> Array | None:
     """The schedule before zero-terminal-SNR rescaling when one is declared (for the error model), else None."""
     return reference_betas(conv, rescale=False) if conv.rescale_betas_zero_snr else None
+
+
+@dataclass(frozen=True)
+class ExpectedTransition:
+    r"""What the reference expects of one recorded :class:`~ddspec.conformance.trajectory.Transition`.
+
+    Attributes:
+        transition: the recorded transition this expectation is for.
+        mean: :math:`\mathbb E[x_\mathrm{prev} \mid x_t, \hat m]` (float64), None when ``why`` is set.
+        variance: the step's variance (σ², or the DDPM variance), broadcast to x_t's shape; 0 where the step
+            is deterministic.
+        prev_sample: the reference's :math:`x_\mathrm{prev}` with the transition's injected noise z (the mean
+            where none was injected).
+        why: why the reference cannot take this transition, else None.
+        why_kind: ``"singular"`` (the equation divides by zero there, e.g. ε-prediction at ᾱ = 0) or
+            ``"outside"`` (the declared options or the pair (t, t_prev) are outside the reference's domain).
+    """
+
+    transition: Transition
+    mean: Array | None
+    variance: Array | None
+    prev_sample: Array | None
+    why: str | None = None
+    why_kind: str | None = None
+
+    @property
+    def noisy(self) -> bool:
+        """Whether the reference step adds noise anywhere (σ > 0)."""
+        return self.variance is not None and bool(np.any(self.variance > 0.0))
+
+
+def expect_transition(conv: Conventions, betas: Array, tr: Transition, eta: float = 0.0) -> ExpectedTransition:
+    r"""The expect stage: the reference step for the recorded (t, t_prev, x_t, model output, z).
+
+    .. math:: x_\mathrm{prev} = \mu_\mathrm{ref}(x_t, \hat m; t, t_\mathrm{prev}) + \sigma_\mathrm{ref}\,z
+
+    (Ho et al. 2020 Algorithm 2 and eq. 7 for DDPM on the respaced schedule; Song et al. 2021 eq. 12 with
+    σ(η) of eq. 16 for DDIM), evaluated by :func:`reference_step` on exactly the float64 values the target
+    was given, with z = 0 where none was injected. The same function serves step targets (recorded by
+    :class:`~ddspec.conformance.trajectory.StepDriver`) and loop targets (:func:`~ddspec.conformance.trajectory.drive`).
+    Never raises for a transition the reference cannot take: ``why`` says so.
+    """
+    z = np.zeros_like(tr.x_t) if tr.noise is None else tr.noise
+    try:
+        res = reference_step(conv, betas, model_output=tr.model_output, t=tr.t, t_prev=tr.t_prev, x_t=tr.x_t,
+                             noise=z, eta=eta, predicted_variance=tr.predicted_variance)
+    except SingularError as exc:
+        return ExpectedTransition(tr, None, None, None,
+                                  f"the reference is singular at t={tr.t} -> {tr.t_prev}: {exc}", "singular")
+    except ValueError as exc:  # UnsupportedConvention included
+        return ExpectedTransition(tr, None, None, None,
+                                  f"the reference cannot take the step t={tr.t} -> {tr.t_prev}: {exc}", "outside")
+    variance = np.broadcast_to(np.asarray(res.variance, dtype=np.float64), tr.x_t.shape)
+    return ExpectedTransition(tr, np.asarray(res.mean, dtype=np.float64), variance,
+                              np.asarray(res.prev_sample, dtype=np.float64))

@@ -49,24 +49,23 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
-from ddspec.reference import timesteps as ref_timesteps
 from ddspec.reference.oracles import gaussian_run_output
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, reference_variance_type
 
 from .. import stats
 from ..context import CheckContext
-from ..expectation import final_step_consequence, reference_betas, reference_step, step_spec, zero_snr_original
+from ..expectation import (
+    ExpectedTransition, expect_transition, final_step_consequence, reference_betas, step_pairs, step_spec,
+    zero_snr_original,
+)
+from ..judge import StepTolerance, Tally, judge_transition, tally_result, transition_label
 from ..protocol import Conventions
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import alpha_bar_relative_bound, table_roundoff, unit_roundoff
-from ..expectation import step_pairs
 from ..trajectory import FIELD_SCALE, Probe, Trajectory, Transition, drive, probe_oracle
 from .distribution import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, clip_tail_bound
-from ._common import (
-    StepTolerance, Tally, choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call, tally_result,
-)
+from ._common import choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call
 from .timesteps import named_rule_match, tie_positions
 
 __all__ = ["CHECKS", "check_loop_runs", "check_loop_output_law", "check_loop_determinism", "named_rule_match",
@@ -306,34 +305,13 @@ def _clipped_scale(ctx: CheckContext, setup: LoopSetup, ts: NDArray[np.int64], e
 # -- expect ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Expected:
-    tr: Transition
-    mean: NDArray[np.float64] | None
-    variance: NDArray[np.float64] | None
-    why: str | None
-
-    @property
-    def noisy(self) -> bool:
-        return self.variance is not None and bool(np.any(self.variance > 0))
+def _expect(setup: LoopSetup, tr: Transition, eta: float | None) -> ExpectedTransition:
+    """The expect stage of the core on a recorded loop transition (no noise was injected: z = 0)."""
+    return expect_transition(setup.conv, setup.betas, tr, eta or 0.0)
 
 
-def _expect(setup: LoopSetup, tr: Transition, eta: float | None) -> _Expected:
-    try:
-        res = reference_step(setup.conv, setup.betas, model_output=tr.model_output, t=tr.t, t_prev=tr.t_prev,
-                             x_t=tr.x_t, noise=np.zeros_like(tr.x_t), eta=eta or 0.0,
-                             predicted_variance=tr.predicted_variance)
-    except SingularError as exc:
-        return _Expected(tr, None, None, f"the reference is singular at t={tr.t} -> {tr.t_prev}: {exc}")
-    except ValueError as exc:
-        return _Expected(tr, None, None, f"the recorded pair (t={tr.t}, t_prev={tr.t_prev}) is not a reverse step "
-                                         f"the reference can take: {exc}")
-    variance = np.broadcast_to(np.asarray(res.variance, dtype=np.float64), tr.x_t.shape)
-    return _Expected(tr, np.asarray(res.mean, dtype=np.float64), variance, None)
-
-
-def _bound(setup: LoopSetup, e: _Expected, eta: float | None) -> NDArray[np.float64]:
-    tr = e.tr
+def _bound(setup: LoopSetup, e: ExpectedTransition, eta: float | None) -> NDArray[np.float64]:
+    tr = e.transition
     return setup.tol.bound(step_spec(setup.conv, eta or 0.0), tr.t, tr.t_prev, model_output=tr.model_output,
                            x_t=tr.x_t, noise=None, predicted_variance=tr.predicted_variance)
 
@@ -416,15 +394,12 @@ def _timesteps_result(setup: LoopSetup, n: int, runs: list[Trajectory]) -> Check
 # -- deterministic transitions -----------------------------------------------------------------------
 
 
-def _tally(setup: LoopSetup, expected: list[_Expected], eta: float | None, n: int) -> Tally:
+def _tally(setup: LoopSetup, expected: list[ExpectedTransition], eta: float | None, n: int) -> Tally:
+    """The judge stage of the core on the deterministic transitions (the same as a step target's)."""
     tally = Tally()
+    spec = step_spec(setup.conv, eta or 0.0)
     for e in expected:
-        tr = e.tr
-        where = f"step {tr.step} (t={tr.t} -> {tr.t_prev})"
-        if e.why is not None:
-            tally.broken(step=tr.step, timestep=tr.t, message=e.why, num_steps=n, where=where)
-            continue
-        tally.compare(tr.x_prev, e.mean, _bound(setup, e, eta), step=tr.step, timestep=tr.t, label=where)
+        judge_transition(tally, setup.tol, spec, e, num_steps=n, label=transition_label(e.transition))
     return tally
 
 
@@ -460,7 +435,7 @@ def _select(ctx: CheckContext, setup: LoopSetup, run: Trajectory, eta: float | N
     return det, noisy
 
 
-def _steps_result(setup: LoopSetup, n: int, eta: float | None, chosen: list[_Expected]) -> CheckResult | None:
+def _steps_result(setup: LoopSetup, n: int, eta: float | None, chosen: list[ExpectedTransition]) -> CheckResult | None:
     if not chosen:
         return None
     tally = _tally(setup, chosen, eta, n)
@@ -471,9 +446,9 @@ def _steps_result(setup: LoopSetup, n: int, eta: float | None, chosen: list[_Exp
         reproduce=None, details=dict(_tol_details(setup), N=n, eta=eta, transitions_checked=len(chosen)))
 
 
-def _final_result(setup: LoopSetup, n: int, eta: float | None, last: _Expected) -> CheckResult:
+def _final_result(setup: LoopSetup, n: int, eta: float | None, last: ExpectedTransition) -> CheckResult:
     name = f"loop.final_step.{_suffix(n, eta)}"
-    tr = last.tr
+    tr = last.transition
     consequence = final_step_consequence(setup.conv, setup.betas)
     if last.why is None and last.noisy:
         return CheckResult(
@@ -496,13 +471,13 @@ def _final_result(setup: LoopSetup, n: int, eta: float | None, last: _Expected) 
 
 @dataclass(frozen=True)
 class _Residual:
-    e: _Expected
+    e: ExpectedTransition
     r: NDArray[np.float64]
     rho: float  # RMS of the mean's rounding allowance over the smallest sigma of the step
     allowance: float  # sum over elements of (rounding allowance / sigma)^2: the residuals' non-centrality bound
 
 
-def _residuals(setup: LoopSetup, expected: list[_Expected], eta: float | None) -> list[_Residual]:
+def _residuals(setup: LoopSetup, expected: list[ExpectedTransition], eta: float | None) -> list[_Residual]:
     r"""The standardized residual :math:`(x_{k+1} - \mu_\mathrm{ref})/\sigma_\mathrm{ref}` of every noisy
     transition, with ρ = RMS(rounding allowance of the mean)/min σ (the error model's bound, noise-free)."""
     out = []
@@ -514,7 +489,7 @@ def _residuals(setup: LoopSetup, expected: list[_Expected], eta: float | None) -
         rho = float(np.sqrt(np.mean(bound**2))) / float(np.min(sd))
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             allowance = float(np.sum((bound / sd) ** 2))
-            out.append(_Residual(e, (e.tr.x_prev - e.mean) / sd, rho, allowance))
+            out.append(_Residual(e, (e.transition.x_prev - e.mean) / sd, rho, allowance))
     return out
 
 
@@ -552,7 +527,7 @@ def _offset_tolerant(res: list[_Residual], per: list[_Residual]) -> list[_Residu
 
 
 def _stat_finding(res: stats.StatResult, owners: list[_Residual] | None, what: str) -> Finding:
-    tr = owners[res.worst_coordinate].e.tr if owners is not None and res.dims == len(owners) else None
+    tr = owners[res.worst_coordinate].e.transition if owners is not None and res.dims == len(owners) else None
     return Finding(step=None if tr is None else tr.step, timestep=None if tr is None else tr.t,
                    got=res.statistic, tolerance=res.threshold, message=f"{what}: {res.detail.splitlines()[0]}")
 
@@ -586,7 +561,7 @@ def _noise_result(ctx: CheckContext, n: int, eta: float | None, per: list[_Resid
     name = f"loop.noise.{_suffix(n, eta)}"
     R = np.stack([x.r.ravel() for x in per], axis=1) if per else np.zeros((0, 0))
     if not np.all(np.isfinite(R)):
-        tr = per[int(np.argmax(~np.all(np.isfinite(R), axis=0)))].e.tr
+        tr = per[int(np.argmax(~np.all(np.isfinite(R), axis=0)))].e.transition
         return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL, observed=math.inf,
                            message=f"non-finite state after step {tr.step} (t={tr.t} -> {tr.t_prev})",
                            findings=(Finding(step=tr.step, timestep=tr.t, message="non-finite residual"),), details=details)
@@ -634,9 +609,9 @@ def _relations(items: list[_Residual], by_step: dict[int, NDArray[np.float64]]) 
             out[label][1].append(item)
 
     for item in items:
-        r, x = item.r, item.e.tr.x_t
+        r, x = item.r, item.e.transition.x_t
         add("x_t", r, x - x.mean(), item)
-        prev = by_step.get(item.e.tr.step - 1)
+        prev = by_step.get(item.e.transition.step - 1)
         if prev is not None:
             add("previous residual", r, prev, item)
         pairs = r.shape[0] // 2
@@ -648,7 +623,7 @@ def _relations(items: list[_Residual], by_step: dict[int, NDArray[np.float64]]) 
 def _independence_result(ctx: CheckContext, n: int, eta: float | None, per: list[_Residual],
                          pooled: list[_Residual], everything: list[_Residual], details: dict[str, Any]) -> CheckResult:
     name = f"loop.noise_independence.{_suffix(n, eta)}"
-    by_step = {x.e.tr.step: x.r for x in everything}
+    by_step = {x.e.transition.step: x.r for x in everything}
     rel_per, rel_pooled = _relations(per, by_step), _relations(pooled, by_step)
     if not rel_per:
         return CheckResult.skipped(name, FAMILY, "no noisy step to test")
