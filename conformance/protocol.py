@@ -29,6 +29,21 @@ The harness checks a *target* (a diffusers scheduler, a hand-written sampler, th
     ``None`` otherwise. ``eta`` is DDIM's η (eq. 16); DDPM targets ignore it. A step must not modify its
     input tensors.
 
+Optional attributes, read by duck typing (any target kind: step, loop, inversion), each validated with
+a ``ValueError`` that names it:
+
+``noise_source``
+    ``"generator"`` (default) or ``"global"``: where the step draws its noise when none is injected
+    (:func:`noise_source`).
+``supported_num_steps``
+    The N the target supports: a set of ints, a predicate ``N -> bool`` or a :class:`NumStepsSupport`;
+    absent or None means every N (:func:`supported_num_steps`). The checks run only supported N and
+    report the others as not supported (never failed).
+``coefficient_dtype``
+    The dtype each step's coefficients are rounded to when they are taken from wider tables (a torch
+    floating dtype or its name; improved-diffusion's float64 tables read with ``.float()``:
+    ``torch.float32``). The error model then admits exactly that rounding (:func:`coefficient_dtype`).
+
 Example: a hand-written DDIM sampler (ε-prediction, DDIM eq. 12 with σ(η) of eq. 16) that satisfies
 the protocol and passes ``ddspec check``. Index −1 is the data, with ᾱ = 1.
 
@@ -75,6 +90,8 @@ function, :class:`ddspec.conformance.adapters.function.FunctionSampler` supplies
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TYPE_CHECKING, Protocol, runtime_checkable
@@ -102,6 +119,12 @@ __all__ = [
     "TARGET_KINDS",
     "NOISE_SOURCES",
     "noise_source",
+    "NumStepsSupport",
+    "num_steps_support",
+    "supported_num_steps",
+    "COEFFICIENT_DTYPES",
+    "as_coefficient_dtype",
+    "coefficient_dtype",
 ]
 
 # The vocabularies are spelled once, in ddspec.reference.vocabulary; these names are kept for callers.
@@ -283,7 +306,17 @@ class Conventions:
 
 @runtime_checkable
 class Sampler(Protocol):
-    r"""A DDPM/DDIM sampler under test (see the module docstring for the contract of each member)."""
+    r"""A DDPM/DDIM sampler under test (see the module docstring for the contract of each member).
+
+    Optional attributes (not part of the structural check; read by :func:`noise_source`,
+    :func:`supported_num_steps` and :func:`coefficient_dtype`):
+
+    * ``noise_source``: ``"generator"`` (default) or ``"global"``;
+    * ``supported_num_steps``: a set of ints, a predicate ``N -> bool`` or a :class:`NumStepsSupport`
+      (default: every N); only these N are checked, the others are reported as not supported;
+    * ``coefficient_dtype``: the dtype (or its name) each step's coefficients are rounded to, e.g.
+      ``torch.float32`` for float64 tables read with ``.float()`` (default None: the run's dtype).
+    """
 
     name: str
     conventions: Conventions
@@ -389,3 +422,156 @@ def noise_source(sampler: Any) -> str:
     if value not in NOISE_SOURCES:
         fail("noise_source", value, f"must be one of {NOISE_SOURCES}")
     return str(value)
+
+
+# -- optional declarations of any target (step, loop, inversion) ------------------------------------
+
+
+@dataclass(frozen=True)
+class NumStepsSupport:
+    r"""Which step counts N a target supports: its ``supported_num_steps`` declaration, validated.
+
+    At most one of ``steps`` (a declared set) and ``predicate`` (a declared callable ``N -> bool``) is
+    given; with neither, every N is supported. ``description`` is the declaration in words, for messages
+    (``"every N"``, ``"supported_num_steps=[1000]"``, ``"the predicate Loop.ok"``). N > T is never run,
+    whatever the declaration (the checks compare N with ``num_train_timesteps`` themselves).
+    """
+
+    steps: frozenset[int] | None = None
+    predicate: Callable[[int], bool] | None = None
+    description: str = "every N"
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.predicate is not None:
+            fail("supported_num_steps", self, "declares both a set and a predicate; give one")
+        if self.predicate is not None and not callable(self.predicate):
+            fail("supported_num_steps", self.predicate, "predicate must be callable")
+        if self.steps is not None:
+            if not isinstance(self.steps, frozenset):
+                fail("supported_num_steps", self.steps, "steps must be a frozenset of ints")
+            _check_step_counts(self.steps, self.steps)
+
+    @property
+    def declared(self) -> bool:
+        """Whether the target restricts N at all (False: every N)."""
+        return self.steps is not None or self.predicate is not None
+
+    def supports(self, num_steps: int) -> bool:
+        r"""Whether N = ``num_steps`` is supported (False for N < 1).
+
+        Raises:
+            ValueError: the declared predicate raised; the message names ``supported_num_steps``, N and
+                the exception.
+        """
+        n = as_int(num_steps, "num_steps")
+        if n < 1:
+            return False
+        if self.steps is not None:
+            return n in self.steps
+        if self.predicate is None:
+            return True
+        try:
+            return bool(self.predicate(n))
+        except Exception as exc:  # noqa: BLE001 - a user declaration; reported with its name
+            why = f"raised at N={n}: {type(exc).__name__}: {exc}"
+        fail("supported_num_steps", self.predicate, why)
+        return False  # not reached: fail raises
+
+    def smallest(self, high: int) -> int | None:
+        """The smallest supported N in [1, ``high``], or None when there is none."""
+        top = as_int(high, "high")
+        if self.steps is not None:
+            return min((n for n in self.steps if n <= top), default=None)
+        return next((n for n in range(1, top + 1) if self.supports(n)), None)
+
+    def unsupported_reason(self) -> str:
+        """Why an N outside the declaration is not run: ``"not in the target's supported_num_steps (<description>)"``."""
+        return f"not in the target's supported_num_steps ({self.description})"
+
+
+def _check_step_counts(entries: Collection[Any], shown: Any) -> None:
+    if not entries:
+        fail("supported_num_steps", shown, "is empty: name at least one supported N (or leave it None: every N)")
+    for n in entries:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            fail("supported_num_steps", shown, f"every entry must be an int >= 1 (got {n!r})")
+
+
+def num_steps_support(value: Any) -> NumStepsSupport:
+    r"""A ``supported_num_steps`` declaration as a :class:`NumStepsSupport`.
+
+    ``value`` is None (every N), a :class:`NumStepsSupport` (kept), a non-empty collection of ints ≥ 1
+    (``{1000}``, ``range(10, 101, 10)``) or a predicate ``N -> bool`` (``lambda n: 1000 % n == 0``; a
+    method of the target works too).
+
+    Raises:
+        ValueError: anything else; the message names ``supported_num_steps`` and the value.
+    """
+    if value is None:
+        return NumStepsSupport()
+    if isinstance(value, NumStepsSupport):
+        return value
+    if callable(value):
+        label = getattr(value, "__qualname__", None) or repr(value)
+        return NumStepsSupport(predicate=value, description=f"the predicate {label}")
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Collection):
+        fail("supported_num_steps", value, "must be a set of ints, a predicate N -> bool, or None")
+    _check_step_counts(value, value)
+    steps = frozenset(int(n) for n in value)
+    return NumStepsSupport(steps=steps, description=f"supported_num_steps={sorted(steps)}")
+
+
+def supported_num_steps(sampler: Any) -> NumStepsSupport:
+    r"""The step counts ``sampler`` supports: its optional ``supported_num_steps`` attribute, read by duck typing.
+
+    Undeclared (no attribute, or None): every N. A target that runs only some N (a loop that visits every
+    training step, ``{T}``; a stride rule that needs ``T % N == 0``) declares them, and every check family
+    runs only those N and names the others as not supported, never failed (:func:`num_steps_support` for
+    the forms accepted).
+
+    Raises:
+        ValueError: the attribute is malformed; the message names ``supported_num_steps`` and the value.
+    """
+    return num_steps_support(getattr(sampler, "supported_num_steps", None))
+
+
+#: The dtypes a ``coefficient_dtype`` may name: those with a known unit roundoff.
+COEFFICIENT_DTYPES: tuple[str, ...] = ("float64", "float32", "float16", "bfloat16")
+
+
+def as_coefficient_dtype(value: Any, name: str = "coefficient_dtype") -> torch.dtype | None:
+    r"""``value`` (None, a torch floating dtype, or its name ``"float32"`` / ``"torch.float32"``) as a torch dtype.
+
+    Raises:
+        ValueError: anything else, or a dtype outside :data:`COEFFICIENT_DTYPES`; the message names ``name``.
+    """
+    if value is None:
+        return None
+    import torch  # the targets' library; imported here so that reading the protocol needs no torch
+
+    if isinstance(value, str):
+        key = value[len("torch."):] if value.startswith("torch.") else value
+    elif isinstance(value, torch.dtype):
+        key = str(value).replace("torch.", "")
+    else:
+        key = None
+    if key not in COEFFICIENT_DTYPES:
+        fail(name, value, f"must be a torch floating dtype (or its name) among {COEFFICIENT_DTYPES}, or None")
+    return getattr(torch, str(key))
+
+
+def coefficient_dtype(sampler: Any) -> torch.dtype | None:
+    r"""The dtype ``sampler`` rounds each step's coefficients to: its optional ``coefficient_dtype`` attribute.
+
+    A target that keeps float64 tables but takes each step's coefficients in float32 (improved-diffusion's
+    ``_extract_into_tensor``, which indexes the float64 numpy table and calls ``.float()``) rounds every
+    coefficient :math:`c` to :math:`c(1 + \delta)`, :math:`|\delta| \le u_{32} = 2^{-24}`, also in a float64
+    run. Declared, the error model charges the rounding term of each step at
+    :math:`u_\mathrm{step} = \max(u_\mathrm{table}, u_\mathrm{coefficient})` instead of the run's
+    :math:`u`; undeclared (None), a float64 run allows only float64 rounding, and such a target fails.
+
+    Raises:
+        ValueError: the attribute is not None, a torch floating dtype or its name; the message names
+            ``coefficient_dtype`` and the value.
+    """
+    return as_coefficient_dtype(getattr(sampler, "coefficient_dtype", None))

@@ -3,9 +3,14 @@ r"""Drive: run a target once and record what it did, as transitions the checks c
 This is the first stage of the drive → expect → judge core (``/work/shared/architecture.md``). A
 *transition* is one reverse step as the target took it: ``(t, t_prev, x_t, model_output, x_prev,
 noise)``. Every check family reads transitions, asks the reference for the expected transition or
-law, and hands the pair to the judge (:mod:`ddspec.conformance.tolerances`,
-:mod:`ddspec.conformance.stats`). Step targets can produce the same records later; today the loop
-targets (:class:`~ddspec.conformance.adapters.loop.LoopSampler`) do.
+law (:func:`ddspec.conformance.expectation.expect_transition`), and hands the pair to the judge
+(:mod:`ddspec.conformance.judge`, :mod:`ddspec.conformance.stats`). Both kinds of target produce them:
+
+* a **step target** is driven by a :class:`StepDriver`: the check chooses the inputs (x_t, model output,
+  noise), the driver makes one guarded call of ``sampler.step`` and records the transition, or why there
+  is none (the call raised, hung, or returned no tensor like x_t);
+* a **loop target** (:class:`~ddspec.conformance.adapters.loop.LoopSampler`) is driven by :func:`drive`
+  with the probe below as its model, and its transitions are read off the probe's calls.
 
 **The probe.** A loop is driven with the harness's own model, a :class:`Probe`, which records every
 call ``(t, x_t, output)`` as float64 copies, so that the loop cannot rewrite history by mutating a
@@ -35,7 +40,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -46,6 +51,9 @@ from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from .protocol import Conventions
 
+if TYPE_CHECKING:
+    from .context import CheckContext
+
 __all__ = [
     "FIELD_SCALE",
     "ModelCall",
@@ -54,6 +62,9 @@ __all__ = [
     "Probe",
     "probe_oracle",
     "drive",
+    "StepCall",
+    "StepDriver",
+    "failed_call",
 ]
 
 Array = NDArray[np.float64]
@@ -370,3 +381,157 @@ def drive(
     channels = int(x_T.shape[1]) if probe.learned and x_T.ndim >= 2 else None
     transitions = _transitions(probe.conv, calls, output, channels) if output is not None and probe.record else ()
     return Trajectory(int(num_steps), eta, x_start, output, tuple(calls), transitions, error, True, mutated, elapsed)
+
+
+# -- step targets ------------------------------------------------------------------------------------
+
+#: How a refused call (after a timeout) begins its reason.
+REFUSED = "step not called: an earlier call timed out"
+
+
+def failed_call(call: str, error: str) -> str:
+    r"""``"step raised IndexError: …"`` (or ``"step timed out after …"``): a failed call of the target in
+    words, ``error`` being the runner's description (:meth:`ddspec.conformance.guard.CallOutcome.describe`)."""
+    return f"{call} {error}" if error.startswith("timed out") else f"{call} raised {error}"
+
+
+def _exact(value: torch.Tensor | None) -> Array | None:
+    """The float64 numpy value of a tensor the target was given (exact: float64 holds every narrower float)."""
+    return None if value is None else value.detach().to("cpu", torch.float64).numpy().copy()
+
+
+@dataclass(frozen=True)
+class StepCall:
+    r"""What one call of a step target's ``step`` gave.
+
+    Attributes:
+        value: the returned tensor (None when the call failed or returned something else).
+        why: None when the call gave a usable tensor, else the reason in words: ``"step raised
+            <ExcType>: <message>"``, ``"step timed out after …"``, ``"step not called: an earlier call timed
+            out (…)"``, ``"step returned a list, expected a torch.Tensor"``, or a shape/dtype/device mismatch.
+        error: the runner's ``"<ExcType>: <message>"`` (or the timeout) when the call raised or hung (for a
+            refused call, the timeout that refused it), else None. It goes to ``details["errors"]``.
+        refused: the call was not made because an earlier one timed out.
+    """
+
+    value: torch.Tensor | None
+    why: str | None = None
+    error: str | None = None
+    refused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.why is None
+
+
+def _check_like(value: torch.Tensor, like: torch.Tensor) -> str | None:
+    if tuple(value.shape) != tuple(like.shape):
+        return f"step returned shape {tuple(value.shape)}, expected x_t's shape {tuple(like.shape)}"
+    if value.dtype != like.dtype:
+        return f"step returned dtype {value.dtype}, expected x_t's dtype {like.dtype}"
+    if value.device != like.device:
+        return f"step returned a tensor on {value.device}, expected x_t's device {like.device}"
+    return None
+
+
+class StepDriver:
+    r"""Drives a step target: guarded calls of ``sampler.step``, each recorded as a :class:`Transition`.
+
+    Every call goes through :meth:`CheckContext.call` (timeouts, a worker process when isolated). A timed-out
+    call keeps running in the background, so after the first timeout no further call is made: each is
+    *refused* at once with that timeout as its error, instead of piling up hung calls.
+
+    Noise reaches the step in one of three ways (:func:`~ddspec.conformance.protocol.noise_source`): the
+    check's ``noise`` tensor (injected, exact comparison), the ``generator`` it hands over, or, for a target
+    whose noise source is ``"global"``, torch's global RNG seeded with a draw from that generator inside
+    ``torch.random.fork_rng`` (successive calls get fresh seeds, the caller's global state comes back
+    unchanged).
+    """
+
+    def __init__(self, ctx: CheckContext, sampler: Any, *, noise_source: str = "generator") -> None:
+        self.ctx = ctx
+        self.sampler = sampler
+        self.noise_source = noise_source
+        #: the timeout that stopped further calls, or None
+        self.hung: str | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        """Whether a call has timed out (later calls are refused)."""
+        return self.hung is not None
+
+    def call(
+        self,
+        model_output: torch.Tensor,
+        t: int,
+        x_t: torch.Tensor,
+        *,
+        num_steps: int,
+        eta: float,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        predicted_variance: torch.Tensor | None = None,
+    ) -> StepCall:
+        r"""One guarded call ``sampler.step(model_output, t, x_t, num_steps=, eta=, noise=, generator=,
+        predicted_variance=)``; the value must be a tensor (not checked further: see :meth:`transition`)."""
+        if self.hung is not None:
+            return StepCall(None, f"{REFUSED} ({self.hung})", self.hung, refused=True)
+        fn = getattr(self.sampler, "step", None)
+        if not callable(fn):
+            return StepCall(None, "sampler.step is not callable")
+        kwargs = dict(num_steps=int(num_steps), eta=float(eta), noise=noise, generator=generator,
+                      predicted_variance=predicted_variance)
+        if generator is not None and noise is None and self.noise_source == "global":
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+            devices = [x_t.device] if x_t.device.type == "cuda" else []
+            kwargs["generator"] = None
+
+            def step() -> Any:
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(seed)
+                    return fn(model_output, int(t), x_t, **kwargs)
+        else:
+            def step() -> Any:
+                return fn(model_output, int(t), x_t, **kwargs)
+        outcome = self.ctx.call(step)
+        if not outcome.ok:
+            error = outcome.describe()
+            if outcome.timed_out:
+                self.hung = error
+            return StepCall(None, failed_call("step", error), error)
+        if not isinstance(outcome.value, torch.Tensor):
+            return StepCall(None, f"step returned a {type(outcome.value).__name__}, expected a torch.Tensor")
+        return StepCall(outcome.value)
+
+    def transition(
+        self,
+        *,
+        step: int,
+        t: int,
+        t_prev: int,
+        num_steps: int,
+        eta: float,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        predicted_variance: torch.Tensor | None = None,
+    ) -> tuple[Transition | None, StepCall]:
+        r"""Drive one step and record it: ``(Transition, call)``, or ``(None, call)`` with ``call.why`` set.
+
+        The transition holds float64 copies of exactly what the target was given (x_t, model output, z,
+        predicted variance, taken before the call, so that a step that writes into its inputs cannot
+        rewrite the record) and of what it returned; the returned tensor must have x_t's shape, dtype and
+        device (protocol: a new tensor like x_t).
+        """
+        x64, m64, z64, pv64 = _exact(x_t), _exact(model_output), _exact(noise), _exact(predicted_variance)
+        result = self.call(model_output, t, x_t, num_steps=num_steps, eta=eta, noise=noise, generator=generator,
+                           predicted_variance=predicted_variance)
+        if not result.ok:
+            return None, result
+        mismatch = _check_like(result.value, x_t)
+        if mismatch is not None:
+            return None, StepCall(None, mismatch)
+        out = _exact(result.value)
+        return Transition(t=int(t), t_prev=int(t_prev), x_t=x64, model_output=m64, x_prev=out, noise=z64,
+                          predicted_variance=pv64, step=int(step)), result

@@ -15,7 +15,7 @@ should pass it as ``alphas_cumprod`` so that the harness sees what the sampler r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,14 @@ from ddspec.reference._validate import as_array, as_betas, as_int, fail
 from ddspec.reference.alphas import alpha_bar
 from ddspec.reference.vocabulary import NAMED_SPACINGS
 
-from ..protocol import NOISE_SOURCES, Conventions, declared_timesteps
+from ..protocol import (
+    NOISE_SOURCES,
+    Conventions,
+    NumStepsSupport,
+    as_coefficient_dtype,
+    declared_timesteps,
+    num_steps_support,
+)
 
 __all__ = ["FunctionSampler", "StepFn"]
 
@@ -56,6 +63,21 @@ class FunctionSampler:
         Where the step draws its noise when none is injected: ``"generator"`` (the one it is given, the
         default) or ``"global"`` (torch's global RNG; the harness seeds it per call inside ``fork_rng``,
         :func:`~ddspec.conformance.protocol.noise_source`).
+    supported_num_steps:
+        The N the step supports: a set of ints or a predicate ``N -> bool`` (e.g. ``{T}`` for a step
+        that only works when every training step is visited). The checks run only these N and report
+        the others as not supported. None (default): every N. Exposed as the attribute
+        ``supported_num_steps``, a :class:`~ddspec.conformance.protocol.NumStepsSupport`.
+    coefficient_dtype:
+        The dtype the step rounds each coefficient to when it takes it from wider tables (float64
+        tables read with ``.float()``: ``torch.float32``; a torch dtype or its name). The error model
+        then admits exactly that rounding. None (default): the run's dtype. Exposed as the attribute
+        ``coefficient_dtype`` (a torch dtype or None).
+
+    Raises
+    ------
+    ValueError
+        A malformed argument; the message names it and the value.
     """
 
     def __init__(
@@ -68,6 +90,8 @@ class FunctionSampler:
         alphas_cumprod: ArrayLike | None = None,
         name: str = "function",
         noise_source: str = "generator",
+        supported_num_steps: Collection[int] | Callable[[int], bool] | NumStepsSupport | None = None,
+        coefficient_dtype: torch.dtype | str | None = None,
     ) -> None:
         if not callable(step_fn):
             fail("step_fn", step_fn, "must be callable")
@@ -97,6 +121,8 @@ class FunctionSampler:
         if noise_source not in NOISE_SOURCES:
             fail("noise_source", noise_source, f"must be one of {NOISE_SOURCES}")
         self.noise_source = noise_source
+        self.supported_num_steps: NumStepsSupport = num_steps_support(supported_num_steps)
+        self.coefficient_dtype: torch.dtype | None = as_coefficient_dtype(coefficient_dtype)
 
     def betas(self) -> NDArray[np.float64]:
         """float64 copy of the β table given at construction."""

@@ -42,12 +42,16 @@ from numpy.typing import NDArray
 from ddspec.reference.timesteps import get_timesteps
 from ddspec.reference.vocabulary import NAMED_SPACINGS
 
-from ..protocol import Conventions
+from ..protocol import (
+    NOISE_SOURCES,
+    Conventions,
+    NumStepsSupport,
+    as_coefficient_dtype,
+    num_steps_support,
+    supported_num_steps as declared_support,
+)
 
 __all__ = ["LoopSampler", "NOISE_SOURCES", "TimestepDeclaration"]
-
-#: Where a loop's noise comes from: a ``torch.Generator`` the harness passes, or torch's global RNG.
-NOISE_SOURCES: tuple[str, ...] = ("generator", "global")
 
 TimestepDeclaration = Mapping[int, Sequence[int]] | Callable[[int], Sequence[int]]
 
@@ -107,10 +111,13 @@ class LoopSampler:
         supported_num_steps: the N the loop supports, a set of ints or a predicate ``N -> bool``
             (e.g. ``{1000}`` for a loop that only runs every training step). The checks use only
             supported N and report the others as skipped. None: every N (for a ``timesteps`` mapping,
-            its keys).
+            its keys). Kept as the attribute ``supported_num_steps``, a
+            :class:`~ddspec.conformance.protocol.NumStepsSupport` (the protocol's declaration, shared with
+            step targets: :func:`~ddspec.conformance.protocol.supported_num_steps`).
         coefficient_dtype: the dtype each step's coefficients are rounded to when they are taken from
             wider tables (improved-diffusion's ``_extract_into_tensor(...).float()`` over float64
-            tables: ``torch.float32``). The error model then charges that rounding.
+            tables: ``torch.float32``; a torch dtype or its name). The error model then charges that
+            rounding (:func:`~ddspec.conformance.protocol.coefficient_dtype`).
         table_dtype: the dtype the loop computes its β/ᾱ tables in when that is narrower than the run's
             (ermongroup/ddim and most tutorials: a float32 ``cumprod``). The error model then charges a
             running product in that dtype.
@@ -136,8 +143,8 @@ class LoopSampler:
         accepts_generator: bool = True,
         noise_source: str | None = None,
         timesteps: TimestepDeclaration | None = None,
-        supported_num_steps: Collection[int] | Callable[[int], bool] | None = None,
-        coefficient_dtype: torch.dtype | None = None,
+        supported_num_steps: Collection[int] | Callable[[int], bool] | NumStepsSupport | None = None,
+        coefficient_dtype: torch.dtype | str | None = None,
         table_dtype: torch.dtype | None = None,
         model_timestep: Callable[[int], float] | None = None,
         betas: Any = None,
@@ -163,13 +170,10 @@ class LoopSampler:
                 if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
                     raise _bad("timesteps", n, "keys must be step counts N >= 1")
                 _int_sequence(seq, f"timesteps[{n}]")
-        if supported_num_steps is not None and not callable(supported_num_steps):
-            if isinstance(supported_num_steps, (str, bytes)) or not isinstance(supported_num_steps, Collection):
-                raise _bad("supported_num_steps", supported_num_steps, "must be a set of ints, a predicate, or None")
-            for n in supported_num_steps:
-                if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-                    raise _bad("supported_num_steps", supported_num_steps, "every entry must be an int >= 1")
-            supported_num_steps = frozenset(int(n) for n in supported_num_steps)
+        support = num_steps_support(supported_num_steps)
+        if supported_num_steps is None and isinstance(timesteps, Mapping):
+            keys = frozenset(int(n) for n in timesteps)
+            support = NumStepsSupport(steps=keys, description=f"the timesteps mapping's keys {sorted(keys)}")
         if model_timestep is not None and not callable(model_timestep):
             raise _bad("model_timestep", model_timestep, "must be a callable t -> value passed to the model, or None")
         if name is not None and (not isinstance(name, str) or not name.strip()):
@@ -181,8 +185,8 @@ class LoopSampler:
         self.accepts_generator = accepts_generator
         self.noise_source = noise_source
         self.timestep_declaration = timesteps
-        self.supported_num_steps = supported_num_steps
-        self.coefficient_dtype = _float_dtype(coefficient_dtype, "coefficient_dtype")
+        self.supported_num_steps: NumStepsSupport = support
+        self.coefficient_dtype: torch.dtype | None = as_coefficient_dtype(coefficient_dtype)
         self.table_dtype = _float_dtype(table_dtype, "table_dtype")
         self.model_timestep = model_timestep
         T = conventions.num_train_timesteps
@@ -228,29 +232,13 @@ class LoopSampler:
         return self.timestep_declaration is not None
 
     def supports(self, num_steps: int) -> bool:
-        """Whether the loop supports N = ``num_steps`` (``supported_num_steps``, or the mapping's keys)."""
+        """Whether the loop supports N = ``num_steps``: 1 ≤ N ≤ T and N in ``supported_num_steps`` (or the mapping's keys)."""
         n = int(num_steps)
-        if not 1 <= n <= self.conventions.num_train_timesteps:
-            return False
-        declared = self.supported_num_steps
-        if declared is None:
-            if isinstance(self.timestep_declaration, Mapping):
-                return n in self.timestep_declaration
-            return True
-        if callable(declared):
-            return bool(declared(n))
-        return n in declared
+        return 1 <= n <= self.conventions.num_train_timesteps and declared_support(self).supports(n)
 
     def supported_description(self) -> str:
-        """The declaration as text, for messages."""
-        declared = self.supported_num_steps
-        if declared is None:
-            if isinstance(self.timestep_declaration, Mapping):
-                return f"the timesteps mapping's keys {sorted(self.timestep_declaration)}"
-            return "every N"
-        if callable(declared):
-            return f"the predicate {getattr(declared, '__qualname__', repr(declared))}"
-        return f"supported_num_steps={sorted(declared)}"
+        """The declaration as text, for messages (:attr:`NumStepsSupport.description`)."""
+        return declared_support(self).description
 
     def expected_timesteps(self, num_steps: int) -> NDArray[np.int64]:
         r"""The declared N-step timestep sequence (noisiest first): the explicit list, or the rule of

@@ -9,13 +9,14 @@ module only
 * picks the timesteps a run visits (:func:`plan_run`): the target's own sequence where it is a valid
   subsequence, so that a step check measures the step and not the timestep rule (the timesteps
   check judges the rule), else the reference's;
-* calls the target's ``step`` (:class:`TargetCaller`) and validates what comes back
-  (:func:`output_array`: a tensor of x_t's shape, dtype and device);
+* calls the target's ``step`` through the drive stage of the core
+  (:class:`~ddspec.conformance.trajectory.StepDriver`, :func:`call_step`), which records transitions and
+  says why a call gave none (it raised, hung, or returned no tensor of x_t's shape, dtype and device);
 * compares per element against a per-element bound and keeps the worst findings (:class:`Tally`),
   and keeps the calls that gave no usable output apart, one finding per step count and reason
   (:class:`BrokenCalls`): a step count that raises is one finding, ``"N=1: step raised IndexError: …"``,
   its exception goes to ``details["errors"]`` (``[{"num_steps": n, "error": "<ExcType>: <message>"}]``,
-  the runner's one-line description, :func:`call_error`), and the other step counts keep their numbers;
+  the runner's one-line description, :attr:`StepCall.error`), and the other step counts keep their numbers;
 * derives reproducible input seeds (:func:`offset_for`) and the per-step tolerance
   (:class:`StepTolerance`);
 * turns a :class:`Tally` into a verdict (:func:`tally_result`), leading with the calls that broke
@@ -35,7 +36,6 @@ reproduces from ``(seed, offset)`` alone, and the reproduce snippets print the o
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -60,7 +60,8 @@ from ..expectation import (
     step_spec,
     zero_snr_original,
 )
-from ..protocol import Conventions, noise_source
+from ..protocol import Conventions, NumStepsSupport, coefficient_dtype, noise_source, supported_num_steps
+from ..trajectory import StepCall, StepDriver, failed_call
 from ..judge import MAX_PER_STEP, BrokenCalls, StepTolerance, Tally, judge_transition, tally_result
 from ..results import CheckResult, Verdict
 from ..tolerances import UNIT_ROUNDOFF, alpha_bar_relative_bound, step_bound, table_roundoff, unit_roundoff
@@ -77,8 +78,6 @@ __all__ = [
     "offset_for",
     "RunPlan",
     "plan_run",
-    "TargetCaller",
-    "call_error",
     "judge_transition",
     "MAX_PER_STEP",
     "failed_call",
@@ -288,84 +287,24 @@ def plan_run(ctx: CheckContext, conv: Conventions, num_steps: int) -> tuple[RunP
     return RunPlan(num_steps, seq, tuple(step_pairs(conv, ts)), "reference", note), None
 
 
-# -- calling the step --------------------------------------------------------------------------------
-
-
-class TargetCaller:
-    r"""Calls ``sampler.step`` through :meth:`CheckContext.call` and stops calling after a timeout.
-
-    A timed-out call keeps running in the background (Python cannot kill a thread), so after the first
-    timeout every further call is refused (``timed_out`` is set and :meth:`step` returns the reason),
-    instead of piling up hung threads. ``last_error`` is the runner's one-line description of what
-    went wrong in the last failed call (``"<ExcType>: <message>"``, or the timeout; for a refused
-    call, the timeout that made it refused), None when that call failed without raising.
-    """
-
-    def __init__(self, ctx: CheckContext) -> None:
-        self.ctx = ctx
-        self.timed_out: str | None = None
-        self.last_error: str | None = None
-
-    def step(self, **kwargs: Any) -> tuple[Any, str | None]:
-        r"""``(value, None)`` or ``(None, why)``; ``kwargs`` are the protocol's step arguments.
-
-        ``why`` reads ``"step raised <ExcType>: <message>"``, ``"step timed out after ..."`` or
-        ``"step not called: an earlier call timed out (...)"`` (:func:`failed_call`).
-        """
-        self.last_error = None
-        if self.timed_out is not None:
-            self.last_error = self.timed_out
-            return None, f"step not called: an earlier call timed out ({self.timed_out})"
-        fn = getattr(self.ctx.sampler, "step", None)
-        if not callable(fn):
-            return None, "sampler.step is not callable"
-        args = (kwargs.pop("model_output"), kwargs.pop("t"), kwargs.pop("x_t"))
-        outcome = self.ctx.call(fn, *args, **kwargs)
-        if outcome.timed_out:
-            self.timed_out = outcome.error
-        if not outcome.ok:
-            self.last_error = outcome.describe()
-            return None, failed_call("step", self.last_error)
-        return outcome.value, None
-
-
-_TIMED_OUT = "timed out"
-_NOT_CALLED = "not called: an earlier call timed out ("
-_CALL_FAILED = re.compile(r"step\(t=[^()]*\) failed: (?P<error>.*)\Z", re.S)
-
-
-def failed_call(call: str, error: str) -> str:
-    r"""``"step raised IndexError: …"`` (or ``"step timed out after …"``): a failed call of the target
-    in words, ``error`` being the runner's description (:meth:`ddspec.conformance.guard.CallOutcome.describe`)."""
-    return f"{call} {error}" if error.startswith(_TIMED_OUT) else f"{call} raised {error}"
-
-
-def call_error(why: str | None) -> str | None:
-    r"""The runner's ``"<ExcType>: <message>"`` (or timeout) description inside a reason returned by
-    :func:`call_step`, or None when the call did not raise or hang (e.g. it returned no tensor).
-
-    A call refused after a timeout (``"not called: an earlier call timed out (...)"``) gives the
-    timeout's description: that timeout is its root cause. Used for ``details["errors"]``, whose
-    strings must be equal wherever one exception recurs, so that the report can group them.
-    """
-    if not why:
-        return None
-    text = why
-    start = text.find(_NOT_CALLED)
-    if start >= 0 and text.endswith(")"):
-        text = text[start + len(_NOT_CALLED):-1]
-    match = _CALL_FAILED.search(text)
-    return match.group("error") if match else None
-
+# -- the error model ---------------------------------------------------------------------------------
 
 
 def step_tolerance(ctx: CheckContext, conv: Conventions, betas: Array) -> StepTolerance:
-    r"""The :class:`StepTolerance` of the target: ``u_table = max(table_roundoff(target ᾱ), u_compute)``,
-    used both for the δ's and as ``u_step`` (see :class:`StepTolerance`).
+    r"""The :class:`StepTolerance` of the target: ``u_table = max(table_roundoff(target ᾱ), u_compute)`` for
+    the δ's, and ``u_step = max(u_table, u(coefficient_dtype))`` for the rounding term of each step.
 
     The target's ᾱ table reveals its storage dtype (:func:`~ddspec.conformance.tolerances.table_roundoff`);
     a table narrower than the run's dtype is rounded again when used, hence the max. When the table
     cannot be read, ``u_table = u_compute`` and ``table_note`` says why (the schedule check fails then).
+
+    A target that declares ``coefficient_dtype`` (:func:`~ddspec.conformance.protocol.coefficient_dtype`:
+    float64 tables whose per-step coefficients are rounded to, e.g., float32) has each coefficient
+    :math:`c` used as :math:`c(1+\delta)`, :math:`|\delta| \le u_\mathrm{coef}`; the rounding term of
+    :func:`~ddspec.conformance.tolerances.step_bound` charges every coefficient at ``u_step``, so
+    ``u_step = max(u_table, u_coef)`` admits exactly that rounding, and ``table_note`` says so. Undeclared,
+    ``u_step = u_table``. A declaration that cannot be read is not charged (the note says why;
+    :func:`plan_step_family` fails the step families on it).
     """
     u_compute = unit_roundoff(ctx.dtype)
     table, why = read_table(ctx, "alphas_cumprod", conv.num_train_timesteps)
@@ -376,7 +315,17 @@ def step_tolerance(ctx: CheckContext, conv: Conventions, betas: Array) -> StepTo
         name, note = dtype_of_roundoff(u_tab), None
     u_table = max(u_tab, u_compute)
     deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
-    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_table, name, note)
+    u_step, coef_note = u_table, None
+    declared = ctx.call(lambda: coefficient_dtype(ctx.sampler))
+    if not declared.ok:
+        coef_note = f"the target's coefficient_dtype is not usable ({declared.describe()}); not charged"
+    elif declared.value is not None:
+        u_coef = unit_roundoff(declared.value)
+        u_step = max(u_table, u_coef)
+        coef_note = (f"coefficients rounded to {dtype_of_roundoff(u_coef)} (declared coefficient_dtype): "
+                     f"u_step = max(u_table, {u_coef:.3g}) = {u_step:.3g}")
+    note = "; ".join(n for n in (note, coef_note) if n) or None
+    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, name, note)
 
 
 def choose_steps(n_steps: int, n_wanted: int | None, rng: np.random.Generator) -> list[int]:
@@ -413,8 +362,8 @@ class TargetSetup:
     ``betas``/``alpha_bar`` are the *reference's* tables for the declared schedule (expected values
     always come from the reference); ``delta[t]`` bounds the relative error of the *target's* ᾱ_t
     (:func:`ddspec.conformance.tolerances.alpha_bar_relative_bound`, with the table's dtype read off
-    the target's own table, and never narrower than the compute dtype: ``u_table``). ``hung`` records
-    a timed-out call, after which the check calls the target no more.
+    the target's own table, and never narrower than the compute dtype: ``u_table``). :meth:`driver`
+    drives its step (after a timed-out call, the check calls the target no more).
     """
 
     sampler: Any
@@ -425,8 +374,16 @@ class TargetSetup:
     u_table: float
     delta: Array
     table_note: str
-    hung: list[str] = field(default_factory=list, compare=False)
     noise_source: str = "generator"
+    drivers: dict[int, StepDriver] = field(default_factory=dict, compare=False, repr=False)
+
+    def driver(self, ctx: Any) -> StepDriver:
+        """The :class:`~ddspec.conformance.trajectory.StepDriver` of this target in ``ctx`` (one per check
+        context, so that a call that timed out stops the calls of that check only)."""
+        key = id(ctx)
+        if key not in self.drivers:
+            self.drivers[key] = StepDriver(ctx, self.sampler, noise_source=self.noise_source)
+        return self.drivers[key]
 
     def ab(self, t: int) -> float:
         """ᾱ at index t (1 at t = −1, the data)."""
@@ -443,8 +400,15 @@ def elapsed(start: float) -> float:
 
 
 def setup_target(ctx: Any, name: str, family: str) -> TargetSetup | CheckResult:
-    r"""Read the target's conventions and tables; a ``fail``/``unsupported`` result named ``name``
-    when that is impossible."""
+    r"""Read the target's conventions, tables and declarations; a ``fail``/``unsupported``/``skipped`` result
+    named ``name`` when that is impossible.
+
+    The declarations of the protocol are read here (:func:`~ddspec.conformance.protocol.supported_num_steps`,
+    :func:`~ddspec.conformance.protocol.coefficient_dtype`): a malformed one fails, and a target whose
+    ``supported_num_steps`` admits none of the profile's N ≤ T nor any other N ≤ T is ``skipped`` with
+    that reason. A declared ``coefficient_dtype`` raises ``u_table`` (the unit roundoff the rounding term
+    of :func:`error_bound` is charged at) to its unit roundoff; the δ's of the table keep the table's.
+    """
     start = time.perf_counter()
     outcome = ctx.call(lambda: ctx.sampler.conventions)
     if not outcome.ok:
@@ -471,6 +435,22 @@ def setup_target(ctx: Any, name: str, family: str) -> TargetSetup | CheckResult:
         return CheckResult(name=name, family=family, verdict=Verdict.FAIL,
                            message=f"the target's noise_source is not usable: {source.describe()}",
                            duration_s=elapsed(start))
+    declared = ctx.call(lambda: (supported_num_steps(ctx.sampler), coefficient_dtype(ctx.sampler)))
+    if not declared.ok:
+        return CheckResult(name=name, family=family, verdict=Verdict.FAIL,
+                           message=f"the target's declarations are not usable: {declared.describe()}",
+                           duration_s=elapsed(start))
+    support, coef_dtype = declared.value
+    T = conv.num_train_timesteps
+    try:
+        in_range = [int(n) for n in ctx.steps or () if 1 <= int(n) <= T]
+        runnable = not in_range or any(support.supports(n) for n in in_range) or support.smallest(T) is not None
+    except ValueError as exc:
+        return CheckResult(name=name, family=family, verdict=Verdict.FAIL,
+                           message=f"the target's supported_num_steps is not usable: {exc}", duration_s=elapsed(start))
+    if not runnable:
+        return CheckResult.skipped(name, family, f"no N <= T = {T} is in the target's supported_num_steps "
+                                                 f"({support.description}): nothing to run")
     u_compute = unit_roundoff(ctx.dtype)
     table = ctx.call(lambda: np.asarray(ctx.sampler.alphas_cumprod(), dtype=np.float64))
     if table.ok and table.value.shape == betas.shape and np.all(np.isfinite(table.value)):
@@ -481,18 +461,39 @@ def setup_target(ctx: Any, name: str, family: str) -> TargetSetup | CheckResult:
         note = "target's alpha_bar table unreadable (see the schedule checks); assumed stored in the compute dtype"
     u_table = max(u_tab, u_compute)
     delta = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
+    if coef_dtype is not None:
+        # the declared coefficient rounding is charged in the rounding term (u_table), not in the δ's of the table
+        u_coef = unit_roundoff(coef_dtype)
+        u_table = max(u_table, u_coef)
+        note += (f"; coefficients rounded to {dtype_of_roundoff(u_coef)} (declared coefficient_dtype), "
+                 f"rounding charged at u = {u_table:.3g}")
     return TargetSetup(ctx.sampler, conv, betas, ref_alphas.alpha_bar(betas), u_compute, u_table, delta, note,
                        noise_source=source.value)
 
 
 def step_counts(ctx: Any, setup: TargetSetup) -> list[int]:
-    """The profile's step counts that the target can run (N ≤ T)."""
+    """The profile's step counts that the target can run: N ≤ T and in its ``supported_num_steps``.
+
+    When the declaration rejects every profile N ≤ T, the smallest supported N ≤ T instead (as the loop
+    family does); ``[]`` when there is none, or no profile N ≤ T at all. A declaration that cannot be read
+    gives ``[]`` (:func:`setup_target` has failed on it already).
+    """
     T = setup.conv.num_train_timesteps
-    return [int(n) for n in ctx.steps if 1 <= int(n) <= T]
+    in_range = [int(n) for n in ctx.steps if 1 <= int(n) <= T]
+    try:
+        support = supported_num_steps(setup.sampler)
+        counts = [n for n in in_range if support.supports(n)]
+        if in_range and not counts:
+            first = support.smallest(T)
+            counts = [] if first is None else [first]
+    except ValueError:
+        return []
+    return counts
 
 
 def representative_steps(ctx: Any, setup: TargetSetup) -> int | None:
-    """The largest profile N ≤ :data:`MAX_REPRESENTATIVE_STEPS` (else the smallest N), or None."""
+    """The largest supported profile N ≤ :data:`MAX_REPRESENTATIVE_STEPS` (else the smallest N), or None
+    (:func:`step_counts`: the smallest supported N ≤ T when no profile N is supported)."""
     counts = step_counts(ctx, setup)
     if not counts:
         return None
@@ -544,8 +545,14 @@ def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[Ch
 
     Returns the plan, or the results that end the family at once: ``fail`` when the conventions cannot be read,
     ``unsupported`` (one per variant) when the adapter could not interpret a field, the ᾱ₀ variant is declared
-    for DDPM (the reference defines it for DDIM only) or the reference cannot build the schedule, and
-    ``skipped`` when no step count can be run.
+    for DDPM (the reference defines it for DDIM only) or the reference cannot build the schedule, ``fail`` when
+    the target's ``supported_num_steps`` or ``coefficient_dtype`` is malformed, and ``skipped`` when no step
+    count can be run.
+
+    Only the N in the target's ``supported_num_steps`` (:func:`~ddspec.conformance.protocol.supported_num_steps`)
+    are run; the others are in ``skipped`` as ``"N=<n>": "not in the target's supported_num_steps (<description>)"``.
+    When the declaration rejects every profile N ≤ T, the smallest supported N ≤ T is run instead (as the loop
+    family does), and ``notes`` says so.
     """
     conv, why = conventions_of(ctx)
     if conv is None:
@@ -567,17 +574,35 @@ def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[Ch
         return unsupported_results(names, family, [str(exc)])
     except ValueError as exc:
         return unsupported_results(names, family, [f"the reference cannot build the declared schedule: {exc}"])
+    declared = ctx.call(lambda: (supported_num_steps(ctx.sampler), coefficient_dtype(ctx.sampler)))
+    if not declared.ok:
+        return [fail_result(n, family, f"the target's declarations are not usable: {declared.describe()}")
+                for n in names]
+    support: NumStepsSupport = declared.value[0]
+    T = conv.num_train_timesteps
     plans: list[RunPlan] = []
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
-    for n in ctx.steps or ():
+    try:
+        counts = [int(n) for n in ctx.steps or () if int(n) > T or support.supports(int(n))]
+        skipped.update({f"N={n}": support.unsupported_reason() for n in ctx.steps or ()
+                        if int(n) <= T and int(n) not in counts})
+        if skipped and not any(n <= T for n in counts):
+            first = support.smallest(T)
+            if first is not None:
+                counts.append(first)
+                notes[f"N={first}"] = (f"no profile N is supported ({support.description}); N={first}, the smallest "
+                                       f"supported N <= T = {T}, is checked instead")
+    except ValueError as exc:  # the declared predicate raised
+        return [fail_result(n, family, f"the target's supported_num_steps is not usable: {exc}") for n in names]
+    for n in counts:
         plan, reason = plan_run(ctx, conv, n)
         if plan is None:
             skipped[f"N={n}"] = reason or "cannot be run"
             continue
         plans.append(plan)
         if plan.note:
-            notes[f"N={n}"] = plan.note
+            notes[f"N={n}"] = "; ".join(x for x in (notes.get(f"N={n}"), plan.note) if x)
     if not plans:
         return [CheckResult.skipped(n, family, "no run can be checked: " + "; ".join(
             f"{k}: {v}" for k, v in skipped.items())) for n in names]
@@ -626,39 +651,15 @@ def call_step(
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     predicted_variance: torch.Tensor | None = None,
-) -> tuple[torch.Tensor | None, str | None]:
-    """One call of the target's step through ``ctx.call``: (output tensor, None) or (None, why not).
+) -> tuple[torch.Tensor | None, StepCall | None]:
+    """One guarded call of the target's step by the setup's :class:`~ddspec.conformance.trajectory.StepDriver`:
+    ``(tensor, None)``, or ``(None, call)`` where ``call.why`` says why not and ``call.error`` is the exception.
 
-    After a call has timed out, later calls of the same check are not made (the abandoned call may
-    still be running and changing the target): they return the timeout again at once.
+    After a call has timed out, later calls of the same check are refused at once with that timeout.
     """
-    if setup.hung:
-        return None, f"not called: {setup.hung[0]}"
-    if generator is not None and noise is None and setup.noise_source == "global":
-        # the target draws from torch's global RNG: seed it with a draw from the generator the check chose
-        # (successive calls get fresh seeds, as successive draws from one generator would), inside
-        # fork_rng, so that the call is reproducible and the caller's global state comes back unchanged
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-        devices = [x_t.device] if x_t.device.type == "cuda" else []
-
-        def step() -> Any:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed)
-                return setup.sampler.step(model_output, int(t), x_t, num_steps=int(num_steps), eta=float(eta),
-                                          noise=None, generator=None, predicted_variance=predicted_variance)
-    else:
-        def step() -> Any:
-            return setup.sampler.step(model_output, int(t), x_t, num_steps=int(num_steps), eta=float(eta),
-                                      noise=noise, generator=generator, predicted_variance=predicted_variance)
-    outcome = ctx.call(step)
-    if not outcome.ok:
-        why = f"step(t={t}, num_steps={num_steps}, eta={eta:g}) failed: {outcome.describe()}"
-        if outcome.timed_out:
-            setup.hung.append(f"an earlier call timed out ({why})")
-        return None, why
-    if not isinstance(outcome.value, torch.Tensor):
-        return None, f"step(t={t}, num_steps={num_steps}, eta={eta:g}) returned {type(outcome.value).__name__}, not a tensor"
-    return outcome.value, None
+    call = setup.driver(ctx).call(model_output, t, x_t, num_steps=num_steps, eta=eta, noise=noise,
+                                  generator=generator, predicted_variance=predicted_variance)
+    return (call.value, None) if call.ok else (None, call)
 
 
 def reference_or_why(

@@ -91,6 +91,7 @@ from ..context import CheckContext
 from ..expectation import reference_step, step_spec, zero_snr_original
 from ..protocol import Conventions
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
+from ..trajectory import StepDriver
 from ..tolerances import (
     K_OPS,
     coefficient_terms,
@@ -106,11 +107,9 @@ from ._common import (
     BrokenCalls,
     RunPlan,
     StepFamilyPlan,
-    TargetCaller,
     choose_steps,
     dtype_of_roundoff,
     offset_for,
-    output_array,
     plan_step_family,
     read_table,
     torch_input,
@@ -416,7 +415,7 @@ class _Row:
 
 def _variant(
     ctx: CheckContext, conv: Conventions, betas: np.ndarray, plans: list[RunPlan], name: str, eta: float,
-    caller: TargetCaller, u_c: float, u_t: float, deltas: np.ndarray,
+    driver: StepDriver, u_c: float, u_t: float, deltas: np.ndarray,
 ) -> tuple[list[_Row], BrokenCalls, dict[str, Any]]:
     shape = fit_batch_shape(ctx)
     spec = step_spec(_no_clip(conv), eta)
@@ -428,7 +427,7 @@ def _variant(
     designs: dict[str, int] = {}
     for plan in plans:
         N = plan.num_steps
-        if caller.timed_out:
+        if driver.timed_out:
             break
         rng = np.random.default_rng([ctx.seed, offset_for(FAMILY, "choose", N)])
         for k in choose_steps(len(plan.pairs), fit_steps(ctx), rng):
@@ -475,18 +474,16 @@ def _variant(
             pv = None if pv_value is None else ctx.to_target(np.full(shape, pv_value))
             info = {"N": N, "k": k, "t": t, "t_prev": t_prev, "eta": eta}
             where = f"step {k} (t={t} -> t_prev={t_prev})"
-            value, why = caller.step(model_output=m, t=t, x_t=x, num_steps=N, eta=eta, noise=z, generator=None,
-                                     predicted_variance=pv)
-            got = None
-            if why is None:
-                got, why = output_array(value, x)
+            tr, call = driver.transition(step=k, t=t, t_prev=t_prev, num_steps=N, eta=eta, model_output=m, x_t=x,
+                                         noise=z, predicted_variance=pv)
+            got, why = (None, call.why or "no output") if tr is None else (tr.x_prev, None)
             if why is None and not np.all(np.isfinite(got)):
                 bad = int(np.count_nonzero(~np.isfinite(got)))
                 why = (f"step returned {bad} non-finite element(s) on inputs consistent with the data law "
                        f"x0 ~ U(-{rho:g}, {rho:g}) (a real failure: a model's output never puts x0 out of range)")
             if why is not None:
-                broken.add(num_steps=N, reason=why, error=caller.last_error, where=where, step=k, timestep=t, info=info)
-                if caller.timed_out:
+                broken.add(num_steps=N, reason=why, error=call.error, where=where, step=k, timestep=t, info=info)
+                if driver.timed_out:
                     break
                 continue
             cols = {"a": x64[mask], "b": m64[mask]}
@@ -649,10 +646,10 @@ def check_coefficients(ctx: CheckContext) -> list[CheckResult]:
         base["table_note"] = f"{table_why}; coefficients assumed formed in the compute dtype"
     if skipped:
         base["runs_skipped"] = skipped
-    caller = TargetCaller(ctx)
+    driver = StepDriver(ctx, ctx.sampler)
     results = []
     for name, eta in variants:
-        rows, broken, extra = _variant(ctx, conv, betas, plans, name, eta, caller, u_c, u_t, deltas)
+        rows, broken, extra = _variant(ctx, conv, betas, plans, name, eta, driver, u_c, u_t, deltas)
         what = f"eta={eta:g}" if conv.family == "ddim" else f"variance_type={conv.variance_type!r}"
         results.append(_result(ctx, name, what, rows, broken, dict(base, eta=eta, **extra)))
     return results

@@ -399,14 +399,6 @@ def _detect_text(detect: dict[str, float], power: float) -> str:
     return text + f" at every tested step, at power {power:g}, rounding allowance included"
 
 
-def _call_error(err: str) -> str:
-    """``"<ExcType>: <message>"`` of a failed call (the part after ``failed: ``), else the whole reason."""
-    if err.startswith("not called: "):
-        return err
-    head, sep, tail = err.partition(" failed: ")
-    return tail if sep else err
-
-
 def _element(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else (flat,)
 
@@ -601,14 +593,15 @@ def _step_moments_variant(
         xb = x1.expand((n,) + shape).contiguous()
         mob = mo1.expand((n,) + shape).contiguous()
         pvb = None if pv1 is None else pv1.expand((n,) + shape).contiguous()
-        out, err = call_step(ctx, setup, mob, t, xb, n_steps, eta,
-                             generator=ctx.generator(_offset("step_moments", "generator", vi, pi)), predicted_variance=pvb)
+        out, call = call_step(ctx, setup, mob, t, xb, n_steps, eta,
+                              generator=ctx.generator(_offset("step_moments", "generator", vi, pi)), predicted_variance=pvb)
+        err = None if call is None else call.why
         if err is None and tuple(out.shape) != (n,) + shape:
             err = f"output shape {tuple(out.shape)}, expected {(n,) + shape}"
         if err is not None:
             # one finding per step count (issue 7 section 3); the other positions are still tested
             if not errors:
-                errors.append({"num_steps": n_steps, "error": _call_error(err)})
+                errors.append({"num_steps": n_steps, "error": (call.error if call is not None else None) or err})
                 broken.append(Finding(step=k, timestep=t, message=f"N={n_steps}: {where['what']}: {err}"))
             continue
         draws = exact_of(out).reshape(n, -1)
@@ -1008,7 +1001,7 @@ def _run_variant(
         if samples is None:
             (broken if call_broke else fatal).append(Finding(step=None, message=f"N={n_steps}: {err}"))
             if call_broke:
-                errors.append({"num_steps": n_steps, "error": _call_error(err)})
+                errors.append({"num_steps": n_steps, "error": call_broke})
             continue
         b_mean, b_rms, e_max = allow["mean"], allow["rms"], allow["max"]
         label = f"{name}/N={n_steps}"
@@ -1111,9 +1104,10 @@ def _qq_points(u: Array, what: str) -> dict[str, Any]:
 def _run_chains(
     ctx: Any, setup: TargetSetup, oracle: IsotropicGaussian, n: int, n_steps: int, pairs: list[tuple[int, int]],
     eta: float, variance: _RunVariance, x_offset: int, gen_offset: int, *, all_max: bool = False,
-) -> tuple[Array | None, dict[str, Any] | None, str | None, bool]:
-    r"""Run n chains through the target: (final samples (n, d), rounding allowances, error, whether
-    the error is a call that gave no usable output rather than a non-finite state).
+) -> tuple[Array | None, dict[str, Any] | None, str | None, str | None]:
+    r"""Run n chains through the target: (final samples (n, d), rounding allowances, error, and when the
+    error is a call that gave no usable output rather than a non-finite state, that call's
+    ``"<ExcType>: <message>"`` for ``details["errors"]``, else None).
 
     The allowances propagate the per-step bounds through the exact step maps
     :math:`x_\mathrm{prev} = A x_t + B + \sigma z` (:func:`~ddspec.reference.oracles.gaussian_step_map`):
@@ -1134,18 +1128,19 @@ def _run_chains(
     for k, (t, tp) in enumerate(pairs):
         x64 = exact_of(x).reshape(n, DATA_DIM)
         if k > 0 and not np.all(np.isfinite(x64)):
-            return None, None, f"step {k - 1}: {int((~np.isfinite(x64)).sum())} non-finite output elements", False
+            return None, None, f"step {k - 1}: {int((~np.isfinite(x64)).sum())} non-finite output elements", None
         a, b = _affine(oracle, setup.betas, t, conv.prediction_type)
         a_t = torch.as_tensor(a, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         b_t = torch.as_tensor(b, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         mo = (x.to(work) * a_t + b_t).to(ctx.dtype)
         pv_value = variance.target_value(t, tp)
         pv = None if pv_value is None else torch.full(shape, pv_value, dtype=ctx.dtype, device=ctx.device)
-        out, err = call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator, predicted_variance=pv)
+        out, call = call_step(ctx, setup, mo, t, x, n_steps, eta, generator=generator, predicted_variance=pv)
+        err = None if call is None else call.why
         if err is None and tuple(out.shape) != shape:
             err = f"output shape {tuple(out.shape)}, expected {shape}"
         if err is not None:
-            return None, None, f"step {k} (t={t}): {err}", True
+            return None, None, f"step {k} (t={t}): {err}", (call.error if call is not None else None) or err
         mo64 = exact_of(mo).reshape(n, DATA_DIM)
         slope = np.abs(gaussian_step_map(oracle, setup.betas, t, tp, family=conv.family, eta=eta,
                                          **variance.step_kwargs(t, tp)).A)
@@ -1159,8 +1154,8 @@ def _run_chains(
         x = out
     final = exact_of(x).reshape(n, DATA_DIM)
     if not np.all(np.isfinite(final)):
-        return None, None, f"step {len(pairs) - 1}: {int((~np.isfinite(final)).sum())} non-finite output elements", False
-    return final, {"mean": e_mean.mean(axis=0), "rms": e_rms, "max": e_max}, None, False
+        return None, None, f"step {len(pairs) - 1}: {int((~np.isfinite(final)).sum())} non-finite output elements", None
+    return final, {"mean": e_mean.mean(axis=0), "rms": e_rms, "max": e_max}, None, None
 
 
 #: The distribution checks, in the order they run.

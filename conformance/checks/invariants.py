@@ -60,7 +60,7 @@ so. ``observed``/``tolerance``: the number of violating cases against 0, or for
 whose calls worked; inf only when no call worked, since nothing could be measured.
 
 The target is read once per check (:func:`~._common.setup_target`) and called through
-:func:`~._common.call_step`; these helpers are shared with :mod:`.distribution`.
+:func:`~._common.call_step` (the drive stage, :class:`~ddspec.conformance.trajectory.StepDriver`); these helpers are shared with :mod:`.distribution`.
 """
 
 from __future__ import annotations
@@ -78,18 +78,18 @@ from numpy.typing import NDArray
 from .. import expectation
 from ..results import CheckResult, Finding, Verdict
 from ..guard import restore_rng_state, rng_leaked, rng_state_snapshot
+from ..protocol import noise_source
+from ..trajectory import StepCall
 from ..tolerances import unit_roundoff
 from ._common import (
     MAX_REPRESENTATIVE_STEPS,
     BrokenCalls,
     TargetSetup,
-    call_error,
     call_step,
     conventions_of,
     elapsed,
     error_bound,
     exact_of,
-    failed_call,
     plan_for,
     random_predicted_variance,
     read_table,
@@ -180,21 +180,18 @@ class _Run:
     checked: int = 0
     reference_free: bool = False
 
-    def break_at(self, cfg: _Config, mode: str, why: str, *, part: str | None = None) -> None:
-        r"""Record a call that raised, hung or returned no usable tensor (``why``, from
-        :func:`~._common.call_step` or a shape test; ``part`` names the call within the case).
+    def break_at(self, cfg: _Config, mode: str, why: StepCall | str, *, part: str | None = None) -> None:
+        r"""Record a call that raised, hung or returned no usable tensor (``why``: the failed
+        :class:`~ddspec.conformance.trajectory.StepCall`, or a shape test's text; ``part`` names the call
+        within the case).
 
         Calls of one step count that fail alike make one finding, ``"N=<n>: step raised <ExcType>: …"``,
-        and the exception goes to ``details["errors"]`` (:class:`~._common.BrokenCalls`).
+        and the exception goes to ``details["errors"]`` (:class:`~ddspec.conformance.judge.BrokenCalls`).
         """
-        error = call_error(why)
-        refused = why.startswith("not called")
-        if refused:
-            reason = f"step {why}"
-        elif error is not None:
-            reason = failed_call("step", error)
+        if isinstance(why, StepCall):
+            reason, error, refused = why.why or "no output", why.error, why.refused
         else:
-            reason = why
+            reason, error, refused = why, None, False
         where = f"{cfg.label}, step {cfg.k} (t={cfg.t} -> {cfg.t_prev}), {mode}" + (f", {part}" if part else "")
         self.broken.add(num_steps=cfg.num_steps, reason=reason, error=error, where=where, step=cfg.k,
                         timestep=cfg.t, refused=refused)
@@ -317,7 +314,7 @@ def _call_mode(
     ctx: Any, setup: TargetSetup, inp: _Inputs, cfg: _Config, mode: str, *,
     mo: torch.Tensor | None = None, x: torch.Tensor | None = None, z: torch.Tensor | None = None,
     pv: torch.Tensor | None = None, gen_offset: int = _OFF_GEN,
-) -> tuple[torch.Tensor | None, str | None]:
+) -> tuple[torch.Tensor | None, StepCall | None]:
     r"""Call the step on *clones* of the inputs (so that a step that writes into its inputs cannot
     disturb the other cases; ``no_input_mutation`` passes its own tensors and compares them)."""
     mo = (inp.mo if mo is None else mo).clone()
@@ -802,7 +799,7 @@ def check_no_global_rng(ctx: Any) -> list[CheckResult]:
         if leaked:
             run.violations.append(Finding(step=cfg.k, timestep=cfg.t,
                                           message=f"{_where(cfg, mode)}: the step changed the {leaked}"
-                                                  + (f" (and failed: {call_err})" if call_err else "")))
+                                                  + (f" (and failed: {call_err.why})" if call_err else "")))
         elif call_err:
             run.break_at(cfg, mode, call_err)
     return [_finish(run, ctx, "check_no_global_rng",

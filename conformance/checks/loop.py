@@ -60,7 +60,8 @@ from ..expectation import (
     zero_snr_original,
 )
 from ..judge import StepTolerance, Tally, judge_transition, tally_result, transition_label
-from ..protocol import Conventions
+from ..protocol import Conventions, supported_num_steps
+from ..protocol import coefficient_dtype as declared_coefficient_dtype
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import alpha_bar_relative_bound, table_roundoff, unit_roundoff
 from ..trajectory import FIELD_SCALE, Probe, Trajectory, Transition, drive, probe_oracle
@@ -119,7 +120,8 @@ def _u_of(dtype: torch.dtype | None) -> float:
 
 
 def _tolerance(ctx: CheckContext, target: Any, conv: Conventions, betas: NDArray[np.float64]) -> StepTolerance:
-    r"""The error model of the loop: tables in ``table_dtype`` (or as exposed), coefficients in ``coefficient_dtype``."""
+    r"""The error model of the loop: tables in ``table_dtype`` (or as exposed), coefficients in the declared
+    ``coefficient_dtype`` (:func:`~ddspec.conformance.protocol.coefficient_dtype`): u_step = max(u_table, u_coef)."""
     u_compute = unit_roundoff(ctx.dtype)
     u_table, note = max(u_compute, _u_of(target.table_dtype)), None
     if getattr(target, "has_tables", False):
@@ -127,16 +129,15 @@ def _tolerance(ctx: CheckContext, target: Any, conv: Conventions, betas: NDArray
             u_table = max(u_table, table_roundoff(np.asarray(target.alphas_cumprod(), dtype=np.float64)))
         except Exception as exc:  # noqa: BLE001 - the schedule family reports an unreadable table
             note = f"alphas_cumprod unreadable ({type(exc).__name__})"
-    u_step = max(u_table, _u_of(target.coefficient_dtype))
+    u_step = max(u_table, _u_of(declared_coefficient_dtype(target)))
     deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
     return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, dtype_of_roundoff(u_table), note)
 
 
 def _first_supported(target: Any, T: int) -> list[int]:
-    declared = target.supported_num_steps
-    if declared is not None and not callable(declared):
-        return sorted(n for n in declared if 1 <= n <= T)[:1]
-    return [n for n in range(1, T + 1) if target.supports(n)][:1]
+    """The smallest N ≤ T the loop's ``supported_num_steps`` admits, as a list (empty when none)."""
+    first = supported_num_steps(target).smallest(T)
+    return [] if first is None else [first]
 
 
 def _setup(ctx: CheckContext, name: str) -> LoopSetup | CheckResult:
@@ -155,17 +156,24 @@ def _setup(ctx: CheckContext, name: str) -> LoopSetup | CheckResult:
     wanted = {int(n) for n in ctx.steps if 1 <= int(n) <= T}
     if ctx.settings.full_schedule and ctx.num_train_timesteps is None and set(ctx.steps) == set(ctx.settings.steps):
         wanted.add(T)  # the context could not ask a table-less loop for T
-    counts = sorted(n for n in wanted if target.supports(n))
-    skipped = tuple((n, f"N={n} is not supported ({target.supported_description()})")
+    try:  # the protocol's declarations (any target kind); a malformed or raising one is the loop's error
+        support = supported_num_steps(target)
+        declared_coefficient_dtype(target)
+        counts = sorted(n for n in wanted if support.supports(n))
+        fallback = _first_supported(target, T) if not counts else []
+    except ValueError as exc:
+        return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL,
+                           message=f"the loop's declaration is not usable: {exc}")
+    skipped = tuple((n, f"N={n} is not supported ({support.description})")
                     for n in sorted(wanted) if n not in counts)
     coverage = "every profile N"
     if skipped:
         if not counts:
-            counts = _first_supported(target, T)
-            coverage = (f"no profile N is supported ({target.supported_description()}); "
-                        f"checked N={counts} instead")
+            counts = fallback
+            coverage = (f"no profile N is supported ({support.description}); checked N={counts} instead" if counts
+                        else f"no N <= T = {T} is supported ({support.description}): the loop is not run")
         else:
-            coverage = f"checked N={counts} only ({target.supported_description()})"
+            coverage = f"checked N={counts} only ({support.description})"
     # DDPM has no η; a DDIM loop that takes none is deterministic DDIM (η = 0), and none is passed
     etas: tuple[float | None, ...] = (None,)
     if conv.family == "ddim" and target.accepts_eta:

@@ -50,16 +50,15 @@ from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
 from ..expectation import UnsupportedConvention, final_step_consequence, reference_betas, reference_step, step_spec
+from ..judge import Tally
 from ..results import CheckResult, Verdict
+from ..trajectory import StepDriver
 from ._common import (
     RunPlan,
-    Tally,
-    TargetCaller,
     conventions_of,
     exact_of,
     fail_result,
     offset_for,
-    output_array,
     plan_run,
     step_tolerance,
     tally_result,
@@ -127,7 +126,7 @@ def _run(
     stochastic: bool,
     point_name: str,
     tally: Tally,
-    caller: TargetCaller,
+    driver: StepDriver,
 ) -> tuple[float, str | None]:
     r"""Drive one run; return (worst ratio, reason it stopped early or None)."""
     shape = tuple(ctx.settings.sample_shape)
@@ -163,19 +162,19 @@ def _run(
         noisy = bool(np.any(np.asarray(ref.variance) > 0.0))
         acc = acc + tol.bound(spec, t, t_prev, model_output=m_ref, x_t=x_ref,
                               noise=z64 if noisy else None, predicted_variance=pv64)
-        value, why = caller.step(model_output=m_tgt, t=t, x_t=x_tgt, num_steps=N, eta=eta, noise=z,
-                                 generator=None, predicted_variance=pv)
-        if why is None:
-            got, why = output_array(value, x_tgt)
-        if why is not None:
-            tally.broken(step=k, timestep=t, message=why, info=info, num_steps=N, error=caller.last_error,
-                         where=f"point {point_name}, step {k} (t={t} -> t_prev={t_prev})")
+        tr, call = driver.transition(step=k, t=t, t_prev=t_prev, num_steps=N, eta=eta, model_output=m_tgt,
+                                     x_t=x_tgt, noise=z, predicted_variance=pv)
+        if tr is None:
+            tally.broken(step=k, timestep=t, message=call.why or "no output", info=info, num_steps=N,
+                         error=call.error, where=f"point {point_name}, step {k} (t={t} -> t_prev={t_prev})")
             return float("inf"), None
-        ratio = tally.compare(got, ref.prev_sample, acc, step=k, timestep=t, label=label, info=info)
+        # the judge: the target's state after k+1 steps against the reference trajectory's, within the
+        # accumulated bound (not one transition against one step: the states compound)
+        ratio = tally.compare(tr.x_prev, ref.prev_sample, acc, step=k, timestep=t, label=label, info=info)
         worst = max(worst, ratio)
-        if not np.all(np.isfinite(got)):
+        if not np.all(np.isfinite(tr.x_prev)):
             return float("inf"), None
-        x_tgt, x_ref = value, ref.prev_sample
+        x_tgt, x_ref = call.value, ref.prev_sample
     return worst, None
 
 
@@ -235,7 +234,7 @@ def check_point_mass_oracle(ctx: CheckContext) -> list[CheckResult]:
         base["timesteps_notes"] = notes
 
     results: list[CheckResult] = []
-    caller = TargetCaller(ctx)
+    driver = StepDriver(ctx, ctx.sampler)
     for (path, eta, stochastic), name in zip(paths, names):
         if stochastic and not conv.supports_noise_injection:
             results.append(CheckResult(
@@ -253,15 +252,15 @@ def check_point_mass_oracle(ctx: CheckContext) -> list[CheckResult]:
         stopped: dict[str, str] = {}
         not_run: list[int] = []
         for plan in plans:
-            if caller.timed_out and tally.n_broken:  # an abandoned call may still be running: no more calls
+            if driver.timed_out and tally.n_broken:  # an abandoned call may still be running: no more calls
                 not_run.append(plan.num_steps)
                 continue
             for point_name in POINTS:
-                worst, reason = _run(ctx, conv, betas, tol, plan, path, eta, stochastic, point_name, tally, caller)
+                worst, reason = _run(ctx, conv, betas, tol, plan, path, eta, stochastic, point_name, tally, driver)
                 per_run[f"N={plan.num_steps}/{point_name}"] = worst
                 if reason:
                     stopped[f"N={plan.num_steps}/{point_name}"] = reason
-                if caller.timed_out:
+                if driver.timed_out:
                     break
         details = dict(base, eta=eta if conv.family == "ddim" else None, variance_type=conv.variance_type,
                        worst_ratio_per_run=per_run, worst_ratio=tally.worst_ratio, n_states_compared=tally.n_steps,

@@ -42,16 +42,18 @@ distribution checks cover them).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ddspec.reference import SingularError
 from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
-from ..expectation import reference_step, step_spec
+from ..expectation import expect_transition, step_spec
+from ..judge import judge_transition
+from ..trajectory import StepDriver, Transition
 from ..protocol import Conventions
 from ..results import CheckResult, Verdict
 from .coefficients import oracle_inputs
@@ -59,11 +61,9 @@ from ._common import (
     RunPlan,
     StepFamilyPlan,
     Tally,
-    TargetCaller,
     choose_steps,
     exact_of,
     offset_for,
-    output_array,
     plan_step_family,
     step_tolerance,
     tally_result,
@@ -160,7 +160,7 @@ def _run_variant(
     plans: list[RunPlan],
     name: str,
     eta: float,
-    caller: TargetCaller,
+    driver: StepDriver,
 ) -> tuple[Tally, dict[str, Any]]:
     shape = tuple(ctx.settings.sample_shape)
     spec = step_spec(conv, eta)
@@ -175,7 +175,7 @@ def _run_variant(
     not_run: list[int] = []
     for plan in plans:
         N = plan.num_steps
-        if caller.timed_out and tally.n_broken:  # an abandoned call may still be running: no more calls
+        if driver.timed_out and tally.n_broken:  # an abandoned call may still be running: no more calls
             not_run.append(N)
             continue
         rng = np.random.default_rng([ctx.seed, offset_for("single_step", "choose", N)])
@@ -204,36 +204,30 @@ def _run_variant(
             pv = None
             if pv64 is not None:
                 pv, pv64 = torch_input(ctx, pv64)
-            x64, m64 = exact_of(x), exact_of(m)
-            z64 = None if z is None else exact_of(z)
             info = {"N": N, "k": k, "t": t, "t_prev": t_prev, "eta": eta, "off_x": off_x, "off_m": off_m,
                     "off_z": off_z if z is not None else None, "off_pv": off_pv if pv is not None else None,
                     "consistent_range": rho if consistent else None}
-            try:
-                ref = reference_step(conv, betas, model_output=m64, t=t, t_prev=t_prev, x_t=x64,
-                                     noise=z64, eta=eta, predicted_variance=pv64)
-            except SingularError as exc:
-                singular.append(f"N={N} step {k} (t={t} -> {t_prev}): {exc}")
+            # expect (on exactly the values the target is given) -> drive -> judge
+            given = Transition(t=t, t_prev=t_prev, x_t=exact_of(x), model_output=exact_of(m), x_prev=exact_of(x),
+                               noise=None if z is None else exact_of(z), predicted_variance=pv64, step=k)
+            expected = expect_transition(conv, betas, given, eta)
+            if expected.why_kind == "singular":
+                singular.append(f"N={N} step {k} (t={t} -> {t_prev}): {expected.why}")
                 continue
-            except ValueError as exc:  # the declared options are outside the reference's domain
-                rejected.append(f"N={N} step {k} (t={t} -> {t_prev}): {exc}")
+            if expected.why is not None:  # the declared options are outside the reference's domain
+                rejected.append(f"N={N} step {k} (t={t} -> {t_prev}): {expected.why}")
                 continue
-            noisy = bool(np.any(np.asarray(ref.variance) > 0.0))
-            bound = tol.bound(spec, t, t_prev, model_output=m64, x_t=x64, noise=z64 if noisy else None,
-                              predicted_variance=pv64)
-            value, why = caller.step(model_output=m, t=t, x_t=x, num_steps=N, eta=eta, noise=z,
-                                     generator=None, predicted_variance=pv)
-            label = f"N={N}, step {k} (t={t} -> t_prev={t_prev})"
-            if why is None:
-                got, why = output_array(value, x)
-            if why is not None:
-                tally.broken(step=k, timestep=t, message=why, info=info, num_steps=N, error=caller.last_error,
-                             where=f"step {k} (t={t} -> t_prev={t_prev})")
+            tr, call = driver.transition(step=k, t=t, t_prev=t_prev, num_steps=N, eta=eta, model_output=m, x_t=x,
+                                         noise=z, predicted_variance=pv)
+            if tr is None:
+                tally.broken(step=k, timestep=t, message=call.why or "no output", info=info, num_steps=N,
+                             error=call.error, where=f"step {k} (t={t} -> t_prev={t_prev})")
                 worst = float("inf")
-                if caller.timed_out:
+                if driver.timed_out:
                     break
                 continue
-            worst = max(worst, tally.compare(got, ref.prev_sample, bound, step=k, timestep=t, label=label, info=info))
+            worst = max(worst, judge_transition(tally, tol, spec, replace(expected, transition=tr), num_steps=N,
+                                                info=info))
         per_run[f"N={N}"] = worst
     extra: dict[str, Any] = {"worst_ratio_per_run": per_run}
     if not_run:
@@ -272,10 +266,10 @@ def check_single_steps(ctx: CheckContext) -> list[CheckResult]:
     if notes:
         base["timesteps_notes"] = notes
 
-    caller = TargetCaller(ctx)
+    driver = StepDriver(ctx, ctx.sampler)
     results = []
     for name, eta in variants:
-        tally, extra = _run_variant(ctx, conv, betas, tol, plans, name, eta, caller)
+        tally, extra = _run_variant(ctx, conv, betas, tol, plans, name, eta, driver)
         details = dict(base, eta=eta, variance_type=conv.variance_type, **extra,
                        worst_ratio=tally.worst_ratio, n_steps_compared=tally.n_steps,
                        n_elements_compared=tally.n_elements, n_elements_exceeding=tally.n_exceeding,

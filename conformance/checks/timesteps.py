@@ -19,7 +19,11 @@ Verdicts:
 * ``timesteps(N)`` raises or hangs → ``fail`` with one finding, ``"N=<N>: timesteps(N) raised
   <ExcType>: <message>"``, the exception recorded in ``details["errors"]``;
 * the reference rule itself undefined for N (``leading`` with ``steps_offset`` running past T − 1)
-  → ``skipped`` with the reason.
+  → ``skipped`` with the reason;
+* N outside the target's ``supported_num_steps`` (:func:`~ddspec.conformance.protocol.supported_num_steps`)
+  → ``skipped``, ``"N=<N>: not in the target's supported_num_steps (<description>)"``: never failed, and
+  ``timesteps(N)`` is not called; when none of the N above is supported, the smallest supported N ≤ T is
+  checked as well. A malformed declaration, or a predicate that raises, fails.
 
 Ties. The exact rule's value before rounding is, at sampling-order position k,
 ``trailing``: :math:`T (N-k)/N` (then − 1) and ``linspace``: :math:`j (T-1)/(N-1)` with j = N − 1 − k.
@@ -37,6 +41,7 @@ from ddspec.reference.vocabulary import NAMED_SPACINGS, TimestepSpacing
 
 from ..context import CheckContext
 from ..expectation import UnsupportedConvention, reference_betas, reference_timesteps
+from ..protocol import NumStepsSupport, supported_num_steps
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ._common import conventions_of, fail_result, failed_call, unsupported_entries, unsupported_results
 
@@ -311,6 +316,21 @@ def _custom(ctx: CheckContext, conv, n: int) -> CheckResult:
         details=details)
 
 
+def _not_run(n: int, T: int, support: NumStepsSupport) -> CheckResult | None:
+    r"""The result of an N that is not checked: above T, outside the target's ``supported_num_steps`` (skipped,
+    never failed), or a declared predicate that raises at N (fail); None when N is checked."""
+    if n > T:
+        return CheckResult.skipped(_name(n), FAMILY, f"N={n} exceeds num_train_timesteps={T}")
+    try:
+        if support.supports(n):
+            return None
+    except ValueError as exc:
+        return fail_result(_name(n), FAMILY, f"N={n}: the target's supported_num_steps is not usable: {exc}")
+    return CheckResult(name=_name(n), family=FAMILY, verdict=Verdict.SKIPPED,
+                       message=f"N={n}: {support.unsupported_reason()}",
+                       details={"N": n, "supported_num_steps": support.description})
+
+
 def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     r"""``timesteps.sequence.N=<N>`` for every tested N (see the module docstring)."""
     conv, why = conventions_of(ctx)
@@ -319,11 +339,20 @@ def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     entries = unsupported_entries(conv, TIMESTEP_FIELDS)
     if entries:
         return unsupported_results(["timesteps.sequence"], FAMILY, entries)
+    declared = ctx.call(lambda: supported_num_steps(ctx.sampler))
+    if not declared.ok:
+        return [fail_result("timesteps.sequence", FAMILY,
+                            f"the target's supported_num_steps is not usable: {declared.describe()}")]
+    support: NumStepsSupport = declared.value
     T = conv.num_train_timesteps
     wanted = set(ctx.steps or ()) | {1, 2, 3, 7, T}
+    try:  # none of these supported: the smallest supported N <= T, as the step and loop families do
+        if not any(support.supports(n) for n in wanted if n <= T):
+            wanted |= {n for n in (support.smallest(T),) if n is not None}
+    except ValueError:
+        pass  # a predicate that raises: _not_run fails the N it raises at
     if conv.timestep_spacing == TimestepSpacing.CUSTOM:
-        return [_custom(ctx, conv, n) if n <= T else
-                CheckResult.skipped(_name(n), FAMILY, f"N={n} exceeds num_train_timesteps={T}") for n in sorted(wanted)]
+        return [_not_run(n, T, support) or _custom(ctx, conv, n) for n in sorted(wanted)]
     if conv.timestep_spacing not in NAMED_SPACINGS:
         return unsupported_results(
             ["timesteps.sequence"], FAMILY,
@@ -335,10 +364,7 @@ def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     except ValueError:  # the schedule check reports an unknown schedule; only the consequence text needs β
         betas = None
     for n in sorted(wanted):
-        if n > T:
-            results.append(CheckResult.skipped(_name(n), FAMILY, f"N={n} exceeds num_train_timesteps={T}"))
-            continue
-        results.append(_one(ctx, conv, n, betas))
+        results.append(_not_run(n, T, support) or _one(ctx, conv, n, betas))
     return results
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -168,15 +168,16 @@ def _collect_step(ctx: Any, failing: Sequence[str]) -> Evidence | str:
                 pv = cm.random_predicted_variance(ctx, conv, _SHAPE, base + 4)
                 pv64 = None if pv is None else cm.exact_of(pv)
                 keep = x_t.clone()
-                out, why = cm.call_step(ctx, setup, m_t, t, x_t, n, eta, noise=z_t, predicted_variance=pv)
-                if out is None or tuple(out.shape) != _SHAPE:
-                    ev.notes.append(why or f"step(t={t}) returned shape {tuple(out.shape) if out is not None else None}")
-                    if setup.hung:
+                tr, call = setup.driver(ctx).transition(step=k, t=t, t_prev=t_prev, num_steps=n, eta=eta,
+                                                        model_output=m_t, x_t=x_t, noise=z_t, predicted_variance=pv)
+                if tr is None:
+                    ev.notes.append(call.why or f"step(t={t}) gave no output")
+                    if setup.driver(ctx).timed_out:
                         return ev
                     continue
                 if not torch.equal(x_t, keep):
                     ev.mutated = True
-                got = out.detach().to("cpu", torch.float64).numpy().copy()
+                got = tr.x_prev
                 bound = cm.error_bound(setup, eta, t, t_prev, m64, x64, z64, pv64)
                 ev.obs.append(Obs(t, t_prev, n, eta, x64, m64, got, z64, pv64, last=k == len(plan.pairs) - 1,
                                   step=k, bound=bound))

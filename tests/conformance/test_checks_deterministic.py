@@ -620,27 +620,6 @@ def test_offsets_are_stable_and_distinct() -> None:
     assert offset_for("a", 1, "x") != offset_for("a", 1, "z")
 
 
-def test_call_error_extracts_the_runners_description_of_a_failed_call() -> None:
-    """``details["errors"]`` must hold the same ``"<ExcType>: <message>"`` wherever one exception recurs:
-    :func:`call_error` takes it out of :func:`call_step`'s reasons (and a refused call's timeout), and
-    gives None for a call that did not raise (no root crash)."""
-    from ddspec.conformance.checks._common import call_error, failed_call
-    from ddspec.conformance.runner import call_with_timeout
-
-    outcome = call_with_timeout(lambda: [0.5][1], timeout_s=5.0)
-    error = outcome.describe()
-    assert error == "IndexError: list index out of range"
-    why = f"step(t=0, num_steps=1, eta=0) failed: {error}"
-    assert call_error(why) == error
-    assert call_error(f"sample 0 alone: {why}") == error
-    hung = "timed out after 0.1 s (call abandoned, still running in the background)"
-    assert call_error(f"not called: an earlier call timed out (step(t=3, num_steps=10, eta=1) failed: {hung})") == hung
-    assert call_error("step(t=0, num_steps=1, eta=0) returned list, not a tensor") is None
-    assert call_error(None) is None
-    assert failed_call("step", error) == "step raised IndexError: list index out of range"
-    assert failed_call("timesteps(1)", hung) == f"timesteps(1) {hung}"
-
-
 def test_broken_calls_make_one_finding_per_step_count_and_reason() -> None:
     from ddspec.conformance.checks._common import BrokenCalls
 
