@@ -220,3 +220,92 @@ def expect_transition(conv: Conventions, betas: Array, tr: Transition, eta: floa
     variance = np.broadcast_to(np.asarray(res.variance, dtype=np.float64), tr.x_t.shape)
     return ExpectedTransition(tr, np.asarray(res.mean, dtype=np.float64), variance,
                               np.asarray(res.prev_sample, dtype=np.float64))
+
+
+# -- inversion: DDIM (σ = 0) run towards noisier indices ---------------------------------------------
+
+from ddspec.reference import inversion  # noqa: E402  (appended section; the reference, as above)
+
+
+def _inversion_eps(kind: str, m: Array, x: Array, a: float) -> Array | None:
+    r"""ε̂ at the source (ᾱ = a) from the model output: ε-, v- (Salimans & Ho 2022 §4:
+    :math:`\epsilon = \sqrt{\bar\alpha}\,v + \sqrt{1-\bar\alpha}\,x`) or x̂₀-prediction
+    (:math:`\epsilon = (x - \sqrt{\bar\alpha}\,\hat x_0)/\sqrt{1-\bar\alpha}`); None where singular (x̂₀ at ᾱ = 1)."""
+    if kind == "epsilon":
+        return m
+    if kind == "v_prediction":
+        return np.sqrt(a) * m + np.sqrt(1.0 - a) * x
+    if a >= 1.0:
+        return None
+    return (x - np.sqrt(a) * m) / np.sqrt(1.0 - a)
+
+
+@dataclass(frozen=True)
+class ExpectedInversion:
+    r"""What the reference expects of one recorded inversion step (``t`` the source, ``t_prev`` the destination).
+
+    Attributes:
+        expected: an :class:`ExpectedTransition` whose ``transition`` is the recorded one *in ε̂ form*
+            (``model_output`` replaced by the ε̂ the step uses, so that the ε-prediction error model
+            applies) and whose ``prev_sample`` (= ``mean``) is the expected destination state; ``why`` /
+            ``why_kind`` as there.
+        clipped: whether the declared x̂₀ clipping acted on this step.
+    """
+
+    expected: ExpectedTransition
+    clipped: bool = False
+
+
+def expect_inversion_transition(conv: Conventions, betas: Array, tr: Transition) -> ExpectedInversion:
+    r"""The expect stage of an inversion step: DDIM η = 0 from the source ``tr.t`` to the destination ``tr.t_prev``.
+
+    .. math::
+
+        x_{t_\mathrm{to}} = \sqrt{\bar\alpha_{t_\mathrm{to}}}\,\hat x_0 + \sqrt{1-\bar\alpha_{t_\mathrm{to}}}\,\hat\epsilon,\qquad
+        \hat x_0 = \begin{cases} x & t_\mathrm{from} = -1\\
+            (x - \sqrt{1-\bar\alpha_{t_\mathrm{from}}}\,\hat\epsilon)/\sqrt{\bar\alpha_{t_\mathrm{from}}} & \text{otherwise}\end{cases}
+
+    Song et al. 2021 (DDIM) eq. 12 with σ = 0, run towards noisier indices (§4.3, the ODE of eq. 14);
+    :func:`ddspec.reference.inversion.ddim_invert_step` wherever it applies (t_from < t_to, no clipping
+    acting). ε̂ is derived from the recorded model output at the source (ᾱ_{−1} = 1) by the declared
+    prediction type; x̂₀ is clamped to ±``clip_sample_range`` where ``clip_sample`` is declared, and ε̂
+    re-derived from the clamped x̂₀ where ``use_clipped_model_output`` is. A source equal to the
+    destination (``set_alpha_to_one=False`` starts at index 0 and its first step goes 0 → 0) is the
+    closed form above. Index convention: 0-based, −1 the data (ᾱ = 1). Never raises for a step the
+    reference cannot take: ``why`` says so (``"singular"``: x̂₀-prediction at the data;
+    ``"outside"``: thresholding declared, or a pair outside ``-1 <= t_from <= t_to <= T - 1``).
+    """
+    t_from, t_to = int(tr.t), int(tr.t_prev)
+    x, m = np.asarray(tr.x_t, dtype=np.float64), np.asarray(tr.model_output, dtype=np.float64)
+
+    def refused(why: str, kind: str) -> ExpectedInversion:
+        return ExpectedInversion(ExpectedTransition(tr, None, None, None, why, kind))
+
+    T = int(np.asarray(betas).size)
+    if not (-1 <= t_from <= t_to <= T - 1) or t_to < 0:
+        return refused(f"the reference cannot take the inversion step {t_from} -> {t_to}: it needs "
+                       f"-1 <= t_from <= t_to <= {T - 1}", "outside")
+    if conv.thresholding:
+        return refused("the reference inversion has no dynamic thresholding (thresholding=True declared)", "outside")
+    ab = alphas.alpha_bar(betas)
+    a_from = 1.0 if t_from < 0 else float(ab[t_from])
+    eps = _inversion_eps(conv.prediction_type, m, x, a_from)
+    if eps is None:
+        return refused(f"the inversion's first step from the data is singular for x0-prediction at t={t_from} -> "
+                       f"{t_to}: eps = (x - x0) / sqrt(1 - 1)", "singular")
+    x0_hat = x if t_from < 0 else (x - np.sqrt(1.0 - a_from) * eps) / np.sqrt(a_from)
+    x0_used = np.clip(x0_hat, -conv.clip_sample_range, conv.clip_sample_range) if conv.clip_sample else x0_hat
+    clipped = not np.array_equal(x0_used, x0_hat)
+    if clipped and conv.use_clipped_model_output and a_from < 1.0:
+        eps = (x - np.sqrt(a_from) * x0_used) / np.sqrt(1.0 - a_from)
+    if t_from < t_to and not clipped:
+        value = np.asarray(inversion.ddim_invert_step(eps, t_from, t_to, x, betas), dtype=np.float64)
+    else:
+        value = np.sqrt(ab[t_to]) * x0_used + np.sqrt(1.0 - ab[t_to]) * eps
+    as_eps = Transition(t=tr.t, t_prev=tr.t_prev, x_t=tr.x_t, model_output=np.asarray(eps, dtype=np.float64),
+                        x_prev=tr.x_prev, noise=None, predicted_variance=None, step=tr.step)
+    expected = ExpectedTransition(as_eps, value, np.zeros_like(value), value)
+    return ExpectedInversion(expected, clipped)
+
+
+__all__ += ["ExpectedInversion", "expect_inversion_transition"]

@@ -364,6 +364,8 @@ class StepTolerance:
     u_step: float
     table_dtype: str
     table_note: str | None
+    #: the declared ``coefficient_dtype`` (its name) when one is charged in ``u_step``, else None
+    coefficient_dtype: str | None = None
 
     def bound(
         self,
@@ -399,6 +401,8 @@ class StepTolerance:
             "u_compute": self.u_compute,
             "u_step": self.u_step,
         }
+        if self.coefficient_dtype is not None:
+            out["coefficient_dtype"] = self.coefficient_dtype
         if self.table_note:
             out["table_note"] = self.table_note
         return out

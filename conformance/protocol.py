@@ -120,6 +120,7 @@ __all__ = [
     "NOISE_SOURCES",
     "noise_source",
     "NumStepsSupport",
+    "StepCountChoice",
     "num_steps_support",
     "supported_num_steps",
     "COEFFICIENT_DTYPES",
@@ -389,8 +390,8 @@ TARGET_KINDS: tuple[str, ...] = ("step", "loop", "inversion")
 def target_kind(sampler: Any) -> str:
     r"""``"loop"`` for a whole-loop target (:class:`~ddspec.conformance.adapters.loop.LoopSampler`, or any
     object whose ``target_kind`` attribute is ``"loop"``), ``"inversion"`` for an inversion target (diffusers'
-    ``DDIMInverseScheduler`` adapter: no reverse step, its inversion checked by its ``extra_checks``), else
-    ``"step"``."""
+    ``DDIMInverseScheduler`` adapter: no reverse step; its inversion is recorded by its ``recordings`` and
+    judged by the ``adapter`` family), else ``"step"``."""
     kind = getattr(sampler, "target_kind", None)
     return kind if kind in ("loop", "inversion") else "step"
 
@@ -487,6 +488,39 @@ class NumStepsSupport:
     def unsupported_reason(self) -> str:
         """Why an N outside the declaration is not run: ``"not in the target's supported_num_steps (<description>)"``."""
         return f"not in the target's supported_num_steps ({self.description})"
+
+    def choose(self, wanted: Collection[int], num_train_timesteps: int) -> StepCountChoice:
+        r"""The step counts a check runs out of the ``wanted`` ones (a profile's): those in [1, T] that are
+        supported; the other N ≤ T are ``skipped`` with :meth:`unsupported_reason`. When none of the wanted
+        N ≤ T is supported, the smallest supported N ≤ T is run instead and ``fallback`` says so (every family
+        does the same, so that a target that runs only N = T is still checked).
+
+        Raises:
+            ValueError: the declared predicate raised (naming ``supported_num_steps`` and N).
+        """
+        T = as_int(num_train_timesteps, "num_train_timesteps", low=1)
+        in_range = sorted({int(n) for n in wanted if 1 <= int(n) <= T})
+        counts = [n for n in in_range if self.supports(n)]
+        skipped = {n: self.unsupported_reason() for n in in_range if n not in counts}
+        fallback = None
+        if skipped and not counts:
+            first = self.smallest(T)
+            if first is not None:
+                counts = [first]
+                fallback = (f"no profile N is supported ({self.description}); N={first}, the smallest supported "
+                            f"N <= T = {T}, is checked instead")
+        return StepCountChoice(tuple(counts), skipped, fallback)
+
+
+@dataclass(frozen=True)
+class StepCountChoice:
+    r"""Which N a check runs (:meth:`NumStepsSupport.choose`): ``counts`` in increasing order, ``skipped`` the wanted
+    N ≤ T outside the declaration with the reason, and ``fallback`` the note when the smallest supported N
+    replaces a profile none of whose N is supported (None otherwise)."""
+
+    counts: tuple[int, ...]
+    skipped: dict[int, str]
+    fallback: str | None = None
 
 
 def _check_step_counts(entries: Collection[Any], shown: Any) -> None:

@@ -755,3 +755,50 @@ def coefficient_bound(
                 table[key] += abs(d) * delta
     bound = {k: rounding[k] + safety * table[k] for k in terms}
     return CoefficientBound(values=values, bound=bound, rounding=rounding, table=table)
+
+
+# -- the first step of an inversion from the data ----------------------------------------------------
+
+
+def inversion_from_data_bound(alpha_bar_to: float, delta_to: float, u: float, x: Array, eps: Array) -> Array:
+    r"""Per-element tolerance of an inversion's first step, from the data (index −1, ᾱ = 1) to index t.
+
+    .. math::
+
+        x_t = s\,x + c\,\hat\epsilon,\qquad s = \sqrt{\bar\alpha_t},\quad c = \sqrt{1-\bar\alpha_t}
+
+    (Song et al. 2021 eq. 12 with σ = 0 run towards noisier indices, §4.3; at the data x̂₀ = x exactly).
+    The general step model (:func:`step_bound`) cannot serve this step: its conditioning of
+    1 − ᾱ_source is infinite at ᾱ_source = 1, a difference this step never forms.
+
+    Derivation, to first order in the relative errors:
+
+    * the target's ᾱ_t carries a relative error ``delta_to`` (:func:`alpha_bar_relative_bound`): s moves
+      by ½δ relative, and c by ½δ·ᾱ/(1 − ᾱ) relative (∂ ln c / ∂ ln ᾱ = −½ ᾱ/(1 − ᾱ));
+    * forming 1 − ᾱ_t in the run adds u·ᾱ/(1 − ᾱ) relative to c's radicand (so ½ of it to c), and each
+      square root u; two more roundings are charged to each coefficient as slack (2u each);
+    * the two products and the sum add at most γ₃(u) of :math:`s|x| + c|\hat\epsilon|`
+      (Higham 2002, Lemma 3.1).
+
+    .. math::
+
+        \mathrm{bound} = 2\Big[(\tfrac12\delta + 2u)\,s|x| + \big(\tfrac12(\delta + u)\tfrac{\bar\alpha}{1-\bar\alpha}
+        + 2u\big)\,c|\hat\epsilon| + \gamma_3(u)\,(s|x| + c|\hat\epsilon|)\Big]
+
+    The factor 2 covers the second-order terms. At ᾱ_t = 1 (no noise at all) c's relative term is
+    infinite: the bound is then inf wherever ε̂ ≠ 0, and nothing beyond finiteness is asserted there.
+    Index convention: ``alpha_bar_to`` is ᾱ at the destination index t (0-based).
+    """
+    a = float(alpha_bar_to)
+    s, c = np.sqrt(a), np.sqrt(max(1.0 - a, 0.0))
+    xx = np.abs(np.asarray(x, dtype=np.float64))
+    ee = np.abs(np.asarray(eps, dtype=np.float64))
+    rel_s = 0.5 * float(delta_to) + 2.0 * u
+    rel_c = 0.5 * (float(delta_to) + u) * a / (1.0 - a) + 2.0 * u if a < 1.0 else np.inf
+    g3 = float(gamma(3, u))
+    with np.errstate(invalid="ignore"):
+        cterm = np.where(ee > 0, rel_c * c * ee, 0.0)
+    return 2.0 * (rel_s * s * xx + cterm + g3 * (s * xx + c * ee))
+
+
+__all__ += ["inversion_from_data_bound"]

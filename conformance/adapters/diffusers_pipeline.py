@@ -16,30 +16,30 @@ module standing in for the UNet (the harness's probe; ``config.sample_size`` and
 x_T, ``dtype`` x_T's). On its first call the module overwrites the pipeline's own x_T draw in place with
 the harness's x_T, so the run starts where the harness says; no torch or diffusers function is
 replaced. The copy's ``step`` is wrapped at the instance to keep the last ``prev_sample``: the loop
-returns that state (before post-processing), and keeps the pipeline's [0, 1] output for
-:func:`check_postprocess`. The conventions are the scheduler adapters' (:mod:`.diffusers_ddpm`,
-:mod:`.diffusers_ddim`), so a pipeline gets the verdicts its scheduler gets.
+returns that state (before post-processing); :meth:`~DiffusersPipelineLoop.record_postprocess` records
+it with the pipeline's [0, 1] and uint8 outputs (a :class:`~ddspec.conformance.records.PostprocessRecord`),
+which the ``adapter`` check family judges (:mod:`ddspec.conformance.checks.adapter_extras`, also
+:func:`~ddspec.conformance.checks.adapter_extras.check_postprocess`). The conventions are the scheduler
+adapters' (:mod:`.diffusers_ddpm`, :mod:`.diffusers_ddim`), so a pipeline gets the verdicts its scheduler gets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
-from ddspec.reference._validate import fail
-from ddspec.reference.postprocess import to_uint8
+from ddspec.reference._validate import as_int, fail
 
-from ..results import CheckResult, Finding, Verdict
+from ..records import PostprocessRecord, dtype_name
 from .diffusers_ddim import DiffusersDDIMAdapter
 from .diffusers_ddpm import DiffusersDDPMAdapter
 from .loop import LoopSampler
 
-__all__ = ["DiffusersPipelineLoop", "PostprocessRun", "check_postprocess"]
+__all__ = ["DiffusersPipelineLoop"]
 
 
 class _ProbeUNet(torch.nn.Module):
@@ -71,16 +71,6 @@ class _ProbeUNet(torch.nn.Module):
         if tt.ndim == 0:
             tt = tt.expand(x.shape[0])
         return SimpleNamespace(sample=self.probe(x, tt))
-
-
-@dataclass(frozen=True)
-class PostprocessRun:
-    r"""One pipeline run: the final state before post-processing, its [0, 1] output, and its uint8 pixels."""
-
-    state: NDArray[np.float64]
-    unit: NDArray[np.float64]
-    pixels: NDArray[np.uint8]
-    dtype: torch.dtype
 
 
 class DiffusersPipelineLoop(LoopSampler):
@@ -117,7 +107,6 @@ class DiffusersPipelineLoop(LoopSampler):
         self.kind = kind
         self.scheduler_adapter = adapter
         self.use_clipped_model_output = use_clipped_model_output
-        self.last: PostprocessRun | None = None
         super().__init__(self._sample, adapter.conventions, name=name or f"diffusers.{type(pipeline).__name__}",
                          accepts_eta=kind == "ddim", accepts_generator=True, noise_source="generator",
                          table_dtype=torch.float32, betas=adapter.betas(), alphas_cumprod=adapter.alphas_cumprod())
@@ -126,14 +115,14 @@ class DiffusersPipelineLoop(LoopSampler):
             "the UNet is replaced by the harness's probe; the pipeline's own x_T draw is overwritten in place on the "
             "first UNet call",
             "the returned state is the last scheduler.step output, before (image / 2 + 0.5).clamp(0, 1); "
-            "check_postprocess judges that map and the uint8 conversion",
+            "that map and the uint8 conversion are recorded (record_postprocess) and judged by the adapter family",
         ) + (("DDIMPipeline replaces its scheduler by DDIMScheduler.from_config(...)",)
              if kind == "ddim" and not isinstance(pipeline.scheduler, DDIMScheduler) else ())
 
-    def extra_checks(self, *, dtype: torch.dtype = torch.float32, steps: tuple[int, ...] = (10,), seed: int = 0
-                     ) -> list[CheckResult]:
-        """:func:`check_postprocess` at every N of ``steps`` (the loop family judges the state before it)."""
-        return [r for n in steps for r in check_postprocess(self, num_steps=n, dtype=dtype, seed=seed)]
+    def recordings(self, *, dtype: torch.dtype = torch.float32, steps: Sequence[int] = (10,), seed: int = 0
+                   ) -> list[PostprocessRecord]:
+        """:meth:`record_postprocess` at every N of ``steps`` (the loop family judges the state before it)."""
+        return [self.record_postprocess(num_steps=n, dtype=dtype, seed=seed) for n in steps]
 
     def _pipeline(self, unet: torch.nn.Module) -> tuple[Any, list[torch.Tensor]]:
         source = self.pipeline.scheduler
@@ -175,74 +164,41 @@ class DiffusersPipelineLoop(LoopSampler):
         return state.detach().clone()
 
     def postprocess_run(self, model: Callable[..., torch.Tensor], x_T: torch.Tensor, num_steps: int, *,
-                        eta: float = 0.0, seed: int = 0) -> PostprocessRun:
-        r"""One run with ``output_type="np"``: the final state, the [0, 1] images (back to NCHW) and the
-        uint8 pixels of ``numpy_to_pil`` (back to NCHW)."""
+                        eta: float = 0.0, seed: int = 0) -> PostprocessRecord:
+        r"""One run with ``output_type="np"``, recorded: the final state, the [0, 1] images (back to NCHW) and
+        the uint8 pixels of ``numpy_to_pil`` (back to NCHW; diffusers rounds: ``rounding="round"``)."""
         state, images = self._run(model, x_T, num_steps, eta, torch.Generator().manual_seed(int(seed)), "np")
         unit = np.asarray(images, dtype=np.float64).transpose(0, 3, 1, 2)
         pils = self.pipeline.numpy_to_pil(np.asarray(images))
         pixels = np.stack([np.asarray(p, dtype=np.uint8).reshape(unit.shape[2], unit.shape[3], -1) for p in pils])
-        return PostprocessRun(state.detach().to("cpu", torch.float64).numpy(), unit,
-                              pixels.transpose(0, 3, 1, 2), x_T.dtype)
+        return PostprocessRecord(
+            num_steps=int(num_steps), state=state.detach().to("cpu", torch.float64).numpy(), unit=unit,
+            pixels=pixels.transpose(0, 3, 1, 2), dtype=dtype_name(x_T.dtype), rounding="round",
+            unit_expression="(x/2 + 0.5).clamp(0, 1)",
+            reproduce_unit="pipe(..., output_type='np').images vs np.clip((x + 1) / 2, 0, 1)",
+            reproduce_pixels="np.array(pipe.numpy_to_pil(images)[i]) vs to_uint8(x, rounding='round')")
+
+    def record_postprocess(self, *, num_steps: int = 10, dtype: torch.dtype = torch.float32, seed: int = 0,
+                           batch: int = 64) -> PostprocessRecord:
+        r"""The run the post-processing check judges: x_T standard normal (float64 draws cast down, shape
+        (``batch``, 3, 4, 4)) and a model whose ε̂ = −0.3·x, so that the final states spread beyond [−1, 1]
+        and the clamp acts.
+
+        Raises:
+            ValueError: ``num_steps``, ``batch`` or ``dtype`` out of range (naming it).
+        """
+        n = as_int(num_steps, "num_steps", low=1, high=self.conventions.num_train_timesteps)
+        b = as_int(batch, "batch", low=1)
+        run_dtype = getattr(torch, dtype_name(dtype))
+        g = torch.Generator().manual_seed(int(seed))
+        x_T = torch.randn((b, 3, 4, 4), generator=g, dtype=torch.float64).to(run_dtype)
+        return self.postprocess_run(_spreading_model(0.3), x_T, n, seed=seed)
 
 
-def _postprocess_model(scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # ε̂ = −scale·x: the state grows past [−1, 1]
+def _spreading_model(scale: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """ε̂(x, t) = −scale·x: the sampled state grows past [−1, 1], where the post-processing clamp acts."""
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return -scale * x
 
     return model
-
-
-def check_postprocess(loop: DiffusersPipelineLoop, *, num_steps: int = 10, dtype: torch.dtype = torch.float32,
-                      seed: int = 0, batch: int = 64) -> list[CheckResult]:
-    r"""The pipeline's output maps against the reference, on the state it really produced.
-
-    * ``loop.postprocess.unit``: ``(x/2 + 0.5).clamp(0, 1)`` vs the exact :math:`\mathrm{clip}((x+1)/2, 0, 1)`
-      (Ho et al. 2020 §3.3), tolerance 2u (u the unit roundoff of the run's dtype; the result is at most 1,
-      and x/2 is exact);
-    * ``loop.postprocess.uint8``: ``numpy_to_pil``'s pixels vs
-      :func:`ddspec.reference.postprocess.to_uint8` (``rounding="round"``, diffusers' convention), exact,
-      except for elements whose exact 127.5(x + 1) lies within 256·4u of a rounding boundary k + ½, where
-      the pipeline's float32 arithmetic decides (counted, not judged).
-
-    The run uses a model whose ε̂ = −0.3·x, so that the final states spread beyond [−1, 1] and the clamp acts.
-    """
-    g = torch.Generator().manual_seed(int(seed))
-    x_T = torch.randn((batch, 3, 4, 4), generator=g, dtype=torch.float64).to(dtype)
-    run = loop.postprocess_run(_postprocess_model(0.3), x_T, num_steps, seed=seed)
-    u = float(torch.finfo(torch.float32 if dtype == torch.float32 else dtype).eps) / 2
-    exact = np.clip((run.state + 1.0) / 2.0, 0.0, 1.0)
-    err = np.abs(run.unit - exact)
-    tol = 2 * max(u, float(np.finfo(np.float32).eps) / 2 if run.unit.dtype == np.float32 else u)
-    j = np.unravel_index(int(np.argmax(err)), err.shape)
-    share = float(np.mean((run.state < -1) | (run.state > 1)))
-    unit_ok = bool(err[j] <= tol)
-    results = [CheckResult(
-        name="loop.postprocess.unit", family="loop", verdict=Verdict.PASS if unit_ok else Verdict.FAIL,
-        observed=float(err[j]), tolerance=tol,
-        message=(f"(x/2 + 0.5).clamp(0, 1) vs clip((x + 1)/2, 0, 1) over {err.size} elements ({share:.0%} outside "
-                 f"[-1, 1]): worst error {float(err[j]):.3g} at element {tuple(int(i) for i in j)} "
-                 f"(expected {float(exact[j])!r}, got {float(run.unit[j])!r}), tolerance {tol:.3g}"),
-        findings=(Finding(element=tuple(int(i) for i in j), expected=float(exact[j]), got=float(run.unit[j]),
-                          tolerance=tol, message="[0, 1] output"),),
-        reproduce="pipe(..., output_type='np').images vs np.clip((x + 1) / 2, 0, 1)",
-        details={"outside_share": share})]
-    expected_px = to_uint8(run.state, rounding="round")
-    y = 127.5 * (run.state + 1.0)
-    edge = np.abs(y - np.floor(y) - 0.5) <= 256 * 4 * max(u, float(np.finfo(np.float32).eps) / 2)
-    differ = (run.pixels != expected_px) & ~edge
-    n_bad = int(differ.sum())
-    if n_bad:
-        k = np.unravel_index(int(np.argmax(differ)), differ.shape)
-        finding = Finding(element=tuple(int(i) for i in k), expected=float(expected_px[k]), got=float(run.pixels[k]),
-                          tolerance=0.0, message=f"x = {float(run.state[k])!r}")
-        msg = f"{n_bad} of {differ.size} pixels differ from to_uint8(x, rounding='round'); first at {finding.element}: " \
-              f"expected {int(expected_px[k])}, got {int(run.pixels[k])} (x = {float(run.state[k])!r})"
-    else:
-        finding = Finding(message="all pixels equal")
-        msg = (f"numpy_to_pil pixels equal to_uint8(x, rounding='round') at all {differ.size - int(edge.sum())} judged "
-               f"elements ({int(edge.sum())} within 256*4u of a half-integer, where float32 rounding decides, not judged)")
-    results.append(CheckResult(name="loop.postprocess.uint8", family="loop", verdict=Verdict.FAIL if n_bad else Verdict.PASS,
-                               observed=float(n_bad), tolerance=0.0, message=msg, findings=(finding,),
-                               reproduce="np.array(pipe.numpy_to_pil(images)[i]) vs to_uint8(x, rounding='round')"))
-    return results

@@ -4,7 +4,7 @@ One line for the user::
 
     ddspec check mypkg:diffusion            # adapt() recognises the object; p_sample_loop is checked
 
-or, for DDIM and inversion, ``ddim_target(diffusion)`` / :func:`check_reverse_sample`.
+or, for DDIM and inversion, ``ddim_target(diffusion)`` / :func:`reverse_sample_target`.
 
 **Why the loop route.** ``p_sample`` and ``ddim_sample`` draw their noise with ``th.randn_like`` inside
 the call and take no noise tensor, so the step protocol could only be served by replacing torch's
@@ -12,8 +12,10 @@ global random function. Instead the adapter hands the library's own ``p_sample_l
 ``ddim_sample_loop`` the harness's probe as the model (a :class:`~.loop.LoopSampler`): every step the
 library takes is recorded by the probe and judged against the reference, deterministic steps within
 the error model and noisy ones statistically, with no cooperation from the library and nothing in
-torch replaced. ``ddim_reverse_sample`` is deterministic, so :func:`check_reverse_sample` compares each
-of its steps with :func:`ddspec.reference.inversion.ddim_invert_step` directly.
+torch replaced. ``ddim_reverse_sample`` is deterministic: :func:`reverse_sample_target` records each of
+its steps, and the ``adapter`` check family
+(:func:`ddspec.conformance.checks.adapter_extras.check_reverse_sample`) compares each with the reference
+inversion (:func:`ddspec.reference.inversion.ddim_invert_step`) on the recorded values.
 
 **What the adapter reads** (every field that changes the numbers; the library is never imported, the
 enums are read by their member ``name``):
@@ -49,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,12 +60,12 @@ import torch
 from numpy.typing import NDArray
 
 from ddspec.reference import schedules
-from ddspec.reference.inversion import ddim_invert_step
-from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, PredictionType
+from ddspec.reference.validation import as_int
+from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..protocol import Conventions
-from ..results import CheckResult, Finding, Verdict
-from ..tolerances import StepSpec, alpha_bar_relative_bound, step_bound, unit_roundoff
+from ..records import StepRecord, dtype_name
+from ..trajectory import Transition
 from .loop import LoopSampler
 
 __all__ = [
@@ -74,7 +76,8 @@ __all__ = [
     "read_diffusion",
     "p_sample_target",
     "ddim_target",
-    "check_reverse_sample",
+    "ReverseSampleInversion",
+    "reverse_sample_target",
 ]
 
 #: Instance attributes of GaussianDiffusion / SpacedDiffusion that the adapter understands.
@@ -464,70 +467,94 @@ def _inversion_model(T: int, seed: int, rescaled: bool) -> Callable[[torch.Tenso
     return model
 
 
-def check_reverse_sample(obj: Any, *, num_steps: int | None = None, respacing: str | None = None,
-                         dtype: str = "float32", seed: int = 0, batch: int = 8, betas: Any = None) -> CheckResult:
-    r"""``ddim_reverse_sample`` against the reference inversion, step by step.
+class ReverseSampleInversion:
+    r"""Drives ``ddim_reverse_sample`` of an improved-/guided-diffusion object (an inversion recorder).
 
-    Each step :math:`x_{\tau_k} \to x_{\tau_{k+1}}` of the N-step process (ε-prediction, η = 0, the model
-    called at the **source** index, ``clip_denoised=False``) is compared with
-    :func:`ddspec.reference.inversion.ddim_invert_step` (Song et al. 2021, eq. 12 with σ = 0 run towards
-    noisier indices) fed the same ε̂, within the error model of a DDIM step with float32 coefficients
-    (``docs/tolerances.md``). The last index has no successor (``alphas_cumprod_next`` ends in 0: the
-    step maps to ε̂ itself) and is not compared. Returns one ``loop.inversion`` result.
+    Made by :func:`reverse_sample_target`; judged by the ``adapter`` check family
+    (:func:`ddspec.conformance.checks.adapter_extras.check_reverse_sample`, or :meth:`recordings`).
+
+    Attributes:
+        reading: what the adapter read from the object.
+        conventions: the DDIM conventions of the inversion (``clip_sample=False``: the steps are run with
+            ``clip_denoised=False``; ε̂ re-derived from x̂₀ as ``ddim_sample`` does).
     """
-    reading = read_diffusion(obj, betas=betas)
-    name = f"loop.inversion.N={num_steps or len(reading.kept)}"
-    if reading.prediction_type not in (PredictionType.EPSILON, PredictionType.SAMPLE) or reading.unsupported:
-        return CheckResult.unsupported(name, "loop", "the declaration could not interpret: " + "; ".join(reading.unsupported))
-    driver = _Driver(obj, reading, reading.respacing if respacing is None else respacing, False)
-    n = len(reading.kept) if num_steps is None else int(num_steps)
-    if not driver.supports(n):
-        return CheckResult.skipped(name, "loop", f"N={n} is not supported by the respacing rule")
-    diffusion = driver.diffusion(n)
-    kept = sorted(driver.timesteps(n))
-    run_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    u_compute = max(unit_roundoff(run_dtype), unit_roundoff(torch.float32))
-    base = reading.base_betas
-    ab = np.cumprod(1.0 - base)
-    delta = alpha_bar_relative_bound(base, "custom", unit_roundoff(torch.float64))
-    probe = _inversion_model(reading.T, seed, reading.rescale_timesteps)
-    plain = _inversion_model(reading.T, seed, False)  # the same field, called here with the index itself
-    model = driver.model(probe, 3, True) if reading.variance_type in LEARNED_VARIANCE_TYPES else probe
-    g = torch.Generator().manual_seed(seed)
-    x = (torch.rand((batch, 3, 4, 4), generator=g, dtype=torch.float64) * 1.6 - 0.8).to(run_dtype)
-    spec = StepSpec("ddim", use_clipped_model_output=True)
-    worst: list[Finding] = []
-    worst_ratio = 0.0
-    with torch.no_grad():
-        for k in range(len(kept) - 1):
-            t_from, t_to = kept[k], kept[k + 1]
-            index = torch.full((batch,), k, dtype=torch.long)
-            eps = plain(x, torch.full((batch,), t_from, dtype=torch.long)).to(torch.float64).numpy()
-            got = diffusion.ddim_reverse_sample(model, x, index, clip_denoised=False)["sample"].to(torch.float64).numpy()
-            x64 = x.to(torch.float64).numpy()
-            if reading.prediction_type == "sample":  # the probe's output is x̂₀; ε̂ as the library re-derives it
-                eps = (x64 - np.sqrt(ab[t_from]) * eps) / np.sqrt(1.0 - ab[t_from])
-            expected = ddim_invert_step(eps, t_from, t_to, x64, base)
-            bound = step_bound(spec, alpha_bar_t=float(ab[t_from]), alpha_bar_prev=float(ab[t_to]),
-                               delta_t=float(delta[t_from]), delta_prev=float(delta[t_to]), model_output=eps,
-                               x_t=x64, noise=None, u_compute=u_compute).bound
-            ratio = np.abs(got - expected) / bound
-            at = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
-            if float(ratio[at]) > worst_ratio:
-                worst_ratio = float(ratio[at])
-            if float(ratio[at]) > 1.0:
-                worst.append(Finding(step=k, timestep=t_from, element=tuple(int(i) for i in at),
-                                     expected=float(expected[at]), got=float(got[at]), tolerance=float(bound[at]),
-                                     message=f"x_{t_to} from x_{t_from}"))
-            x = torch.from_numpy(got).to(run_dtype)
-    worst.sort(key=lambda f: -abs((f.got or 0.0) - (f.expected or 0.0)) / (f.tolerance or 1.0))
-    verdict = Verdict.FAIL if worst else Verdict.PASS
-    message = (f"ddim_reverse_sample vs reference ddim_invert_step (model at the source index) over {len(kept) - 1} "
-               f"steps of N={n}, {dtype}: worst |got - expected| / tolerance = {worst_ratio:.3g} (fails above 1)")
-    if worst:
-        f = worst[0]
-        message += (f"; worst at step {f.step} (t={f.timestep}, element {f.element}): expected {f.expected:.9g}, "
-                    f"got {f.got:.9g}, tolerance {f.tolerance:.3g}")
-    return CheckResult(name=name, family="loop", verdict=verdict, observed=worst_ratio, tolerance=1.0,
-                       message=message, findings=tuple(worst), details={"steps": len(kept) - 1, "dtype": dtype})
 
+    def __init__(self, obj: Any, *, respacing: str | None = None, betas: Any = None) -> None:
+        self.obj = obj
+        self.reading = read_diffusion(obj, betas=betas)
+        if respacing is not None:
+            _parse_respacing(respacing)
+        self.respacing = self.reading.respacing if respacing is None else respacing
+        self.conventions = _conventions(self.reading, "ddim", False)
+        self.name = f"{type(obj).__qualname__}.ddim_reverse_sample"
+
+    def record_inversion(self, num_steps: int | None = None, *, dtype: str | torch.dtype = "float32", seed: int = 0,
+                         batch: int = 8) -> StepRecord:
+        r"""Run ``ddim_reverse_sample`` over the N-step process and record every step.
+
+        Step k goes from the kept index τ_k (``t``, the source: the model is called there) to τ_{k+1}
+        (``t_prev``, the destination), ``clip_denoised=False``; x starts uniform in [−0.8, 0.8] (float64
+        draws cast down) and each step starts from the library's previous output. The model is
+        :math:`\epsilon(x, t) = \tanh(x)/2 + F_t` (a fixed standard-normal field per index, a function of
+        (x, t)); the recorded model output is that value at the source index. The last kept index has no
+        successor (``alphas_cumprod_next`` ends in 0: the step maps to ε̂ itself) and is not recorded.
+        Coefficients are the library's float64 tables rounded to float32 per step (``coefficient_dtype``).
+        Nothing is driven where the conventions are unsupported or N is not (``skipped``).
+
+        Raises:
+            ValueError: ``num_steps`` outside [1, T], ``batch`` < 1 or ``dtype`` unknown (naming it).
+        """
+        reading, conv = self.reading, self.conventions
+        n = len(reading.kept) if num_steps is None else as_int(num_steps, "num_steps", low=1, high=reading.T)
+        b = as_int(batch, "batch", low=1)
+        run_dtype = getattr(torch, dtype_name(dtype))
+        base = reading.base_betas
+
+        def record(ts: list[int], transitions: tuple[Transition, ...], skipped: str | None = None) -> StepRecord:
+            return StepRecord(kind="inversion", family="loop", num_steps=n, eta=0.0, conventions=conv,
+                              timesteps=np.asarray(ts, dtype=np.int64), transitions=transitions,
+                              alphas_cumprod=np.cumprod(1.0 - base), dtype=dtype_name(dtype), coefficient_dtype="float32",
+                              what=f"ddim_reverse_sample vs reference ddim_invert_step (model at the source index), "
+                                   f"N={n}, {dtype_name(dtype)}",
+                              reproduce="for k, t in enumerate(kept[:-1]): x = diffusion.ddim_reverse_sample(model, x, "
+                                        "th.full((B,), k), clip_denoised=False)['sample']",
+                              skipped=skipped)
+
+        if conv.unsupported:
+            return record([], ())
+        driver = _Driver(self.obj, reading, self.respacing, False)
+        if not driver.supports(n):
+            return record([], (), f"N={n} is not supported by the respacing rule")
+        diffusion = driver.diffusion(n)
+        kept = sorted(driver.timesteps(n))
+        probe = _inversion_model(reading.T, seed, reading.rescale_timesteps)
+        plain = _inversion_model(reading.T, seed, False)  # the same field, called here with the index itself
+        model = driver.model(probe, 3, True) if reading.variance_type in LEARNED_VARIANCE_TYPES else probe
+        g = torch.Generator().manual_seed(seed)
+        x = (torch.rand((b, 3, 4, 4), generator=g, dtype=torch.float64) * 1.6 - 0.8).to(run_dtype)
+        transitions = []
+        with torch.no_grad():
+            for k in range(len(kept) - 1):
+                t_from, t_to = kept[k], kept[k + 1]
+                index = torch.full((b,), k, dtype=torch.long)
+                out = plain(x, torch.full((b,), t_from, dtype=torch.long)).to(torch.float64).numpy()
+                got = diffusion.ddim_reverse_sample(model, x, index, clip_denoised=False)["sample"]
+                transitions.append(Transition(t=t_from, t_prev=t_to, x_t=x.to(torch.float64).numpy().copy(),
+                                              model_output=out.copy(), x_prev=got.to(torch.float64).numpy().copy(), step=k))
+                x = got.to(run_dtype)
+        return record(kept, tuple(transitions))
+
+    def recordings(self, *, dtype: str | torch.dtype = "float32", steps: Sequence[int] | None = None, seed: int = 0
+                   ) -> list[StepRecord]:
+        """:meth:`record_inversion` at every supported N of ``steps`` (the object's own N when none is)."""
+        driver = _Driver(self.obj, self.reading, self.respacing, False)
+        chosen = [int(n) for n in (steps or ()) if driver.supports(int(n))] or [len(self.reading.kept)]
+        return [self.record_inversion(n, dtype=dtype, seed=seed) for n in chosen]
+
+
+def reverse_sample_target(obj: Any, *, respacing: str | None = None, betas: Any = None) -> ReverseSampleInversion:
+    r"""The object's ``ddim_reverse_sample`` (DDIM inversion, Song et al. 2021 eq. 12 with σ = 0 run towards
+    noisier indices, model at the source) as an inversion recorder; check it with
+    ``ddspec.conformance.checks.adapter_extras.check_reverse_sample(reverse_sample_target(diffusion))``.
+    Arguments as :func:`p_sample_target`."""
+    return ReverseSampleInversion(obj, respacing=respacing, betas=betas)

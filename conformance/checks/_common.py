@@ -39,7 +39,7 @@ import dataclasses
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -315,17 +315,17 @@ def step_tolerance(ctx: CheckContext, conv: Conventions, betas: Array) -> StepTo
         name, note = dtype_of_roundoff(u_tab), None
     u_table = max(u_tab, u_compute)
     deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
-    u_step, coef_note = u_table, None
+    u_step, coef_note, coef_name = u_table, None, None
     declared = ctx.call(lambda: coefficient_dtype(ctx.sampler))
     if not declared.ok:
         coef_note = f"the target's coefficient_dtype is not usable ({declared.describe()}); not charged"
     elif declared.value is not None:
         u_coef = unit_roundoff(declared.value)
-        u_step = max(u_table, u_coef)
+        u_step, coef_name = max(u_table, u_coef), dtype_of_roundoff(u_coef)
         coef_note = (f"coefficients rounded to {dtype_of_roundoff(u_coef)} (declared coefficient_dtype): "
                      f"u_step = max(u_table, {u_coef:.3g}) = {u_step:.3g}")
     note = "; ".join(n for n in (note, coef_note) if n) or None
-    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, name, note)
+    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, name, note, coef_name)
 
 
 def choose_steps(n_steps: int, n_wanted: int | None, rng: np.random.Generator) -> list[int]:
@@ -478,17 +478,10 @@ def step_counts(ctx: Any, setup: TargetSetup) -> list[int]:
     family does); ``[]`` when there is none, or no profile N ≤ T at all. A declaration that cannot be read
     gives ``[]`` (:func:`setup_target` has failed on it already).
     """
-    T = setup.conv.num_train_timesteps
-    in_range = [int(n) for n in ctx.steps if 1 <= int(n) <= T]
     try:
-        support = supported_num_steps(setup.sampler)
-        counts = [n for n in in_range if support.supports(n)]
-        if in_range and not counts:
-            first = support.smallest(T)
-            counts = [] if first is None else [first]
+        return list(supported_num_steps(setup.sampler).choose(ctx.steps, setup.conv.num_train_timesteps).counts)
     except ValueError:
         return []
-    return counts
 
 
 def representative_steps(ctx: Any, setup: TargetSetup) -> int | None:
@@ -540,8 +533,18 @@ class StepFamilyPlan:
         return [n for n, _ in self.variants]
 
 
-def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[CheckResult]:
+def plan_step_family(
+    ctx: CheckContext,
+    family: str,
+    *,
+    variants: Callable[[Conventions], tuple[tuple[str, float], ...]] | None = None,
+    max_steps: tuple[int, str] | None = None,
+) -> StepFamilyPlan | list[CheckResult]:
     r"""The shared preamble of the step families: the conventions, the variants, the reference β, the runs.
+
+    ``variants(conv)`` gives the ``(result name, η)`` pairs when the family has its own (default: one per
+    profile η for DDIM, ``<family>.variance_type=<type>`` for DDPM); ``max_steps = (n, why)`` skips the runs
+    longer than n, with ``why``.
 
     Returns the plan, or the results that end the family at once: ``fail`` when the conventions cannot be read,
     ``unsupported`` (one per variant) when the adapter could not interpret a field, the ᾱ₀ variant is declared
@@ -557,11 +560,13 @@ def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[Ch
     conv, why = conventions_of(ctx)
     if conv is None:
         return [fail_result(family, family, why or "no conventions")]
-    if conv.family == "ddim":
-        variants = tuple((f"{family}.eta={eta:g}", float(eta)) for eta in ctx.settings.etas)
+    if variants is not None:
+        chosen = tuple(variants(conv))
+    elif conv.family == "ddim":
+        chosen = tuple((f"{family}.eta={eta:g}", float(eta)) for eta in ctx.settings.etas)
     else:
-        variants = ((f"{family}.variance_type={conv.variance_type}", 0.0),)
-    names = [n for n, _ in variants]
+        chosen = ((f"{family}.variance_type={conv.variance_type}", 0.0),)
+    names = [n for n, _ in chosen]
     entries = unsupported_entries(conv, None)
     if entries:
         return unsupported_results(names, family, entries)
@@ -584,17 +589,16 @@ def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[Ch
     skipped: dict[str, str] = {}
     notes: dict[str, str] = {}
     try:
-        counts = [int(n) for n in ctx.steps or () if int(n) > T or support.supports(int(n))]
-        skipped.update({f"N={n}": support.unsupported_reason() for n in ctx.steps or ()
-                        if int(n) <= T and int(n) not in counts})
-        if skipped and not any(n <= T for n in counts):
-            first = support.smallest(T)
-            if first is not None:
-                counts.append(first)
-                notes[f"N={first}"] = (f"no profile N is supported ({support.description}); N={first}, the smallest "
-                                       f"supported N <= T = {T}, is checked instead")
+        choice = support.choose(ctx.steps or (), T)
     except ValueError as exc:  # the declared predicate raised
         return [fail_result(n, family, f"the target's supported_num_steps is not usable: {exc}") for n in names]
+    skipped.update({f"N={n}": why for n, why in choice.skipped.items()})
+    if choice.fallback is not None:
+        notes[f"N={choice.counts[0]}"] = choice.fallback
+    counts = list(choice.counts) + sorted({int(n) for n in ctx.steps or () if int(n) > T})  # plan_run says why not
+    if max_steps is not None:
+        skipped.update({f"N={n}": max_steps[1] for n in counts if n > max_steps[0]})
+        counts = [n for n in counts if n <= max_steps[0]]
     for n in counts:
         plan, reason = plan_run(ctx, conv, n)
         if plan is None:
@@ -606,7 +610,7 @@ def plan_step_family(ctx: CheckContext, family: str) -> StepFamilyPlan | list[Ch
     if not plans:
         return [CheckResult.skipped(n, family, "no run can be checked: " + "; ".join(
             f"{k}: {v}" for k, v in skipped.items())) for n in names]
-    return StepFamilyPlan(conv, betas, variants, tuple(plans), skipped, notes)
+    return StepFamilyPlan(conv, betas, chosen, tuple(plans), skipped, notes)
 
 
 def run_variants(ctx: Any, setup: TargetSetup) -> list[tuple[str, float]]:

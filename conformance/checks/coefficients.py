@@ -89,7 +89,7 @@ from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
 from ..expectation import reference_step, step_spec, zero_snr_original
-from ..protocol import Conventions
+from ..protocol import Conventions, coefficient_dtype
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..trajectory import StepDriver
 from ..tolerances import (
@@ -633,11 +633,15 @@ def check_coefficients(ctx: CheckContext) -> list[CheckResult]:
     table, table_why = read_table(ctx, "alphas_cumprod", conv.num_train_timesteps)
     u_t = u_c if table is None else table_roundoff(table)
     deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_t, zero_snr_original=zero_snr_original(conv))
+    declared = coefficient_dtype(ctx.sampler)  # plan_step_family has validated it
+    if declared is not None:  # coefficients rounded to a declared dtype: that rounding is the table-side term
+        u_t = max(u_t, unit_roundoff(declared))
     base: dict[str, Any] = {
         "prediction_type": conv.prediction_type,
         "u_compute": u_c,
         "u_table": u_t,
-        "target_alpha_bar_table_dtype": dtype_of_roundoff(u_t) if table is not None else "unknown",
+        "target_alpha_bar_table_dtype": dtype_of_roundoff(table_roundoff(table)) if table is not None else "unknown",
+        "coefficient_dtype": None if declared is None else str(declared).removeprefix("torch."),
         "data_law": f"x0 ~ U(-{data_range(conv):g}, {data_range(conv):g}), model output exact for the rounded x_t",
         "batch_shape": list(fit_batch_shape(ctx)),
         "steps_tested": [p.num_steps for p in plans],

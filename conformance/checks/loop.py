@@ -129,15 +129,11 @@ def _tolerance(ctx: CheckContext, target: Any, conv: Conventions, betas: NDArray
             u_table = max(u_table, table_roundoff(np.asarray(target.alphas_cumprod(), dtype=np.float64)))
         except Exception as exc:  # noqa: BLE001 - the schedule family reports an unreadable table
             note = f"alphas_cumprod unreadable ({type(exc).__name__})"
-    u_step = max(u_table, _u_of(declared_coefficient_dtype(target)))
+    coefficients = declared_coefficient_dtype(target)
+    u_step = max(u_table, _u_of(coefficients))
     deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
-    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, dtype_of_roundoff(u_table), note)
-
-
-def _first_supported(target: Any, T: int) -> list[int]:
-    """The smallest N ≤ T the loop's ``supported_num_steps`` admits, as a list (empty when none)."""
-    first = supported_num_steps(target).smallest(T)
-    return [] if first is None else [first]
+    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, dtype_of_roundoff(u_table), note,
+                         None if coefficients is None else dtype_of_roundoff(_u_of(coefficients)))
 
 
 def _setup(ctx: CheckContext, name: str) -> LoopSetup | CheckResult:
@@ -159,21 +155,19 @@ def _setup(ctx: CheckContext, name: str) -> LoopSetup | CheckResult:
     try:  # the protocol's declarations (any target kind); a malformed or raising one is the loop's error
         support = supported_num_steps(target)
         declared_coefficient_dtype(target)
-        counts = sorted(n for n in wanted if support.supports(n))
-        fallback = _first_supported(target, T) if not counts else []
+        choice = support.choose(wanted, T)
     except ValueError as exc:
         return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL,
                            message=f"the loop's declaration is not usable: {exc}")
-    skipped = tuple((n, f"N={n} is not supported ({support.description})")
-                    for n in sorted(wanted) if n not in counts)
+    counts = list(choice.counts)
+    skipped = tuple((n, f"N={n} is not supported ({support.description})") for n in sorted(choice.skipped))
     coverage = "every profile N"
-    if skipped:
-        if not counts:
-            counts = fallback
-            coverage = (f"no profile N is supported ({support.description}); checked N={counts} instead" if counts
-                        else f"no N <= T = {T} is supported ({support.description}): the loop is not run")
-        else:
-            coverage = f"checked N={counts} only ({support.description})"
+    if choice.fallback is not None:
+        coverage = f"no profile N is supported ({support.description}); checked N={counts} instead"
+    elif skipped and not counts:
+        coverage = f"no N <= T = {T} is supported ({support.description}): the loop is not run"
+    elif skipped:
+        coverage = f"checked N={counts} only ({support.description})"
     # DDPM has no η; a DDIM loop that takes none is deterministic DDIM (η = 0), and none is passed
     etas: tuple[float | None, ...] = (None,)
     if conv.family == "ddim" and target.accepts_eta:
@@ -412,8 +406,7 @@ def _tally(setup: LoopSetup, expected: list[ExpectedTransition], eta: float | No
 
 
 def _tol_details(setup: LoopSetup) -> dict[str, Any]:
-    out = setup.tol.details()
-    out["coefficient_dtype"] = str(setup.target.coefficient_dtype) if setup.target.coefficient_dtype else None
+    out = setup.tol.details()  # with the declared coefficient_dtype, when one is charged
     out["table_dtype"] = str(setup.target.table_dtype) if setup.target.table_dtype else None
     return out
 

@@ -49,22 +49,20 @@ from ddspec.reference.oracles import PointMass
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
 from ..context import CheckContext
-from ..expectation import UnsupportedConvention, final_step_consequence, reference_betas, reference_step, step_spec
+from ..expectation import UnsupportedConvention, final_step_consequence, reference_step, step_spec
 from ..judge import Tally
+from ..protocol import Conventions
 from ..results import CheckResult, Verdict
 from ..trajectory import StepDriver
 from ._common import (
     RunPlan,
-    conventions_of,
+    StepFamilyPlan,
     exact_of,
-    fail_result,
     offset_for,
-    plan_run,
+    plan_step_family,
     step_tolerance,
     tally_result,
     torch_input,
-    unsupported_entries,
-    unsupported_results,
 )
 
 __all__ = ["check_point_mass_oracle", "CHECKS", "POINTS"]
@@ -178,48 +176,30 @@ def _run(
     return worst, None
 
 
+def _paths(conv: Conventions) -> tuple[tuple[str, float], ...]:
+    """The runs of the family: DDIM with η = 0 (deterministic) and η = 1 (stochastic); DDPM with its variance."""
+    if conv.family == "ddim":
+        return (("oracle.point_mass.eta=0", 0.0), ("oracle.point_mass.eta=1", 1.0))
+    return ((f"oracle.point_mass.variance_type={conv.variance_type}", 0.0),)
+
+
 def check_point_mass_oracle(ctx: CheckContext) -> list[CheckResult]:
     r"""``oracle.point_mass.<path>`` for the family's paths, plus ``oracle.final_alpha_bar`` for the
     declared final-step variant (see the module docstring)."""
-    conv, why = conventions_of(ctx)
-    if conv is None:
-        return [fail_result("oracle.point_mass", FAMILY, why or "no conventions")]
-    if conv.family == "ddim":
-        paths = [("eta=0", 0.0, False), ("eta=1", 1.0, True)]
-    else:
-        paths = [(f"variance_type={conv.variance_type}", 0.0, True)]
-    names = [f"oracle.point_mass.{p}" for p, _, _ in paths]
-    entries = unsupported_entries(conv, None)
-    if entries:
-        return unsupported_results(names, FAMILY, entries)
-    if conv.family == "ddpm" and not conv.final_alpha_bar_is_one:
-        return unsupported_results(names, FAMILY, [
-            "final_alpha_bar_is_one=False: the reference defines this variant for DDIM only"])
     if len(ctx.settings.sample_shape) < 1:
-        return [CheckResult.skipped(n, FAMILY, "the profile's sample shape has no data axis") for n in names]
-    try:
-        betas = reference_betas(conv)
-    except UnsupportedConvention as exc:
-        return unsupported_results(names, FAMILY, [str(exc)])
-    except ValueError as exc:
-        return unsupported_results(names, FAMILY, [f"the reference cannot build the declared schedule: {exc}"])
+        return [CheckResult.skipped("oracle.point_mass", FAMILY, "the profile's sample shape has no data axis")]
+    cap = getattr(ctx.settings, "oracle_max_steps", None)
+    family = plan_step_family(
+        ctx, FAMILY, variants=_paths,
+        max_steps=None if cap is None else (cap, f"longer than the profile's oracle_max_steps={cap} "
+                                                 "(single_step covers it; --profile thorough runs it end to end)"))
+    if not isinstance(family, StepFamilyPlan):
+        return family
+    conv, betas, plans, skipped_runs, notes = family.conv, family.betas, list(family.plans), family.skipped, family.notes
+    paths = [(name.removeprefix("oracle.point_mass."), eta, conv.family == "ddpm" or eta > 0.0)
+             for name, eta in family.variants]
+    names = family.names
     tol = step_tolerance(ctx, conv, betas)
-    plans: list[RunPlan] = []
-    skipped_runs: dict[str, str] = {}
-    notes: dict[str, str] = {}
-    max_steps = getattr(ctx.settings, "oracle_max_steps", None)
-    for n in ctx.steps or ():
-        if max_steps is not None and n > max_steps:
-            skipped_runs[f"N={n}"] = (f"longer than the profile's oracle_max_steps={max_steps} "
-                                      "(single_step covers it; --profile thorough runs it end to end)")
-            continue
-        plan, reason = plan_run(ctx, conv, n)
-        if plan is None:
-            skipped_runs[f"N={n}"] = reason or "cannot be run"
-        else:
-            plans.append(plan)
-            if plan.note:
-                notes[f"N={n}"] = plan.note
     base: dict[str, Any] = {
         "prediction_type": conv.prediction_type,
         "points": {k: _point(v, ctx.settings.sample_shape[-1]).tolist() for k, v in POINTS.items()},

@@ -347,8 +347,7 @@ def check_timesteps(ctx: CheckContext) -> list[CheckResult]:
     T = conv.num_train_timesteps
     wanted = set(ctx.steps or ()) | {1, 2, 3, 7, T}
     try:  # none of these supported: the smallest supported N <= T, as the step and loop families do
-        if not any(support.supports(n) for n in wanted if n <= T):
-            wanted |= {n for n in (support.smallest(T),) if n is not None}
+        wanted |= set(support.choose(wanted, T).counts)
     except ValueError:
         pass  # a predicate that raises: _not_run fails the N it raises at
     if conv.timestep_spacing == TimestepSpacing.CUSTOM:

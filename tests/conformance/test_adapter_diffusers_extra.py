@@ -9,6 +9,7 @@ reference step's mean, ``to_uint8``) or closed forms written here, never from th
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -29,13 +30,18 @@ from diffusers import (  # noqa: E402
 
 from ddspec.conformance.adapters.diffusers_ddim import DiffusersDDIMAdapter  # noqa: E402
 from ddspec.conformance.adapters.diffusers_ddpm import DiffusersDDPMAdapter  # noqa: E402
-from ddspec.conformance.adapters.diffusers_inverse import DiffusersInverseAdapter, check_inversion  # noqa: E402
+from ddspec.conformance.adapters.diffusers_inverse import DiffusersInverseAdapter  # noqa: E402
 from ddspec.conformance.adapters.diffusers_parallel import (  # noqa: E402
     DiffusersDDIMParallelAdapter,
     DiffusersDDPMParallelAdapter,
-    check_batch_step_no_noise,
 )
-from ddspec.conformance.adapters.diffusers_pipeline import DiffusersPipelineLoop, check_postprocess  # noqa: E402
+from ddspec.conformance.adapters.diffusers_pipeline import DiffusersPipelineLoop  # noqa: E402
+from ddspec.conformance.checks.adapter_extras import (  # noqa: E402
+    check_batch_step_no_noise,
+    check_inversion,
+    check_postprocess,
+    judge_record,
+)
 from ddspec.conformance.context import CheckContext  # noqa: E402
 from ddspec.conformance.results import Report, Verdict  # noqa: E402
 from ddspec.conformance.runner import installed_checks, run_checks  # noqa: E402
@@ -45,6 +51,12 @@ DTYPES = [torch.float32, torch.float64]
 
 def _report(target: Any, dtype: str = "float32", steps: tuple[int, ...] | None = None) -> Report:
     return run_checks(target, CheckContext(target, dtype=dtype, profile="quick", seed=0, steps=steps), installed_checks())
+
+
+def _ratio(result: Any) -> float:
+    """The worst |got - expected| / tolerance of a compared result (observed and tolerance of its worst element)."""
+    assert result.observed is not None and result.tolerance, result.message
+    return float(result.observed) / float(result.tolerance)
 
 
 def _bad(report: Report) -> list[str]:
@@ -66,7 +78,7 @@ def test_inversion_passes(config: dict, dtype: torch.dtype) -> None:
     for n in (1, 10, 50):  # T // N divides T: the source t − T//N is the previous listed timestep
         result = check_inversion(adapter, n, dtype=dtype)
         assert result.verdict == Verdict.PASS, result.message
-        assert result.observed is not None and result.observed <= 0.5  # factor-2 margin
+        assert _ratio(result) <= 0.5  # factor-2 margin
 
 
 def test_inversion_model_is_called_at_the_destination() -> None:
@@ -90,7 +102,7 @@ def test_trailing_inversion_steps_from_t_minus_stride(dtype: torch.dtype) -> Non
     listed = sorted(round(1000 - k * 1000 / 7) - 1 for k in range(7))
     assert adapter.timesteps(7).tolist() == listed
     result = check_inversion(adapter, 7, dtype=dtype)
-    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed > 2.0
+    assert result.verdict == Verdict.FAIL and _ratio(result) > 2.0
     assert "t - T//N" in result.message and f"to {listed[0]} from {listed[0] - 142}, listed -1" in result.message
 
 
@@ -152,7 +164,7 @@ def test_batch_step_no_noise_passes(cls: type, adapter: type, config: dict, dtyp
     for n in (1, 10, 50):  # N divides T: t - T//N is the next listed timestep for leading and trailing alike
         result = check_batch_step_no_noise(a, n, dtype=dtype)
         assert result.verdict == Verdict.PASS, result.message
-        assert result.observed is not None and result.observed <= 0.5
+        assert _ratio(result) <= 0.5
 
 
 @pytest.mark.parametrize("cls, adapter", [(DDPMParallelScheduler, DiffusersDDPMParallelAdapter),
@@ -162,7 +174,7 @@ def test_batch_step_no_noise_takes_t_minus_stride(cls: type, adapter: type, spac
     # N = 7: T // N = 142, but trailing's and linspace's strides are 1000/7 and 999/6: the next listed
     # timestep is not t - 142 at most steps
     result = check_batch_step_no_noise(adapter(cls(timestep_spacing=spacing)), 7)
-    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed > 2.0
+    assert result.verdict == Verdict.FAIL and _ratio(result) > 2.0
     assert "t - T//N" in result.message and result.details["prev_t_minus_stride"]
 
 
@@ -180,7 +192,8 @@ class ScaledBatchStep(DDPMParallelScheduler):
 
 def test_planted_batch_step_bug_fails() -> None:
     result = check_batch_step_no_noise(DiffusersDDPMParallelAdapter(ScaledBatchStep()), 10)
-    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed > 2.0
+    assert result.verdict == Verdict.FAIL and _ratio(result) > 2.0
+    assert "expected" in result.message and "tolerance" in result.message
 
 
 # -- pipelines ---------------------------------------------------------------------------------------
@@ -269,14 +282,54 @@ def test_pipeline_loop_refuses_other_objects_and_leaves_the_pipeline_alone() -> 
     assert pipe.unet is unet and pipe.scheduler is scheduler and "step" not in vars(scheduler)
 
 
-def test_extra_checks_hooks_run_the_adapter_checks() -> None:
-    """The hook a runner can call for the checks the step and loop families do not run."""
-    assert [r.name for r in DiffusersInverseAdapter(DDIMInverseScheduler()).extra_checks(steps=(10,))] == \
+def _judged(records: list) -> list:
+    return [r for record in records for r in judge_record(record)]
+
+
+def test_recordings_hooks_drive_and_the_check_judges() -> None:
+    """The hook the runner calls for what the step and loop families do not run: the adapter drives, the check judges."""
+    assert [r.name for r in _judged(DiffusersInverseAdapter(DDIMInverseScheduler()).recordings(steps=(10,)))] == \
         ["single_step.inversion.N=10"]
-    assert [r.verdict for r in DiffusersDDPMParallelAdapter(DDPMParallelScheduler()).extra_checks(steps=(1, 10))] == \
+    assert [r.verdict for r in _judged(DiffusersDDPMParallelAdapter(DDPMParallelScheduler()).recordings(steps=(1, 10)))] == \
         [Verdict.PASS, Verdict.PASS]
     loop = DiffusersPipelineLoop(DDPMPipeline(unet=_unet(), scheduler=DDPMScheduler()))
-    assert [r.name for r in loop.extra_checks()] == ["loop.postprocess.unit", "loop.postprocess.uint8"]
+    assert [r.name for r in _judged(loop.recordings())] == ["loop.postprocess.unit", "loop.postprocess.uint8"]
+
+
+def test_batch_step_record_holds_the_declared_pairs() -> None:
+    # DDPM leading N = 4: k * (1000 // 4) descending; each timestep steps to the next listed one, the last to -1
+    record = DiffusersDDPMParallelAdapter(DDPMParallelScheduler()).record_batch_step_no_noise(4, per_timestep=3)
+    assert record.timesteps.tolist() == [750, 500, 250, 0] and record.library_stride == 250
+    assert [(tr.t, tr.t_prev) for tr in record.transitions] == [(750, 500), (500, 250), (250, 0), (0, -1)]
+    assert all(tr.x_t.shape == (3, 3, 4, 4) and tr.noise is None for tr in record.transitions)
+
+
+def test_a_planted_bug_in_a_record_fails_without_the_library() -> None:
+    """The check judges records, not libraries: one element of one recorded step moved by 1e-3 fails there."""
+    record = DiffusersDDIMParallelAdapter(DDIMParallelScheduler()).record_batch_step_no_noise(10)
+    tr = record.transitions[4]
+    x_prev = tr.x_prev.copy()
+    x_prev[1, 2, 3, 0] += 1e-3
+    planted = dataclasses.replace(record, transitions=record.transitions[:4] + (dataclasses.replace(tr, x_prev=x_prev),)
+                                  + record.transitions[5:])
+    (result,) = judge_record(planted)
+    assert result.verdict == Verdict.FAIL and _ratio(result) > 2.0
+    worst = result.findings[0]
+    assert (worst.step, worst.timestep, worst.element) == (4, tr.t, (1, 2, 3, 0))
+
+
+def test_records_refuse_bad_fields_naming_them() -> None:
+    record = DiffusersDDPMParallelAdapter(DDPMParallelScheduler()).record_batch_step_no_noise(2)
+    with pytest.raises(ValueError, match="^kind='reverse'"):
+        dataclasses.replace(record, kind="reverse")
+    with pytest.raises(ValueError, match="^dtype='float8'"):
+        dataclasses.replace(record, dtype="float8")
+    with pytest.raises(ValueError, match="^eta=-1"):
+        dataclasses.replace(record, eta=-1.0)
+    with pytest.raises(TypeError, match="^record=str"):
+        judge_record("not a record")
+    with pytest.raises(TypeError, match="^adapter=DDPMParallelScheduler"):
+        check_batch_step_no_noise(DDPMParallelScheduler(), 10)
 
 
 # -- through adapt() and the runner (one line of glue: `ddspec check mod:scheduler`) ---------------------
@@ -312,12 +365,20 @@ def test_the_runner_fails_a_planted_bug_through_the_extra_checks() -> None:
     assert [r.name for r in inverse.checks if r.verdict == Verdict.FAIL] == ["single_step.inversion.N=10"]
 
 
-class _ExtrasRaise(DiffusersDDPMParallelAdapter):
-    def extra_checks(self, **kwargs: Any) -> list:
+class _RecordingsRaise(DiffusersDDPMParallelAdapter):
+    def recordings(self, **kwargs: Any) -> list:
         raise RuntimeError("library exploded")
 
 
-def test_extra_checks_that_raise_become_one_failed_result() -> None:
-    report = _report(_ExtrasRaise(DDPMParallelScheduler()), steps=(10,))
+class _RecordingsWrongType(DiffusersDDPMParallelAdapter):
+    def recordings(self, **kwargs: Any) -> list:
+        return ["not a record"]
+
+
+def test_recordings_that_raise_become_one_failed_result() -> None:
+    report = _report(_RecordingsRaise(DDPMParallelScheduler()), steps=(10,))
     bad = [r for r in report.checks if r.name == "adapter.extra_checks"]
     assert len(bad) == 1 and bad[0].verdict == Verdict.FAIL and "RuntimeError: library exploded" in bad[0].message
+    wrong = [r for r in _report(_RecordingsWrongType(DDPMParallelScheduler()), steps=(10,)).checks
+             if r.name == "adapter.extra_checks"]
+    assert len(wrong) == 1 and wrong[0].verdict == Verdict.FAIL and "not a list of StepRecord" in wrong[0].message

@@ -8,6 +8,7 @@ rules (the smallest integer stride with exactly N steps; the fractional stride o
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from ddspec.conformance.adapters import adapt
 from ddspec.conformance.adapters import improved_diffusion as adapter
 from ddspec.conformance.adapters.loop import LoopSampler
+from ddspec.conformance.checks.adapter_extras import check_reverse_sample, judge_record
 from ddspec.conformance.context import CheckContext
 from ddspec.conformance.results import Report, Verdict
 from ddspec.conformance.runner import installed_checks, run_checks
@@ -32,6 +34,12 @@ def _report(target: LoopSampler, *, dtype: str = "float32", seed: int = 0, steps
 def _bad(report: Report) -> list[str]:
     return [f"{r.name}: {r.verdict.value}: {r.message[:300]}" for r in report.checks
             if r.verdict in (Verdict.FAIL, Verdict.UNSUPPORTED)]
+
+
+def _ratio(result: Any) -> float:
+    """The worst |got - expected| / tolerance of a compared result (observed and tolerance of its worst element)."""
+    assert result.observed is not None and result.tolerance, result.message
+    return float(result.observed) / float(result.tolerance)
 
 
 def _families(report: Report, verdicts: tuple[Verdict, ...] = (Verdict.PASS, Verdict.ACCEPTABLE)) -> set[str]:
@@ -248,15 +256,16 @@ def test_planted_bug_fails_its_family(cls: type, family: str, prefix: str, dtype
 def test_ddim_reverse_sample_matches_the_reference_inversion(config: str, dtype: str) -> None:
     make = CONFIGS.get(config) or (lambda: lib.create_gaussian_diffusion(steps=500, timestep_respacing="ddim20",
                                                                          rescale_timesteps=True))
-    result = adapter.check_reverse_sample(make(), dtype=dtype)
+    result = check_reverse_sample(adapter.reverse_sample_target(make()), dtype=dtype)
     assert result.verdict == Verdict.PASS, result.message
-    assert result.observed is not None and result.observed <= 0.5  # a factor-2 margin below the bound
+    assert result.name.startswith("loop.inversion.N=") and result.details["transitions"] >= 19
+    assert _ratio(result) <= 0.5  # a factor-2 margin below the bound
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_planted_inversion_bug_fails(dtype: str) -> None:
-    result = adapter.check_reverse_sample(_bugged(_ReverseToPrev), dtype=dtype)
-    assert result.verdict == Verdict.FAIL and result.observed is not None and result.observed >= 2.0
+    result = check_reverse_sample(adapter.reverse_sample_target(_bugged(_ReverseToPrev)), dtype=dtype)
+    assert result.verdict == Verdict.FAIL and _ratio(result) >= 2.0
     worst = result.findings[0]
     assert worst.step is not None and worst.timestep is not None and worst.element is not None
     assert "expected" in result.message and "tolerance" in result.message
@@ -269,3 +278,140 @@ def test_the_float32_coefficient_declaration_is_needed_in_float64() -> None:
     target.coefficient_dtype = None
     report = _report(target, dtype="float64", steps=(50,))
     assert any(r.name.startswith("loop.steps.N=50") and r.verdict == Verdict.FAIL for r in report.checks)
+
+
+def test_the_inversion_recorder_only_drives_and_the_check_judges_its_record() -> None:
+    """Drive and judge are separate: the record holds the library's steps (source t, destination t_prev, the
+    kept list ascending), and the same record with one step's output moved by a relative 1e-3 fails."""
+    recorder = adapter.reverse_sample_target(CONFIGS["ddim50_fixed_large"]())
+    (record,) = recorder.recordings(steps=(50,))
+    kept = sorted(adapter.ddim_stride_timesteps(1000, 50))  # range(0, 1000, 20): stride 20 gives exactly 50
+    assert record.timesteps.tolist() == kept and record.coefficient_dtype == "float32"
+    assert [(tr.t, tr.t_prev) for tr in record.transitions] == list(zip(kept[:-1], kept[1:]))
+    assert [r.verdict for r in judge_record(record)] == [Verdict.PASS]
+    tr = record.transitions[7]
+    planted = dataclasses.replace(record, transitions=record.transitions[:7] + (
+        dataclasses.replace(tr, x_prev=tr.x_prev * (1 + 1e-3)),) + record.transitions[8:])
+    (result,) = judge_record(planted)
+    assert result.verdict == Verdict.FAIL and result.findings[0].step == 7 and _ratio(result) >= 2.0
+    assert "expected" in result.message and "tolerance" in result.message
+
+
+def test_check_reverse_sample_names_a_raw_diffusion_and_skips_an_unsupported_n() -> None:
+    with pytest.raises(TypeError, match="^target=SpacedDiffusion: .*reverse_sample_target"):
+        check_reverse_sample(CONFIGS["ddim50_fixed_large"]())
+    # 'ddimN' needs an integer stride with exactly N indices in range(0, 1000, k): none gives N = 999
+    result = check_reverse_sample(adapter.reverse_sample_target(CONFIGS["ddim50_fixed_large"]()), num_steps=999)
+    assert result.verdict == Verdict.SKIPPED and "N=999" in result.message
+
+
+# -- the inversion's expect stage and its first-step bound (library-free) -------------------------------------------
+
+_BETAS = tuple(float(b) for b in np.linspace(1e-4, 0.02, 20))
+
+
+def _mp_alpha_bar(t: int) -> Any:
+    """ᾱ_t = Π_{i ≤ t} (1 − β_i) in 60-digit arithmetic (0-based t; ᾱ_{−1} = 1)."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        out = mpmath.mpf(1)
+        for b in _BETAS[: t + 1]:
+            out *= 1 - mpmath.mpf(b)
+        return out
+
+
+def _mp_invert(x: float, eps: float, t_from: int, t_to: int, *, clip: float | None = None,
+               rederive: bool = False) -> tuple[float, bool]:
+    """Song et al. 2021 eq. 12 with σ = 0 from t_from to t_to, element by element, written out in mpmath."""
+    import mpmath
+
+    with mpmath.workdps(60):
+        a, p = _mp_alpha_bar(t_from), _mp_alpha_bar(t_to)
+        xm, em = mpmath.mpf(x), mpmath.mpf(eps)
+        x0 = xm if t_from < 0 else (xm - mpmath.sqrt(1 - a) * em) / mpmath.sqrt(a)
+        clipped = clip is not None and abs(x0) > clip
+        if clipped:
+            x0 = mpmath.mpf(clip) * mpmath.sign(x0)
+            if rederive:
+                em = (xm - mpmath.sqrt(a) * x0) / mpmath.sqrt(1 - a)
+        return float(mpmath.sqrt(p) * x0 + mpmath.sqrt(1 - p) * em), clipped
+
+
+def _inv_transition(t_from: int, t_to: int, x: np.ndarray, out: np.ndarray) -> Any:
+    from ddspec.conformance.trajectory import Transition
+
+    return Transition(t=t_from, t_prev=t_to, x_t=x, model_output=out, x_prev=np.zeros_like(x))
+
+
+@pytest.mark.parametrize(("t_from", "t_to"), [(3, 9), (-1, 5), (0, 0), (0, 19)])
+def test_expect_inversion_matches_eq_12_run_backwards(t_from: int, t_to: int) -> None:
+    from ddspec.conformance.expectation import expect_inversion_transition
+    from ddspec.conformance.protocol import Conventions
+
+    conv = Conventions(family="ddim", num_train_timesteps=20, beta_schedule="custom", trained_betas=_BETAS,
+                       clip_sample=False)
+    rng = np.random.default_rng(7)
+    x, eps = rng.standard_normal(6), rng.standard_normal(6)
+    got = expect_inversion_transition(conv, np.array(_BETAS), _inv_transition(t_from, t_to, x, eps))
+    want = [_mp_invert(float(a), float(b), t_from, t_to)[0] for a, b in zip(x, eps)]
+    assert got.expected.why is None and not got.clipped
+    np.testing.assert_allclose(got.expected.prev_sample, want, rtol=1e-12, atol=1e-13)
+    if t_from == t_to:  # the same index both ways: x̂₀ and ε̂ recombine into x itself
+        np.testing.assert_allclose(got.expected.prev_sample, x, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("rederive", [False, True])
+def test_expect_inversion_clips_and_rederives_as_declared(rederive: bool) -> None:
+    from ddspec.conformance.expectation import expect_inversion_transition
+    from ddspec.conformance.protocol import Conventions
+
+    conv = Conventions(family="ddim", num_train_timesteps=20, beta_schedule="custom", trained_betas=_BETAS,
+                       clip_sample=True, use_clipped_model_output=rederive)
+    x, eps = np.array([2.5, -3.0, 0.2]), np.array([0.1, -0.2, 0.3])  # x̂₀ ≈ x here: the first two leave [-1, 1]
+    got = expect_inversion_transition(conv, np.array(_BETAS), _inv_transition(10, 15, x, eps))
+    want = [_mp_invert(float(a), float(b), 10, 15, clip=1.0, rederive=rederive) for a, b in zip(x, eps)]
+    assert got.clipped and [c for _, c in want] == [True, True, False]
+    np.testing.assert_allclose(got.expected.prev_sample, [w for w, _ in want], rtol=1e-12, atol=1e-13)
+
+
+def test_expect_inversion_refuses_what_the_reference_cannot_take() -> None:
+    from ddspec.conformance.expectation import expect_inversion_transition
+    from ddspec.conformance.protocol import Conventions
+
+    conv = Conventions(family="ddim", num_train_timesteps=20, beta_schedule="custom", trained_betas=_BETAS,
+                       prediction_type="sample", clip_sample=False)
+    x = np.ones(3)
+    singular = expect_inversion_transition(conv, np.array(_BETAS), _inv_transition(-1, 4, x, x))
+    assert singular.expected.why_kind == "singular" and "x0-prediction" in (singular.expected.why or "")
+    backwards = expect_inversion_transition(conv, np.array(_BETAS), _inv_transition(6, 4, x, x))
+    assert backwards.expected.why_kind == "outside"
+
+
+def test_the_first_inversion_step_bound_admits_float32_and_rejects_a_planted_error() -> None:
+    """x_t = √ᾱ_t x + √(1 − ᾱ_t) ε evaluated honestly in float32 from a float32 running-product table stays
+    within half of :func:`inversion_from_data_bound`; √ᾱ one index off (t + 1) or scaled by 1 + 1e-3 exceeds it 2×."""
+    from ddspec.conformance.tolerances import alpha_bar_relative_bound, inversion_from_data_bound, unit_roundoff
+
+    T = 1000
+    betas = np.linspace(1e-4, 0.02, T)
+    exact_ab = np.cumprod(1.0 - betas)
+    ab32 = np.cumprod((1.0 - betas.astype(np.float32)).astype(np.float32), dtype=np.float32)
+    u = unit_roundoff("float32")
+    deltas = alpha_bar_relative_bound(betas, "linear", u)
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-0.9, 0.9, 256).astype(np.float32)
+    e = rng.standard_normal(256).astype(np.float32)
+    x64, e64 = x.astype(np.float64), e.astype(np.float64)
+
+    def run(a: np.float32) -> np.ndarray:
+        s, c = np.sqrt(a, dtype=np.float32), np.sqrt(np.float32(1.0) - a, dtype=np.float32)
+        return (s * x + c * e).astype(np.float64)
+
+    for t in (0, 9, 99, 499, 998):
+        expected = np.sqrt(exact_ab[t]) * x64 + np.sqrt(1.0 - exact_ab[t]) * e64
+        bound = inversion_from_data_bound(float(exact_ab[t]), float(deltas[t]), u, x64, e64)
+        assert np.all(np.abs(run(ab32[t]) - expected) <= 0.5 * bound), t
+        assert np.max(np.abs(run(ab32[t + 1]) - expected) / bound) > 2.0, t
+        scaled = run(ab32[t]) * (1 + 1e-3)
+        assert np.max(np.abs(scaled - expected) / bound) > 2.0, t
