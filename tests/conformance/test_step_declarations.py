@@ -26,6 +26,8 @@ from ddspec.conformance.adapters.function import FunctionSampler
 from ddspec.conformance.adapters.loop import LoopSampler
 from ddspec.conformance.checks import invariants
 from ddspec.conformance.checks._common import plan_step_family, step_tolerance
+from ddspec.conformance.checks.coefficients import check_coefficients
+from ddspec.conformance.checks.oracle import check_point_mass_oracle
 from ddspec.conformance.checks.single_step import check_single_steps
 from ddspec.conformance.checks.timesteps import check_timesteps
 from ddspec.conformance.context import CheckContext
@@ -148,6 +150,12 @@ def test_declared_float32_coefficients_pass_single_step_in_float64() -> None:
     assert target.coefficient_dtype is torch.float32 and coefficient_dtype(target) is torch.float32
     results = check_single_steps(_ctx(target))
     assert results and all(r.verdict is Verdict.PASS for r in results), [(r.name, r.message) for r in results]
+    # the coefficient fit charges the same declaration (its rounding term at u32, not the table's u64)
+    fitted = check_coefficients(_ctx(target))
+    assert fitted and all(r.verdict is Verdict.PASS for r in fitted), [(r.name, r.message) for r in fitted]
+    assert fitted[0].details["coefficient_dtype"] == "float32"
+    undeclared = check_coefficients(_ctx(ddim_target(1000, round_to=torch.float32)))
+    assert any(r.verdict is Verdict.FAIL for r in undeclared), [(r.name, r.message) for r in undeclared]
     details = results[0].details
     # u_step = max(u_table, u32): the float64 table stays float64, the step is charged at float32's roundoff
     assert details["u_table"] == U64 and details["u_step"] == U32
@@ -185,13 +193,20 @@ def test_only_the_supported_n_is_run_and_the_others_are_never_failed(declaration
     ctx = _ctx(target, steps=None)  # quick profile: N in (1, 10), neither supported
     assert set(ctx.steps) == {1, 10}
     description = supported_num_steps(target).description
-    results = check_single_steps(ctx) + check_timesteps(ctx)
+    results = check_single_steps(ctx) + check_timesteps(ctx) + check_point_mass_oracle(ctx) + check_coefficients(ctx)
     for check in invariants.CHECKS:
         results += check(ctx)
     bad = [(r.name, r.verdict, r.message) for r in results if r.verdict not in (Verdict.PASS, Verdict.SKIPPED)]
     assert not bad, bad
-    # single_step runs the smallest supported N <= T instead, and names the profile N it left out
-    single = [r for r in results if r.name.startswith("single_step")]
+    # every step family runs the smallest supported N <= T instead, and names the profile N it left out
+    assert any(r.name.startswith("coefficients.") and r.verdict is Verdict.PASS for r in results)
+    # the point-mass oracle would run N = T end to end, beyond the quick profile's oracle_max_steps: skipped,
+    # saying both why the profile's N are not run and why N = T is not
+    oracle = [r for r in results if r.name.startswith("oracle.point_mass")]
+    assert oracle and all(r.verdict is Verdict.SKIPPED for r in oracle)
+    assert all("N=10: not in the target's supported_num_steps" in r.message and "oracle_max_steps" in r.message
+               for r in oracle)
+    single = [r for r in results if r.name.startswith(("single_step", "coefficients."))]
     assert single and all(r.details["steps_tested"] == [T_SMALL] for r in single)
     for r in single:
         assert r.details["runs_skipped"] == {
@@ -224,6 +239,10 @@ def test_a_supported_profile_n_is_run_and_the_unsupported_one_listed() -> None:
     assert [p.num_steps for p in family.plans] == [10]
     assert list(family.skipped) == ["N=7"] and "supported_num_steps" in family.skipped["N=7"]
     assert not family.notes
+    # the point-mass oracle plans through the same chooser: N = 10 run end to end, N = 7 named
+    oracle = check_point_mass_oracle(_ctx(target, steps=(7, 10)))
+    assert oracle and all(r.verdict is Verdict.PASS for r in oracle), [(r.name, r.message) for r in oracle]
+    assert all(r.details["steps_tested"] == [10] and "N=7" in r.details["runs_skipped"] for r in oracle)
 
 
 def test_the_timesteps_family_checks_the_smallest_supported_n_when_none_of_its_own_is() -> None:
