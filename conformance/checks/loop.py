@@ -33,8 +33,9 @@ It compares, for every tested N (and η for DDIM), a run of the loop driven by t
 Every statistical result spends the profile's false-failure rate (``false_failure_rate``, split
 evenly over its tests) and states its minimum detectable discrepancy at power 0.999. A noisy step
 enters those tests only where the error model's rounding allowance of its mean cannot move a z
-statistic by more than :data:`RESIDUAL_ROUNDING_LIMIT` (:func:`_usable`). Failures carry a snippet that
-reruns the check function with the run's context.
+statistic by more than :data:`RESIDUAL_ROUNDING_LIMIT` (:func:`ddspec.conformance.transition_stats.usable`:
+the statistical judge of noisy transitions lives in the core). Failures carry a snippet that reruns the
+check function with the run's context.
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ from ..protocol import Conventions, supported_num_steps
 from ..protocol import coefficient_dtype as declared_coefficient_dtype
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..tolerances import alpha_bar_relative_bound, table_roundoff, unit_roundoff
+from ..transition_stats import (
+    RESIDUAL_ROUNDING_LIMIT, independence_result, noise_result, offset_tolerant, residuals, stat_result, usable,
+)
 from ..trajectory import FIELD_SCALE, Probe, Trajectory, Transition, drive, probe_oracle
 from .distribution import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, clip_tail_bound
 from ._common import choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call
@@ -81,9 +85,6 @@ _LAW_BATCH = {"quick": 256, "default": 512, "thorough": 2048}
 _MAX_RECORDED = 1_500_000
 #: At most this many state elements are pushed through the loop per output-law run.
 _MAX_LAW = 10_000_000
-#: The most a z statistic of the noise tests may move under the rounding allowance of the step means
-#: (the tests' critical values are 5 or more): steps where it could move more are left out.
-RESIDUAL_ROUNDING_LIMIT = 0.25
 #: The probe's data law at scale 1 (:func:`~ddspec.conformance.trajectory.probe_oracle`'s defaults).
 _PROBE_SPREAD, _PROBE_STD = 0.3, 0.12
 
@@ -312,12 +313,6 @@ def _expect(setup: LoopSetup, tr: Transition, eta: float | None) -> ExpectedTran
     return expect_transition(setup.conv, setup.betas, tr, eta or 0.0)
 
 
-def _bound(setup: LoopSetup, e: ExpectedTransition, eta: float | None) -> NDArray[np.float64]:
-    tr = e.transition
-    return setup.tol.bound(step_spec(setup.conv, eta or 0.0), tr.t, tr.t_prev, model_output=tr.model_output,
-                           x_t=tr.x_t, noise=None, predicted_variance=tr.predicted_variance)
-
-
 # -- timesteps -------------------------------------------------------------------------------------
 
 def _timesteps_result(setup: LoopSetup, n: int, runs: list[Trajectory]) -> CheckResult:
@@ -467,181 +462,6 @@ def _final_result(setup: LoopSetup, n: int, eta: float | None, last: ExpectedTra
     return result
 
 
-# -- noisy transitions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Residual:
-    e: ExpectedTransition
-    r: NDArray[np.float64]
-    rho: float  # RMS of the mean's rounding allowance over the smallest sigma of the step
-    allowance: float  # sum over elements of (rounding allowance / sigma)^2: the residuals' non-centrality bound
-
-
-def _residuals(setup: LoopSetup, expected: list[ExpectedTransition], eta: float | None) -> list[_Residual]:
-    r"""The standardized residual :math:`(x_{k+1} - \mu_\mathrm{ref})/\sigma_\mathrm{ref}` of every noisy
-    transition, with ρ = RMS(rounding allowance of the mean)/min σ (the error model's bound, noise-free)."""
-    out = []
-    for e in expected:
-        if e.why is not None or not e.noisy:
-            continue
-        sd = np.sqrt(e.variance)
-        bound = _bound(setup, e, eta)
-        rho = float(np.sqrt(np.mean(bound**2))) / float(np.min(sd))
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            allowance = float(np.sum((bound / sd) ** 2))
-            out.append(_Residual(e, (e.transition.x_prev - e.mean) / sd, rho, allowance))
-    return out
-
-
-def _usable(res: list[_Residual]) -> tuple[list[_Residual], list[_Residual]]:
-    r"""(per-step set, pooled set): the steps where rounding cannot move a test statistic.
-
-    Every statistic below is a z (or a chi-square ratio) of n elements per step; a systematic error
-    within the allowance moves a per-step z by at most :math:`\sqrt n\,\rho` and a pooled z over K
-    steps by at most :math:`\sqrt{nK}\,\max\rho`. A step enters the per-step tests when
-    :math:`\sqrt n\,\rho \le` :data:`RESIDUAL_ROUNDING_LIMIT`, and the pooled tests when also
-    :math:`\sqrt{nK}\,\rho \le` that limit, so that rounding moves no z by more than a quarter
-    (the critical values are 5 or more).
-    """
-    if not res:
-        return [], []
-    n = res[0].r.size
-    per = [x for x in res if math.sqrt(n) * x.rho <= RESIDUAL_ROUNDING_LIMIT]
-    pooled = [x for x in per if math.sqrt(n * max(len(per), 1)) * x.rho <= RESIDUAL_ROUNDING_LIMIT]
-    return per, pooled
-
-
-def _offset_tolerant(res: list[_Residual], per: list[_Residual]) -> list[_Residual]:
-    r"""The noisy steps left out of the exact tests whose variance can still be tested.
-
-    Their mean's rounding allowance is too large for a z test, but a variance test can carry it: the
-    squared residuals are non-central chi-square with non-centrality at most the allowance
-    :math:`\lambda = \sum_i (\text{bound}_i/\sigma_i)^2`
-    (:func:`~ddspec.conformance.stats.offset_tolerant_variance_test`). These are the small-σ steps at
-    the end of a run with float32 tables, exactly where σ² = β_t and σ² = β̃_t differ most. A step
-    enters when λ ≤ n (an allowance of at most one σ RMS), beyond which the test has little power.
-    """
-    kept = {id(x) for x in per}
-    return [x for x in res if id(x) not in kept and np.isfinite(x.allowance) and x.allowance <= x.r.size
-            and np.all(np.isfinite(x.r))]
-
-
-def _stat_finding(res: stats.StatResult, owners: list[_Residual] | None, what: str) -> Finding:
-    tr = owners[res.worst_coordinate].e.transition if owners is not None and res.dims == len(owners) else None
-    return Finding(step=None if tr is None else tr.step, timestep=None if tr is None else tr.t,
-                   got=res.statistic, tolerance=res.threshold, message=f"{what}: {res.detail.splitlines()[0]}")
-
-
-_Part = tuple[str, stats.StatResult, "list[_Residual] | None"]
-
-
-def _stat_result(name: str, parts: list[_Part], what: str, details: dict[str, Any], alpha: float) -> CheckResult:
-    r"""``fail`` when any test rejects (findings: the rejecting tests, worst step first), else ``pass``;
-    the message states the false-failure rate and what each test detects."""
-    failed = [(label, r, owners) for label, r, owners in parts if not r.passed]
-    details = dict(details, false_failure_rate=alpha, tests={
-        label: {"passed": r.passed, "statistic": r.statistic, "threshold": r.threshold, "p_value": r.p_value,
-                "alpha": r.false_failure_rate, "min_detectable": r.describe_min_detectable(), "n": r.n, "dims": r.dims}
-        for label, r, _ in parts})
-    detect = "; ".join(f"{label}: {r.describe_min_detectable()}" for label, r, _ in parts)
-    if failed:
-        worst = min(failed, key=lambda p: p[1].p_value)
-        return CheckResult(
-            name=name, family=FAMILY, verdict=Verdict.FAIL, observed=worst[1].statistic, tolerance=worst[1].threshold,
-            message=(f"{what}: {', '.join(label for label, _, _ in failed)} rejected (false-failure rate {alpha:.3g}); "
-                     f"worst: {worst[0]}: {worst[1].detail.splitlines()[0]}"),
-            findings=tuple(_stat_finding(r, owners, label) for label, r, owners in failed[:MAX_FINDINGS]),
-            details=details)
-    return CheckResult(name=name, family=FAMILY, verdict=Verdict.PASS,
-                       message=f"{what}: consistent (false-failure rate {alpha:.3g}; detects {detect})", details=details)
-
-
-def _noise_result(ctx: CheckContext, n: int, eta: float | None, per: list[_Residual], pooled: list[_Residual],
-                  tolerant: list[_Residual], details: dict[str, Any]) -> CheckResult:
-    name = f"loop.noise.{_suffix(n, eta)}"
-    R = np.stack([x.r.ravel() for x in per], axis=1) if per else np.zeros((0, 0))
-    if not np.all(np.isfinite(R)):
-        tr = per[int(np.argmax(~np.all(np.isfinite(R), axis=0)))].e.transition
-        return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL, observed=math.inf,
-                           message=f"non-finite state after step {tr.step} (t={tr.t} -> {tr.t_prev})",
-                           findings=(Finding(step=tr.step, timestep=tr.t, message="non-finite residual"),), details=details)
-    a = ctx.settings.false_failure_rate
-    share = a / ((4 if pooled else 2) * bool(per) + 2 * bool(tolerant))
-    parts: list[_Part] = []
-    if per:
-        parts += [
-            ("mean per step", stats.mean_test(R, 0.0, 1.0, share, name=f"{name}/mean per step"), per),
-            ("variance per step", stats.variance_test(R, 1.0, share, mean=0.0, name=f"{name}/variance per step"), per),
-        ]
-    if pooled:
-        P = np.stack([x.r.ravel() for x in pooled], axis=1)
-        parts += [
-            ("pooled mean", stats.pooled_mean_test(P, 0.0, 1.0, share, name=f"{name}/pooled mean"), None),
-            ("pooled variance", stats.pooled_variance_test(P, 1.0, share, name=f"{name}/pooled variance"), None),
-        ]
-    if tolerant:
-        Q = np.stack([x.r.ravel() for x in tolerant], axis=1)
-        lam = np.array([x.allowance for x in tolerant])
-        parts += [
-            ("offset-tolerant variance per step", stats.offset_tolerant_variance_test(
-                Q, lam, share, name=f"{name}/offset-tolerant variance per step"), tolerant),
-            ("offset-tolerant pooled variance", stats.offset_tolerant_variance_test(
-                Q, lam, share, pooled=True, name=f"{name}/offset-tolerant pooled variance"), None),
-        ]
-    elements = (per or tolerant)[0].r.size
-    what = (f"standardized residual (x_prev - mu_ref)/sigma_ref of {len(per)} noisy step(s) x {elements} "
-            "elements against N(0, 1)")
-    if tolerant:
-        what += (f", and the variance of {len(tolerant)} small-sigma step(s) whose mean's rounding allowance is "
-                 "carried as a non-centrality")
-    return _stat_result(name, parts, what, details, a)
-
-
-def _relations(items: list[_Residual], by_step: dict[int, NDArray[np.float64]]) -> dict[str, tuple[list[NDArray[np.float64]], list[_Residual]]]:
-    r"""For each relation, the columns :math:`u = r \odot w / \mathrm{rms}(w)` (one per step) and their steps:
-    w = x_t (centred), the previous step's residual, and the paired batch element's residual."""
-    out: dict[str, tuple[list, list]] = {"x_t": ([], []), "previous residual": ([], []), "batch": ([], [])}
-
-    def add(label: str, r: NDArray[np.float64], w: NDArray[np.float64], item: _Residual) -> None:
-        rms = float(np.sqrt(np.mean(w * w)))
-        if rms > 0 and np.isfinite(rms):
-            out[label][0].append((r * w / rms).ravel())
-            out[label][1].append(item)
-
-    for item in items:
-        r, x = item.r, item.e.transition.x_t
-        add("x_t", r, x - x.mean(), item)
-        prev = by_step.get(item.e.transition.step - 1)
-        if prev is not None:
-            add("previous residual", r, prev, item)
-        pairs = r.shape[0] // 2
-        if pairs >= 1:
-            add("batch", r[1:2 * pairs:2], r[0:2 * pairs:2], item)
-    return {k: v for k, v in out.items() if v[0]}
-
-
-def _independence_result(ctx: CheckContext, n: int, eta: float | None, per: list[_Residual],
-                         pooled: list[_Residual], everything: list[_Residual], details: dict[str, Any]) -> CheckResult:
-    name = f"loop.noise_independence.{_suffix(n, eta)}"
-    by_step = {x.e.transition.step: x.r for x in everything}
-    rel_per, rel_pooled = _relations(per, by_step), _relations(pooled, by_step)
-    if not rel_per:
-        return CheckResult.skipped(name, FAMILY, "no noisy step to test")
-    a = ctx.settings.false_failure_rate
-    share = a / (len(rel_per) + len(rel_pooled))
-    parts: list[_Part] = []
-    for label, (cols, owners) in rel_per.items():
-        parts.append((f"{label} per step", stats.mean_test(np.stack(cols, axis=1), 0.0, 1.0, share,
-                                                          name=f"{name}/{label} per step"), owners))
-    for label, (cols, _) in rel_pooled.items():
-        parts.append((f"{label} pooled", stats.pooled_mean_test(np.stack(cols, axis=1), 0.0, 1.0, share,
-                                                               name=f"{name}/{label} pooled"), None))
-    what = ("correlation of the standardized residual with x_t, with the previous step's residual and between "
-            "batch elements (z = sum r w / |w| ~ N(0, 1) given w)")
-    return _stat_result(name, parts, what, dict(details, relations={k: len(v[0]) for k, v in rel_per.items()}), a)
-
-
 # -- per run ---------------------------------------------------------------------------------------
 
 
@@ -667,16 +487,19 @@ def _judge_run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, r
     if steps is not None:
         results.append(steps)
     results.append(_final_result(setup, n, eta, last))
-    everything = _residuals(setup, [e for e in expected if e.why is None and e.noisy] + [last], eta)
-    per, pooled = _usable(everything)
-    tolerant = _offset_tolerant(everything, per)
+    everything = residuals(setup.tol, step_spec(setup.conv, eta or 0.0),
+                           [e for e in expected if e.why is None and e.noisy] + [last])
+    per, pooled = usable(everything)
+    tolerant = offset_tolerant(everything, per)
     details = {"N": n, "eta": eta, "noisy_steps": len(everything), "per_step_tested": len(per),
                "pooled_tested": len(pooled), "variance_only_tested": len(tolerant),
                "elements_per_step": int(run.transitions[0].x_t.size), "rounding_limit_z": RESIDUAL_ROUNDING_LIMIT}
     if per or tolerant:
-        results.append(_noise_result(ctx, n, eta, per, pooled, tolerant, details))
+        results.append(noise_result(f"loop.noise.{_suffix(n, eta)}", FAMILY, ctx.settings.false_failure_rate,
+                                    per, pooled, tolerant, details))
     if per:
-        results.append(_independence_result(ctx, n, eta, per, pooled, everything, details))
+        results.append(independence_result(f"loop.noise_independence.{_suffix(n, eta)}", FAMILY,
+                                           ctx.settings.false_failure_rate, per, pooled, everything, details))
     elif everything and not tolerant:
         results.append(CheckResult(
             name=f"loop.noise.{_suffix(n, eta)}", family=FAMILY, verdict=Verdict.SKIPPED,
@@ -775,7 +598,7 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
     ]
     what = (f"output of {X.shape[0]} runs driven by the exact Gaussian denoiser, started from the data's marginal "
             f"at t={int(ts[0])}, against the closed-form law (gaussian_run_output over the {ts.size} declared timesteps)")
-    result = _stat_result(name, [(l, r, None) for l, r in parts], what, details, a)
+    result = stat_result(name, FAMILY, [(l, r, None) for l, r in parts], what, details, a)
     return replace(result, duration_s=elapsed(start))
 
 

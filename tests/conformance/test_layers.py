@@ -106,7 +106,8 @@ def test_ground_floor_imports_nothing_above_it(module: str) -> None:
 
 
 CORE = ("ddspec.conformance.trajectory", "ddspec.conformance.expectation", "ddspec.conformance.judge",
-        "ddspec.conformance.tolerances", "ddspec.conformance.stats", "ddspec.conformance.records")
+        "ddspec.conformance.tolerances", "ddspec.conformance.stats", "ddspec.conformance.records",
+        "ddspec.conformance.transition_stats")
 ABOVE_CORE = ("ddspec.conformance.runner", "ddspec.conformance.cli", "ddspec.conformance.pytest_plugin",
               "ddspec.conformance.checks", "ddspec.conformance.adapters", "ddspec.conformance.sandbox",
               "ddspec.conformance.diagnosis", "ddspec.conformance.sweep", "ddspec.conformance.report",
