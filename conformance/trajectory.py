@@ -65,6 +65,7 @@ __all__ = [
     "StepCall",
     "StepDriver",
     "failed_call",
+    "exact_of",
 ]
 
 Array = NDArray[np.float64]
@@ -395,9 +396,13 @@ def failed_call(call: str, error: str) -> str:
     return f"{call} {error}" if error.startswith("timed out") else f"{call} raised {error}"
 
 
-def _exact(value: torch.Tensor | None) -> Array | None:
+def exact_of(value: torch.Tensor) -> Array:
     """The float64 numpy value of a tensor the target was given (exact: float64 holds every narrower float)."""
-    return None if value is None else value.detach().to("cpu", torch.float64).numpy().copy()
+    return value.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def _exact(value: torch.Tensor | None) -> Array | None:
+    return None if value is None else exact_of(value)
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,25 @@
-r"""Shared plumbing of the checks.
+r"""Shared plumbing of the checks: what every family reads and plans before the core drives, expects and judges.
 
 Nothing here decides what is right: expected values come from :mod:`ddspec.conformance.expectation`
-(hence from :mod:`ddspec.reference`) and tolerances from :mod:`ddspec.conformance.tolerances`. This
-module only
+(hence from :mod:`ddspec.reference`), verdicts from :mod:`ddspec.conformance.judge` (re-exported here:
+:class:`Tally`, :class:`BrokenCalls`, :func:`tally_result`, :class:`StepTolerance`, :func:`judge_transition`)
+and tolerances from :mod:`ddspec.conformance.tolerances`. This module only
 
 * reads the target's declarations and tables through :meth:`CheckContext.call` (:func:`conventions_of`,
   :func:`read_table`), turning every exception, timeout or malformed value into a message;
-* picks the timesteps a run visits (:func:`plan_run`): the target's own sequence where it is a valid
-  subsequence, so that a step check measures the step and not the timestep rule (the timesteps
-  check judges the rule), else the reference's;
+* picks the step counts a family runs (:func:`plan_step_family`, :func:`step_counts`: the profile's N that the
+  target's ``supported_num_steps`` admits) and the timesteps a run visits (:func:`plan_run`): the target's
+  own sequence where it is a valid subsequence, so that a step check measures the step and not the
+  timestep rule (the timesteps check judges the rule), else the reference's;
 * calls the target's ``step`` through the drive stage of the core
   (:class:`~ddspec.conformance.trajectory.StepDriver`, :func:`call_step`), which records transitions and
   says why a call gave none (it raised, hung, or returned no tensor of x_t's shape, dtype and device);
-* compares per element against a per-element bound and keeps the worst findings (:class:`Tally`),
-  and keeps the calls that gave no usable output apart, one finding per step count and reason
-  (:class:`BrokenCalls`): a step count that raises is one finding, ``"N=1: step raised IndexError: …"``,
-  its exception goes to ``details["errors"]`` (``[{"num_steps": n, "error": "<ExcType>: <message>"}]``,
-  the runner's one-line description, :attr:`StepCall.error`), and the other step counts keep their numbers;
-* derives reproducible input seeds (:func:`offset_for`) and the per-step tolerance
-  (:class:`StepTolerance`);
-* turns a :class:`Tally` into a verdict (:func:`tally_result`), leading with the calls that broke
-  and stating the observed error of the elements that were compared.
+* derives reproducible input seeds (:func:`offset_for`) and the target's error model (:func:`step_tolerance`:
+  its table's dtype, a declared ``coefficient_dtype``).
+
+A failed call is one finding per step count and reason (:class:`BrokenCalls`): ``"N=1: step raised
+IndexError: …"``, its exception in ``details["errors"]`` (``[{"num_steps": n, "error": "<ExcType>: <message>"}]``,
+:attr:`~ddspec.conformance.trajectory.StepCall.error`), and the other step counts keep their numbers.
 
 The invariant and distribution checks read the target once into a :class:`TargetSetup`
 (:func:`setup_target`) and call its step through :func:`call_step`; their expected values come from
@@ -61,7 +60,7 @@ from ..expectation import (
     zero_snr_original,
 )
 from ..protocol import Conventions, NumStepsSupport, coefficient_dtype, noise_source, supported_num_steps
-from ..trajectory import StepCall, StepDriver, failed_call
+from ..trajectory import StepCall, StepDriver, exact_of, failed_call
 from ..judge import MAX_PER_STEP, BrokenCalls, StepTolerance, Tally, judge_transition, tally_result
 from ..results import CheckResult, Verdict
 from ..tolerances import UNIT_ROUNDOFF, alpha_bar_relative_bound, step_bound, table_roundoff, unit_roundoff
@@ -74,7 +73,6 @@ __all__ = [
     "fail_result",
     "read_table",
     "dtype_of_roundoff",
-    "output_array",
     "offset_for",
     "RunPlan",
     "plan_run",
@@ -211,21 +209,7 @@ def dtype_of_roundoff(u: float) -> str:
     return f"u={u:g}"
 
 
-# -- the target's step output ------------------------------------------------------------------------
-
-
-def output_array(value: Any, like: torch.Tensor) -> tuple[np.ndarray | None, str | None]:
-    r"""The step's output as float64 numpy, or ``(None, why)``: it must be a tensor of x_t's shape,
-    dtype and device (protocol: a new tensor like x_t)."""
-    if not isinstance(value, torch.Tensor):
-        return None, f"step returned a {type(value).__name__}, expected a torch.Tensor"
-    if tuple(value.shape) != tuple(like.shape):
-        return None, f"step returned shape {tuple(value.shape)}, expected x_t's shape {tuple(like.shape)}"
-    if value.dtype != like.dtype:
-        return None, f"step returned dtype {value.dtype}, expected x_t's dtype {like.dtype}"
-    if value.device != like.device:
-        return None, f"step returned a tensor on {value.device}, expected x_t's device {like.device}"
-    return value.detach().to("cpu", torch.float64).numpy().copy(), None
+# -- reproducible inputs ----------------------------------------------------------------------------
 
 
 def offset_for(*parts: object) -> int:
@@ -341,11 +325,6 @@ def torch_input(ctx: CheckContext, values: np.ndarray) -> tuple[torch.Tensor, np
     r"""``values`` cast to the target's dtype/device, and the float64 value the target actually gets."""
     tensor = ctx.to_target(values)
     return tensor, tensor.detach().to("cpu", torch.float64).numpy().copy()
-
-
-def exact_of(tensor: torch.Tensor) -> np.ndarray:
-    """The float64 numpy value of a tensor the target was given (exact: float64 holds every narrower float)."""
-    return tensor.detach().to("cpu", torch.float64).numpy().copy()
 
 
 # -- the invariant and distribution checks' view of the target --------------------------------------
