@@ -34,6 +34,9 @@ __all__ = [
     "zero_snr_original",
     "reference_betas",
     "reference_timesteps",
+    "RULE_LABELS",
+    "named_rule_match",
+    "tie_positions",
     "step_pairs",
     "reference_step",
     "step_spec",
@@ -81,6 +84,70 @@ def reference_timesteps(conv: Conventions, num_steps: int) -> NDArray[np.int64]:
         raise UnsupportedConvention(f"timestep_spacing={conv.timestep_spacing!r} has no reference rule")
     offset = conv.steps_offset if conv.timestep_spacing == TimestepSpacing.LEADING else 0
     return timesteps.get_timesteps(conv.timestep_spacing, conv.num_train_timesteps, num_steps, offset)
+
+
+# -- the named timestep rules --------------------------------------------------------------------------
+
+
+def tie_positions(spacing: str, num_train_timesteps: int, num_steps: int) -> set[int]:
+    r"""Sampling-order positions where the exact rule's pre-rounding value is a tie :math:`k + \tfrac12`."""
+    T, N = num_train_timesteps, num_steps
+    if spacing == "trailing":
+        return {k for k in range(N) if 2 * ((T * (N - k)) % N) == N}
+    if spacing == "linspace" and N >= 2:
+        return {N - 1 - j for j in range(N) if 2 * ((j * (T - 1)) % (N - 1)) == N - 1}
+    return set()
+
+
+#: The named timestep rules a list is matched against (:func:`named_rule_match`), in words.
+RULE_LABELS = {
+    "leading": "leading",
+    "leading_offset1": "leading with steps_offset=1",
+    "trailing": "trailing",
+    "linspace": "linspace",
+    "uniform": "uniform, range(0, T, T//N)",
+    "quadratic": "quadratic",
+    "section": "improved-diffusion respacing \"N\"",
+    "ddimN": "improved-diffusion \"ddimN\"",
+}
+
+
+def _named_rules(T: int, n: int) -> dict[str, NDArray[np.int64]]:
+    makers = {
+        "leading": lambda: timesteps.leading_timesteps(T, n),
+        "leading_offset1": lambda: timesteps.leading_timesteps(T, n, 1),
+        "trailing": lambda: timesteps.trailing_timesteps(T, n),
+        "linspace": lambda: timesteps.linspace_timesteps(T, n),
+        "uniform": lambda: timesteps.uniform_timesteps(T, n, strict=False),
+        "quadratic": lambda: timesteps.quadratic_timesteps(T, n, strict=False),
+        "section": lambda: timesteps.section_timesteps(T, [n]),
+        "ddimN": lambda: timesteps.section_timesteps(T, f"ddim{n}"),
+    }
+    out = {}
+    for key, make in makers.items():
+        try:
+            out[key] = np.asarray(make(), dtype=np.int64)
+        except ValueError:
+            continue
+    return out
+
+
+def named_rule_match(seq: NDArray[np.int64], T: int, n: int) -> tuple[str | None, str]:
+    r"""(rule, text): the named rule ``seq`` equals (text ``"equals <rule>"``), or None and the nearest one
+    (``"equals leading except 2 positions: 334 vs 333, 668 vs 666"``, got vs rule)."""
+    rules = _named_rules(T, n)
+    same = {k: v for k, v in rules.items() if v.size == seq.size}
+    for key, rule in same.items():
+        if np.array_equal(rule, seq):
+            return key, f"equals the {RULE_LABELS[key]} rule"
+    if not same:
+        sizes = ", ".join(f"{RULE_LABELS[k]}: {v.size}" for k, v in rules.items())
+        return None, f"has {seq.size} elements, which no named rule gives for N={n} ({sizes})"
+    key = min(same, key=lambda k: (int(np.count_nonzero(same[k] != seq)), list(rules).index(k)))
+    diff = np.flatnonzero(same[key] != seq)
+    shown = ", ".join(f"{int(seq[i])} vs {int(same[key][i])}" for i in diff[:6])
+    more = " ..." if diff.size > 6 else ""
+    return None, f"equals {RULE_LABELS[key]} except {diff.size} position(s): {shown}{more}"
 
 
 def step_pairs(conv: Conventions, ts: NDArray[np.int64]) -> list[tuple[int, int]]:

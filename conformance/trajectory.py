@@ -22,8 +22,8 @@ tensor later. Its output depends on ``(x_t, t)`` only, so it is a valid model:
 
 where :math:`f^*_t` is the exact ε̂/x̂₀/v̂ of Gaussian data :math:`\mathcal N(m, s^2 I)`
 (:class:`ddspec.reference.oracles.IsotropicGaussian`, affine in x_t) and :math:`E_t` a fixed
-standard-normal tensor seeded by ``(seed, t, shape)``; :math:`f^*_t` is affine in x_t and is read off the
-oracle once per t as :math:`A_t x_t + B_t`. With λ > 0 (the *field* probe) the outputs
+standard-normal tensor seeded by ``(seed, t, shape)``; :math:`f^*_t` is affine in x_t,
+:math:`A_t x_t + B_t` (:meth:`~ddspec.reference.oracles.IsotropicGaussian.affine`). With λ > 0 (the *field* probe) the outputs
 are generic enough for every term of the step to matter (x̂₀ leaves [−1, 1] at large t, so clipping
 is visible); with λ = 0 (the *oracle* probe) a whole run has the closed-form output law of
 :func:`ddspec.reference.oracles.gaussian_run_output`.
@@ -257,16 +257,11 @@ class Probe:
         return cached
 
     def _affine(self, t: int) -> tuple[Array, Array]:
-        r"""(A_t, B_t) with oracle output = A_t x + B_t per coordinate (the Gaussian oracle is affine in x_t),
-        read off the oracle at x = 0 and x = 1 once per t."""
+        r"""(A_t, B_t) with oracle output = A_t x + B_t per coordinate (:meth:`IsotropicGaussian.affine`), once per t."""
         table = _AFFINE.setdefault(self._affine_key, {})
         cached = table.get(t)
         if cached is None:
-            kind = self.conv.prediction_type
-            fn = self.oracle.eps if kind == "epsilon" else self.oracle.x0 if kind == "sample" else self.oracle.v
-            d = self.oracle.dim
-            b = fn(np.zeros((1, d)), t, self.betas)[0]
-            cached = (fn(np.ones((1, d)), t, self.betas)[0] - b, b)
+            cached = self.oracle.affine(t, self.betas, self.conv.prediction_type)
             table[t] = cached
         return cached
 

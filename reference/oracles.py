@@ -35,6 +35,7 @@ from .ddim import ddim_direction_coefficient, ddim_mean_coefficients, ddim_sigma
 from .gaussian import Gaussian
 from .posterior import posterior_coefficients
 from .variances import LEARNED_VARIANCE_TYPES, reverse_variance
+from .vocabulary import PredictionType
 
 __all__ = [
     "PointMass",
@@ -185,6 +186,34 @@ class IsotropicGaussian:
         r"""The law of x_t: :math:`\mathcal N(\sqrt{\bar\alpha_t}m, (\bar\alpha_t s^2 + 1 - \bar\alpha_t) I)`."""
         ab, _, V = self._gain(betas, t)
         return Gaussian(np.sqrt(ab) * self.mean, V)
+
+    def affine(self, t: int, betas: ArrayLike, prediction_type: str) -> tuple[Array, Array]:
+        r"""(A, B) with the exact denoiser's output :math:`= A \odot x_t + B` per coordinate (it is affine in x_t).
+
+        With :math:`V_t = \bar\alpha_t s^2 + 1 - \bar\alpha_t` (the class docstring's conditioning):
+
+        .. math::
+
+            \hat x_0^*:&\quad A = \sqrt{\bar\alpha_t}\,s^2/V_t,\qquad B = (1-\bar\alpha_t)\,m/V_t \\
+            \epsilon^*:&\quad A = \sqrt{1-\bar\alpha_t}/V_t,\qquad B = -\sqrt{\bar\alpha_t(1-\bar\alpha_t)}\,m/V_t \\
+            v^*:&\quad A = \sqrt{\bar\alpha_t(1-\bar\alpha_t)}\,(1-s^2)/V_t,\qquad B = -\sqrt{1-\bar\alpha_t}\,m/V_t
+
+        (v* = √ᾱ ε* − √(1−ᾱ) x̂₀*, Salimans & Ho 2022 §4). ``prediction_type`` is ``"epsilon"``, ``"sample"``
+        (x̂₀) or ``"v_prediction"``; t the 0-based index.
+        """
+        try:
+            kind = PredictionType(prediction_type)
+        except ValueError:
+            fail("prediction_type", prediction_type, f"must be one of {[p.value for p in PredictionType]}")
+        ab, c, V = self._gain(betas, t)
+        s2, m = self.variance, self.mean
+        if kind == PredictionType.SAMPLE:
+            A, B = np.sqrt(ab) * s2 / V, c * m / V
+        elif kind == PredictionType.EPSILON:
+            A, B = np.full_like(m, np.sqrt(c)) / V, -np.sqrt(ab * c) * m / V
+        else:
+            A, B = np.sqrt(ab * c) * (1.0 - s2) / V, -np.sqrt(c) * m / V
+        return np.broadcast_to(A, m.shape).astype(np.float64), np.asarray(B, dtype=np.float64)
 
 
 @dataclass(frozen=True)

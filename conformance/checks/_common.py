@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from scipy import special
 from numpy.typing import NDArray
 
 from ddspec.reference import SingularError
@@ -88,6 +89,7 @@ __all__ = [
     "step_tolerance",
     "choose_steps",
     "torch_input",
+    "oracle_inputs",
     "exact_of",
     "TargetSetup",
     "elapsed",
@@ -325,6 +327,40 @@ def torch_input(ctx: CheckContext, values: np.ndarray) -> tuple[torch.Tensor, np
     r"""``values`` cast to the target's dtype/device, and the float64 value the target actually gets."""
     tensor = ctx.to_target(values)
     return tensor, tensor.detach().to("cpu", torch.float64).numpy().copy()
+
+
+def oracle_inputs(
+    ctx: CheckContext, prediction_type: str, alpha_bar_t: float, shape: tuple[int, ...],
+    offset_x0: int, offset_eps: int, x0_range: float,
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    r"""(x_t, model output, x₀): inputs consistent with the data law x₀ ~ U(−ρ, ρ), ρ = ``x0_range``.
+
+    :math:`x_0 = \rho(2\Phi(g)-1)` and ε from ``ctx.randn`` (float64), x_t = √ᾱ x₀ + √(1−ᾱ) ε
+    rounded to the target's dtype, then the exact model output *for the rounded x_t*: with
+    ε̃ = (x_t − √ᾱ x₀)/√(1−ᾱ), ε̃ (``epsilon``), x₀ (``sample``) or √ᾱ ε̃ − √(1−ᾱ) x₀
+    (``v_prediction``; Salimans & Ho 2022, §4), rounded. The x̂₀ a target forms from them is x₀ up to
+    the inputs' rounding (:math:`\lesssim u\,|m|\sqrt{1-\bar\alpha}/\sqrt{\bar\alpha}` for ε).
+    """
+    if not 0.0 <= alpha_bar_t < 1.0:
+        raise ValueError(f"alpha_bar_t={alpha_bar_t!r}: must be in [0, 1)")
+    if not x0_range > 0.0:
+        raise ValueError(f"x0_range={x0_range!r}: must be > 0")
+    g = ctx.randn(shape, offset_x0, dtype=torch.float64, device="cpu").numpy()
+    x0 = x0_range * (2.0 * special.ndtr(g) - 1.0)
+    eps = ctx.randn(shape, offset_eps, dtype=torch.float64, device="cpu").numpy()
+    sa, s1 = np.sqrt(alpha_bar_t), np.sqrt(1.0 - alpha_bar_t)
+    x, x64 = torch_input(ctx, sa * x0 + s1 * eps)
+    eps_c = (x64 - sa * x0) / s1
+    if prediction_type == "epsilon":
+        m = eps_c
+    elif prediction_type == "sample":
+        m = x0
+    elif prediction_type == "v_prediction":
+        m = sa * eps_c - s1 * x0
+    else:
+        raise ValueError(f"prediction_type={prediction_type!r}: expected 'epsilon', 'sample' or 'v_prediction'")
+    model_output, _ = torch_input(ctx, m)
+    return x, model_output, x0
 
 
 # -- the invariant and distribution checks' view of the target --------------------------------------

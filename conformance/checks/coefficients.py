@@ -80,7 +80,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import special
 from scipy import stats as sps
 
 from ddspec.reference import SingularError
@@ -92,6 +91,7 @@ from ..expectation import reference_step, step_spec, zero_snr_original
 from ..protocol import Conventions, coefficient_dtype
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ..trajectory import StepDriver
+from ._loop import field_run, setup_loop
 from ..tolerances import (
     K_OPS,
     coefficient_terms,
@@ -112,7 +112,7 @@ from ._common import (
     offset_for,
     plan_step_family,
     read_table,
-    torch_input,
+    oracle_inputs,
 )
 
 __all__ = [
@@ -123,7 +123,6 @@ __all__ = [
     "fit_coefficients",
     "fit_error_bound",
     "data_range",
-    "oracle_inputs",
     "reference_coefficients",
     "fit_batch_shape",
     "FIT_STEPS",
@@ -267,40 +266,6 @@ def fit_batch_shape(ctx: CheckContext) -> tuple[int, ...]:
     inner = tuple(int(s) for s in ctx.settings.sample_shape[1:])
     per = int(np.prod(inner)) if inner else 1
     return (max(1, int(ctx.settings.n_single_step_draws) // per), *inner)
-
-
-def oracle_inputs(
-    ctx: CheckContext, prediction_type: str, alpha_bar_t: float, shape: tuple[int, ...],
-    offset_x0: int, offset_eps: int, x0_range: float,
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    r"""(x_t, model output, x₀): inputs consistent with the data law x₀ ~ U(−ρ, ρ), ρ = ``x0_range``.
-
-    :math:`x_0 = \rho(2\Phi(g)-1)` and ε from ``ctx.randn`` (float64), x_t = √ᾱ x₀ + √(1−ᾱ) ε
-    rounded to the target's dtype, then the exact model output *for the rounded x_t*: with
-    ε̃ = (x_t − √ᾱ x₀)/√(1−ᾱ), ε̃ (``epsilon``), x₀ (``sample``) or √ᾱ ε̃ − √(1−ᾱ) x₀
-    (``v_prediction``; Salimans & Ho 2022, §4), rounded. The x̂₀ a target forms from them is x₀ up to
-    the inputs' rounding (:math:`\lesssim u\,|m|\sqrt{1-\bar\alpha}/\sqrt{\bar\alpha}` for ε).
-    """
-    if not 0.0 <= alpha_bar_t < 1.0:
-        raise ValueError(f"alpha_bar_t={alpha_bar_t!r}: must be in [0, 1)")
-    if not x0_range > 0.0:
-        raise ValueError(f"x0_range={x0_range!r}: must be > 0")
-    g = ctx.randn(shape, offset_x0, dtype=torch.float64, device="cpu").numpy()
-    x0 = x0_range * (2.0 * special.ndtr(g) - 1.0)
-    eps = ctx.randn(shape, offset_eps, dtype=torch.float64, device="cpu").numpy()
-    sa, s1 = np.sqrt(alpha_bar_t), np.sqrt(1.0 - alpha_bar_t)
-    x, x64 = torch_input(ctx, sa * x0 + s1 * eps)
-    eps_c = (x64 - sa * x0) / s1
-    if prediction_type == "epsilon":
-        m = eps_c
-    elif prediction_type == "sample":
-        m = x0
-    elif prediction_type == "v_prediction":
-        m = sa * eps_c - s1 * x0
-    else:
-        raise ValueError(f"prediction_type={prediction_type!r}: expected 'epsilon', 'sample' or 'v_prediction'")
-    model_output, _ = torch_input(ctx, m)
-    return x, model_output, x0
 
 
 def independent_inputs_fit(
@@ -667,9 +632,7 @@ check_coefficients.target_kinds = ("step",)  # type: ignore[attr-defined]
 
 def _loop_rows(ctx: CheckContext, setup: Any, n: int, eta: float | None) -> tuple[list[_Row], str | None, dict[str, Any]]:
     r"""Fit every chosen transition of one field-probe run of the loop (see :func:`check_loop_coefficients`)."""
-    from . import loop as loop_checks
-
-    run = loop_checks.field_run(ctx, setup, n, eta)
+    run = field_run(ctx, setup, n, eta)
     if run.error is not None:
         return [], run.error, {}
     conv, betas = setup.conv, setup.betas
@@ -766,9 +729,7 @@ def check_loop_coefficients(ctx: CheckContext) -> list[CheckResult]:
     c varies per element). One result for every run together (rows carry ``num_steps`` and ``eta``),
     the false-failure rate split over all of them.
     """
-    from . import loop as loop_checks
-
-    setup = loop_checks._setup(ctx, LOOP_NAME)
+    setup = setup_loop(ctx, LOOP_NAME)
     if isinstance(setup, CheckResult):
         return [setup]
     alpha = float(ctx.settings.false_failure_rate)

@@ -113,21 +113,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from scipy import stats as sps
 
-from ddspec.reference import alphas as ref_alphas
 from ddspec.reference import forward, parameterisation
 from ddspec.reference.oracles import IsotropicGaussian, gaussian_run_output, gaussian_step_map
 from ddspec.reference.variances import reverse_variance
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES
 
-from .. import expectation, stats, tolerances
-from ..protocol import Conventions
+from .. import expectation, stats
+from ..clip_tail import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, Z_MAX as _Z_MAX, clip_tail_bound
 from ..results import CheckResult, Finding, Verdict
 from ._common import (
     RunPlan,
@@ -165,13 +164,7 @@ _CLIP_MEAN = np.array([0.1, -0.1, 0.05, 0.0])  # times the clip range r
 _CLIP_SD = 0.1  # times r
 #: Largest N used by the run check (keeps the default profile at a few seconds on a CPU).
 MAX_RUN_STEPS = 50
-#: The clipping tail may use at most this fraction of a result's false-failure rate.
-CLIP_TAIL_FRACTION = 0.01
-#: Scales of the clipped data law tried for a run, largest first (``data_oracle(r, scale)``): 1 down
-#: to 0.01 in steps of 10^(1/4). The largest whose clipping tail fits the budget is used.
-CLIP_DATA_SCALES: tuple[float, ...] = tuple(10.0 ** (-k / 4) for k in range(9))
 _Z_MEAN = 2.0  # |z| envelope for the mean and RMS of the per-draw bounds
-_Z_MAX = 9.0  # |z| envelope for every single draw
 _PHI0 = 1.0 / math.sqrt(2.0 * math.pi)  # max of the standard normal density
 
 
@@ -708,14 +701,6 @@ def data_oracle(clip_range: float | None = None, scale: float = 1.0) -> Isotropi
     return IsotropicGaussian(lam * r * _CLIP_MEAN, np.full(DATA_DIM, (lam * _CLIP_SD * r) ** 2))
 
 
-def _affine(oracle: IsotropicGaussian, betas: Array, t: int, prediction_type: str) -> tuple[Array, Array]:
-    r"""(A, B) with model output = A x_t + B per coordinate: the exact denoiser of ``oracle`` at index t."""
-    f = {"epsilon": oracle.eps, "sample": oracle.x0, "v_prediction": oracle.v}[prediction_type]
-    zero = np.zeros(oracle.dim)
-    b = f(zero, t, betas)
-    return f(np.ones(oracle.dim), t, betas) - b, b
-
-
 def _run_schedule(ctx: Any, setup: TargetSetup) -> list[int]:
     """Smallest, middle and largest profile step counts ≤ :data:`MAX_RUN_STEPS`."""
     counts = [n for n in step_counts(ctx, setup) if n <= MAX_RUN_STEPS] or step_counts(ctx, setup)[:1]
@@ -782,61 +767,6 @@ class _RunVariance:
         if not self.learned:
             return None
         return np.array([self.reference_value(t, tp) for t, tp in pairs], dtype=np.float64)
-
-
-def clip_tail_bound(
-    conv: Conventions, betas: Array, oracle: IsotropicGaussian, r: float, pairs: list[tuple[int, int]], eta: float,
-    n: int, *, u_table: float, delta_at: Callable[[int], float], step_kwargs: Callable[[int, int], dict[str, Any]],
-    start_mean: Array | None = None, start_variance: Array | None = None,
-) -> float:
-    r"""Union bound on the chance that some chain's computed x̂₀ leaves [−r, r] at some step of a run driven by
-    ``oracle``'s exact denoiser (a probability bound only when ≤ 1; it may exceed 1).
-
-    x_t ~ N(m_k, v_k) per coordinate at step k, propagated exactly by
-    :func:`~ddspec.reference.oracles.gaussian_step_map` from N(``start_mean``, ``start_variance``)
-    (default N(0, I)); x̂₀* = a₀ x_t + b₀; the target's x̂₀ differs from x̂₀* by its rounding, bounded by a
-    margin in the manner of :func:`~ddspec.conformance.tolerances.step_bound`: SAFETY·(γ_K(u) · |magnitude
-    of the x̂₀ conversion| + δ_t · |∂x̂₀/∂ln ᾱ_t|), every operand at 9 standard deviations of its law, with
-    u = ``u_table`` and δ_t = ``delta_at(t)``. The union bound over the n chains, the coordinates and the
-    steps of the normal tails gives the result (inf if the margin eats the range).
-    """
-    m = np.zeros(oracle.dim) if start_mean is None else np.broadcast_to(np.asarray(start_mean, dtype=np.float64), (oracle.dim,)).copy()
-    v = np.ones(oracle.dim) if start_variance is None else np.broadcast_to(np.asarray(start_variance, dtype=np.float64), (oracle.dim,)).copy()
-    total = 0.0
-    g = float(tolerances.gamma(tolerances.K_OPS, u_table))
-    alpha_bar = ref_alphas.alpha_bar(betas)
-    for t, tp in pairs:
-        a0, b0 = _affine(oracle, betas, t, "sample")
-        am, bm = _affine(oracle, betas, t, conv.prediction_type)
-        ab = 1.0 if t < 0 else float(alpha_bar[t])
-        sa, s1 = math.sqrt(ab), math.sqrt(max(1.0 - ab, 0.0))
-        x_env = float(np.max(np.abs(m) + _Z_MAX * np.sqrt(v)))
-        mo_env = float(np.max(np.abs(am * m + bm) + _Z_MAX * np.abs(am) * np.sqrt(v)))
-        x0_env = float(np.max(np.abs(a0 * m + b0) + _Z_MAX * np.abs(a0) * np.sqrt(v)))
-        # rounding: gamma_K times the magnitude of the x0 conversion; table: delta_t times |d x0 / d ln alpha_bar|
-        if conv.prediction_type == "epsilon":
-            if ab == 0.0:
-                return math.inf
-            magnitude, slope = (x_env + s1 * mo_env) / sa, 0.5 * (x0_env + (sa / s1 if s1 > 0 else 0.0) * mo_env)
-        elif conv.prediction_type == "v_prediction":
-            magnitude = sa * x_env + s1 * mo_env
-            slope = 0.5 * (sa * x_env + (ab / s1 if s1 > 0 else 0.0) * mo_env)
-        else:
-            magnitude, slope = mo_env, 0.0
-        margin = tolerances.SAFETY * (g * magnitude + delta_at(t) * slope)
-        if not margin < r:
-            return math.inf
-        mean = a0 * m + b0
-        sd = np.abs(a0) * np.sqrt(v)
-        with np.errstate(divide="ignore"):
-            hi = np.where(sd > 0, sps.norm.sf((r - margin - mean) / np.where(sd > 0, sd, 1.0)),
-                          (np.abs(mean) > r - margin).astype(float))
-            lo = np.where(sd > 0, sps.norm.cdf((-(r - margin) - mean) / np.where(sd > 0, sd, 1.0)), 0.0)
-        total += n * float(np.sum(hi + lo))
-        step = gaussian_step_map(oracle, betas, t, tp, family=conv.family, eta=eta, **step_kwargs(t, tp))
-        m = step.A * m + step.B
-        v = step.A * step.A * v + step.noise_variance
-    return total
 
 
 def _clip_tail(
@@ -1129,7 +1059,7 @@ def _run_chains(
         x64 = exact_of(x).reshape(n, DATA_DIM)
         if k > 0 and not np.all(np.isfinite(x64)):
             return None, None, f"step {k - 1}: {int((~np.isfinite(x64)).sum())} non-finite output elements", None
-        a, b = _affine(oracle, setup.betas, t, conv.prediction_type)
+        a, b = oracle.affine(t, setup.betas, conv.prediction_type)
         a_t = torch.as_tensor(a, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         b_t = torch.as_tensor(b, dtype=work, device=ctx.device).reshape(1, DATA_DIM, 1, 1)
         mo = (x.to(work) * a_t + b_t).to(ctx.dtype)

@@ -42,222 +42,39 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
-from ddspec.reference import alphas as ref_alphas
 from ddspec.reference.oracles import gaussian_run_output
 from ddspec.reference.vocabulary import LEARNED_VARIANCE_TYPES, reference_variance_type
 
 from .. import stats
+from ..clip_tail import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, clip_tail_bound
 from ..context import CheckContext
 from ..expectation import (
-    ExpectedTransition, expect_transition, final_step_consequence, reference_betas, step_pairs, step_spec,
-    zero_snr_original,
+    ExpectedTransition, expect_transition, final_step_consequence, named_rule_match, step_pairs, step_spec,
+    tie_positions,
 )
-from ..judge import StepTolerance, Tally, judge_transition, tally_result, transition_label
-from ..protocol import Conventions, supported_num_steps
-from ..protocol import coefficient_dtype as declared_coefficient_dtype
+from ..judge import Tally, judge_transition, tally_result, transition_label
+from ..protocol import Conventions
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
-from ..tolerances import alpha_bar_relative_bound, table_roundoff, unit_roundoff
 from ..transition_stats import (
     RESIDUAL_ROUNDING_LIMIT, independence_result, noise_result, offset_tolerant, residuals, stat_result, usable,
 )
-from ..trajectory import FIELD_SCALE, Probe, Trajectory, Transition, drive, probe_oracle
-from .distribution import CLIP_DATA_SCALES, CLIP_TAIL_FRACTION, clip_tail_bound
-from ._common import choose_steps, dtype_of_roundoff, elapsed, offset_for, reproduce_call
-from .timesteps import named_rule_match, tie_positions
+from ..trajectory import Trajectory, Transition
+from ._common import choose_steps, elapsed, reproduce_call
+from ._loop import (
+    STATE_SHAPE, LoopSetup, data_oracle, field_run, law_batch, loop_seed, run_loop, setup_loop, suffix,
+)
 
 __all__ = ["CHECKS", "check_loop_runs", "check_loop_output_law", "check_loop_determinism", "named_rule_match",
            "STATE_SHAPE", "RESIDUAL_ROUNDING_LIMIT"]
 
 FAMILY = "loop"
 #: Per-sample state shape of every probe run (a small image: channels, height, width).
-STATE_SHAPE = (3, 4, 4)
-_FIELD_BATCH = {"quick": 16, "default": 32, "thorough": 128}
-_LAW_BATCH = {"quick": 256, "default": 512, "thorough": 2048}
-#: At most this many state elements are recorded per field run (N × batch × 48): bounds the memory.
-_MAX_RECORDED = 1_500_000
-#: At most this many state elements are pushed through the loop per output-law run.
-_MAX_LAW = 10_000_000
-#: The probe's data law at scale 1 (:func:`~ddspec.conformance.trajectory.probe_oracle`'s defaults).
-_PROBE_SPREAD, _PROBE_STD = 0.3, 0.12
-
-
-# -- the plan --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LoopSetup:
-    r"""The loop target and what every loop check needs, read once.
-
-    ``counts`` are the tested N (the supported ones), ``skipped`` the profile N the loop does not
-    support, with the reason; ``etas`` the η variants (None for DDPM, or a loop that takes no η).
-    """
-
-    target: Any
-    conv: Conventions
-    betas: NDArray[np.float64]
-    tol: StepTolerance
-    counts: tuple[int, ...]
-    skipped: tuple[tuple[int, str], ...]
-    etas: tuple[float | None, ...]
-    timestep_table: NDArray[np.float64] | None
-    coverage: str
-    hung: list[str] = field(default_factory=list, compare=False)
-
-
-def _suffix(n: int, eta: float | None) -> str:
-    return f"N={n}" if eta is None else f"N={n},eta={eta:g}"
-
-
-def _u_of(dtype: torch.dtype | None) -> float:
-    return 0.0 if dtype is None else float(torch.finfo(dtype).eps) / 2.0
-
-
-def _tolerance(ctx: CheckContext, target: Any, conv: Conventions, betas: NDArray[np.float64]) -> StepTolerance:
-    r"""The error model of the loop: tables in ``table_dtype`` (or as exposed), coefficients in the declared
-    ``coefficient_dtype`` (:func:`~ddspec.conformance.protocol.coefficient_dtype`): u_step = max(u_table, u_coef)."""
-    u_compute = unit_roundoff(ctx.dtype)
-    u_table, note = max(u_compute, _u_of(target.table_dtype)), None
-    if getattr(target, "has_tables", False):
-        try:
-            u_table = max(u_table, table_roundoff(np.asarray(target.alphas_cumprod(), dtype=np.float64)))
-        except Exception as exc:  # noqa: BLE001 - the schedule family reports an unreadable table
-            note = f"alphas_cumprod unreadable ({type(exc).__name__})"
-    coefficients = declared_coefficient_dtype(target)
-    u_step = max(u_table, _u_of(coefficients))
-    deltas = alpha_bar_relative_bound(betas, conv.beta_schedule, u_table, zero_snr_original=zero_snr_original(conv))
-    return StepTolerance(ref_alphas.alpha_bar(betas), deltas, u_table, u_compute, u_step, dtype_of_roundoff(u_table), note,
-                         None if coefficients is None else dtype_of_roundoff(_u_of(coefficients)))
-
-
-def _setup(ctx: CheckContext, name: str) -> LoopSetup | CheckResult:
-    target = ctx.sampler
-    if getattr(target, "target_kind", None) != "loop":
-        return CheckResult.skipped(name, FAMILY, "not a loop target (wrap a sampling loop in LoopSampler)")
-    conv = target.conventions
-    if conv.unsupported:
-        return CheckResult.unsupported(name, FAMILY, "the declaration could not interpret: " + "; ".join(conv.unsupported))
-    try:
-        betas = reference_betas(conv)
-        table = target.model_timestep_table()
-    except ValueError as exc:
-        return CheckResult.unsupported(name, FAMILY, f"no reference for the declared conventions: {exc}")
-    T = conv.num_train_timesteps
-    wanted = {int(n) for n in ctx.steps if 1 <= int(n) <= T}
-    if ctx.settings.full_schedule and ctx.num_train_timesteps is None and set(ctx.steps) == set(ctx.settings.steps):
-        wanted.add(T)  # the context could not ask a table-less loop for T
-    try:  # the protocol's declarations (any target kind); a malformed or raising one is the loop's error
-        support = supported_num_steps(target)
-        declared_coefficient_dtype(target)
-        choice = support.choose(wanted, T)
-    except ValueError as exc:
-        return CheckResult(name=name, family=FAMILY, verdict=Verdict.FAIL,
-                           message=f"the loop's declaration is not usable: {exc}")
-    counts = list(choice.counts)
-    skipped = tuple((n, f"N={n} is not supported ({support.description})") for n in sorted(choice.skipped))
-    coverage = "every profile N"
-    if choice.fallback is not None:
-        coverage = f"no profile N is supported ({support.description}); checked N={counts} instead"
-    elif skipped and not counts:
-        coverage = f"no N <= T = {T} is supported ({support.description}): the loop is not run"
-    elif skipped:
-        coverage = f"checked N={counts} only ({support.description})"
-    # DDPM has no η; a DDIM loop that takes none is deterministic DDIM (η = 0), and none is passed
-    etas: tuple[float | None, ...] = (None,)
-    if conv.family == "ddim" and target.accepts_eta:
-        etas = tuple(float(e) for e in ctx.settings.etas)
-    return LoopSetup(target, conv, betas, _tolerance(ctx, target, conv, betas), tuple(counts), skipped, etas,
-                     table, coverage)
-
-
-def _field_batch(ctx: CheckContext, n: int) -> int:
-    per = int(np.prod(STATE_SHAPE))
-    b = min(_FIELD_BATCH.get(ctx.profile, 32), max(4, _MAX_RECORDED // (per * n)))
-    return max(2, b - b % 2)
-
-
-def _law_batch(ctx: CheckContext, n: int) -> int:
-    per = int(np.prod(STATE_SHAPE))
-    return min(_LAW_BATCH.get(ctx.profile, 1024), max(128, _MAX_LAW // (per * n)))
-
-
-def _seed(ctx: CheckContext, *parts: object) -> int:
-    return (ctx.seed + offset_for(*parts)) % (2**62)
-
-
-#: The most recorded state elements (float64) of shared field runs kept per context (about 32 MB).
-SHARED_MAX_ELEMENTS = 4_000_000
-#: The recorded field runs of each context, by (N, η): ``loop.*``, ``loop.coefficients`` and the diagnosis
-#: judge the same run instead of driving the loop again (a run is a pure function of the context's seed).
-#: Keyed by ``id(ctx)`` (a context is a mutable dataclass, unhashable); an entry goes when its context does.
-_FIELD_RUNS: dict[int, dict[tuple[int, float | None], Trajectory]] = {}
-
-
-def _runs_of(ctx: CheckContext) -> dict[tuple[int, float | None], Trajectory]:
-    key = id(ctx)
-    if key not in _FIELD_RUNS:
-        _FIELD_RUNS[key] = {}
-        weakref.finalize(ctx, _FIELD_RUNS.pop, key, None)
-    return _FIELD_RUNS[key]
-
-
-def field_run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) -> Trajectory:
-    r"""The field-probe run of N steps at η for this context, driven once and shared by every check that judges
-    it (``loop.steps``/``noise``/``final_step``, ``loop.coefficients``, the diagnosis)."""
-    runs = _runs_of(ctx)
-    key = (int(n), eta)
-    if key in runs:
-        return runs[key]
-    run = _run(ctx, setup, n, eta, kind="field")
-    runs[key] = run
-    # keep at most SHARED_MAX_ELEMENTS recorded state elements per context: drop the oldest runs first
-    while len(runs) > 1 and sum(_recorded(r) for r in runs.values()) > SHARED_MAX_ELEMENTS:
-        del runs[next(iter(runs))]
-    return run
-
-
-def _recorded(run: Trajectory) -> int:
-    return sum(c.x_t.size + c.output.size for c in run.calls if c.x_t is not None and c.output is not None)
-
-
-def _run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, *, kind: str,
-         global_seed: int | None = None, tag: str = "", start: tuple[Any, Any] | None = None,
-         data_scale: float = 1.0) -> Trajectory:
-    r"""One run of the loop driven by the field probe (``kind="field"``, states recorded) or the pure oracle
-    (``"oracle"``). x_T is standard normal, or ``start = (mean, variance)`` per coordinate; the probe's data
-    law is :func:`~ddspec.conformance.trajectory.probe_oracle` scaled by ``data_scale`` (:func:`_data_oracle`).
-    The plain field run of a context is :func:`field_run` (driven once, shared)."""
-    batch = _field_batch(ctx, n) if kind == "field" else _law_batch(ctx, n)
-    shape = (batch, *STATE_SHAPE)
-    if setup.hung:  # an abandoned call may still be running: call the loop no more
-        return Trajectory(n, eta, np.zeros(shape), None, (), (), f"not called: {setup.hung[0]}", False, False, 0.0)
-    x_T = ctx.randn(shape, offset_for("loop", kind, n, eta, tag, "x_T"), dtype=torch.float64, device="cpu")
-    if start is not None:
-        mean = torch.from_numpy(np.array(start[0], dtype=np.float64).reshape(STATE_SHAPE))
-        x_T = mean + torch.from_numpy(np.sqrt(np.array(start[1], dtype=np.float64)).reshape(STATE_SHAPE)) * x_T
-    x_T = x_T.to(device=ctx.device, dtype=ctx.dtype)
-    probe = Probe(setup.conv, setup.betas, _data_oracle(shape, data_scale), seed=_seed(ctx, "loop", kind, n, "field"),
-                  field_scale=FIELD_SCALE if kind == "field" else 0.0, timestep_table=setup.timestep_table,
-                  record=kind == "field")
-    run = drive(setup.target, probe, x_T, n, eta=eta, seed=_seed(ctx, "loop", kind, n, eta, tag, "rng"),
-                call=ctx.call, global_seed=global_seed)
-    if run.error is not None and "timed out" in run.error:
-        setup.hung.append(f"an earlier run timed out (N={n})")
-    return run
-
-
-def _data_oracle(shape: tuple[int, ...], scale: float = 1.0) -> Any:
-    r"""The probe's Gaussian data law, its mean and standard deviation scaled by λ = ``scale`` ∈ (0, 1]."""
-    return probe_oracle(shape, spread=_PROBE_SPREAD * scale, std=_PROBE_STD * scale)
-
-
 def _clip_range(conv: Conventions) -> float | None:
     r"""The range x̂₀ is confined to when the loop clips or thresholds (dynamic thresholding is the identity
     while every |x̂₀| ≤ 1), else None."""
@@ -269,8 +86,8 @@ def _clip_range(conv: Conventions) -> float | None:
 def _clipped_scale(ctx: CheckContext, setup: LoopSetup, ts: NDArray[np.int64], eta: float | None, batch: int,
                    r: float) -> tuple[float | None, float, str | None]:
     r"""``(λ, tail, None)``: the largest data scale λ of
-    :data:`~ddspec.conformance.checks.distribution.CLIP_DATA_SCALES` for which the union bound on some run's
-    x̂₀ leaving ±r (:func:`~ddspec.conformance.checks.distribution.clip_tail_bound`, from the data's marginal at
+    :data:`~ddspec.conformance.clip_tail.CLIP_DATA_SCALES` for which the union bound on some run's
+    x̂₀ leaving ±r (:func:`~ddspec.conformance.clip_tail.clip_tail_bound`, from the data's marginal at
     the first timestep, with the loop's error model) is at most ``CLIP_TAIL_FRACTION`` of the false-failure
     rate; ``(None, tail, why)`` when none is. Chosen from the configuration alone, never from the draws.
 
@@ -288,7 +105,7 @@ def _clipped_scale(ctx: CheckContext, setup: LoopSetup, ts: NDArray[np.int64], e
 
     tail = math.inf
     for scale in CLIP_DATA_SCALES:
-        oracle = _data_oracle((1, *STATE_SHAPE), scale)
+        oracle = data_oracle((1, *STATE_SHAPE), scale)
         first = oracle.marginal(int(ts[0]), setup.betas)
         tail = clip_tail_bound(conv, setup.betas, oracle, r, pairs, eta or 0.0, batch, u_table=setup.tol.u_step,
                                delta_at=delta_at, step_kwargs=lambda t, tp: {"variance_type": vt},
@@ -422,7 +239,7 @@ def _select(ctx: CheckContext, setup: LoopSetup, run: Trajectory, eta: float | N
     det = [tr for tr in body if not _looks_noisy(setup, tr, eta)]
     noisy = [tr for tr in body if _looks_noisy(setup, tr, eta)]
     cap = ctx.settings.n_timesteps
-    rng = np.random.default_rng(_seed(ctx, "loop.select", run.num_steps, eta))
+    rng = np.random.default_rng(loop_seed(ctx, "loop.select", run.num_steps, eta))
     det = [det[i] for i in choose_steps(len(det), cap, rng)]
     if cap is not None and len(noisy) > 4 * cap:
         starts = choose_steps(len(noisy) - 1, 2 * cap, rng)
@@ -436,14 +253,14 @@ def _steps_result(setup: LoopSetup, n: int, eta: float | None, chosen: list[Expe
         return None
     tally = _tally(setup, chosen, eta, n)
     return tally_result(
-        f"loop.steps.{_suffix(n, eta)}", FAMILY, tally,
+        f"loop.steps.{suffix(n, eta)}", FAMILY, tally,
         what=f"{len(chosen)} deterministic transition(s) of the {n}-step run against the reference step",
         exceeding="element(s) beyond the error model", within="every element within the error model",
         reproduce=None, details=dict(_tol_details(setup), N=n, eta=eta, transitions_checked=len(chosen)))
 
 
 def _final_result(setup: LoopSetup, n: int, eta: float | None, last: ExpectedTransition) -> CheckResult:
-    name = f"loop.final_step.{_suffix(n, eta)}"
+    name = f"loop.final_step.{suffix(n, eta)}"
     tr = last.transition
     consequence = final_step_consequence(setup.conv, setup.betas)
     if last.why is None and last.noisy:
@@ -466,7 +283,7 @@ def _final_result(setup: LoopSetup, n: int, eta: float | None, last: ExpectedTra
 
 
 def _run_failed(n: int, eta: float | None, run: Trajectory) -> CheckResult:
-    return CheckResult(name=f"loop.run.{_suffix(n, eta)}", family=FAMILY, verdict=Verdict.FAIL,
+    return CheckResult(name=f"loop.run.{suffix(n, eta)}", family=FAMILY, verdict=Verdict.FAIL,
                        message=f"the {n}-step run gave no usable output: {run.error}",
                        findings=(Finding(message=run.error or "failed"),),
                        details={"N": n, "eta": eta, "model_calls": len(run.calls), "elapsed_s": run.elapsed_s})
@@ -477,7 +294,7 @@ def _judge_run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, r
         return [_run_failed(n, eta, run)]
     if not run.transitions:
         why = "the model's timesteps could not be decoded (see loop.timesteps)" if run.t_problems else "no transitions"
-        return [CheckResult.skipped(f"loop.steps.{_suffix(n, eta)}", FAMILY, why)]
+        return [CheckResult.skipped(f"loop.steps.{suffix(n, eta)}", FAMILY, why)]
     det, noisy = _select(ctx, setup, run, eta)
     expected = [_expect(setup, tr, eta) for tr in det + noisy]
     last = _expect(setup, run.transitions[-1], eta)
@@ -495,14 +312,14 @@ def _judge_run(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None, r
                "pooled_tested": len(pooled), "variance_only_tested": len(tolerant),
                "elements_per_step": int(run.transitions[0].x_t.size), "rounding_limit_z": RESIDUAL_ROUNDING_LIMIT}
     if per or tolerant:
-        results.append(noise_result(f"loop.noise.{_suffix(n, eta)}", FAMILY, ctx.settings.false_failure_rate,
+        results.append(noise_result(f"loop.noise.{suffix(n, eta)}", FAMILY, ctx.settings.false_failure_rate,
                                     per, pooled, tolerant, details))
     if per:
-        results.append(independence_result(f"loop.noise_independence.{_suffix(n, eta)}", FAMILY,
+        results.append(independence_result(f"loop.noise_independence.{suffix(n, eta)}", FAMILY,
                                            ctx.settings.false_failure_rate, per, pooled, everything, details))
     elif everything and not tolerant:
         results.append(CheckResult(
-            name=f"loop.noise.{_suffix(n, eta)}", family=FAMILY, verdict=Verdict.SKIPPED,
+            name=f"loop.noise.{suffix(n, eta)}", family=FAMILY, verdict=Verdict.SKIPPED,
             message=(f"all {len(everything)} noisy step(s) have a rounding allowance that could move a z statistic "
                      f"by more than {RESIDUAL_ROUNDING_LIMIT}"), details=details))
     return results
@@ -512,7 +329,7 @@ def check_loop_runs(ctx: CheckContext) -> list[CheckResult]:
     r"""Drive the loop with the field probe for every tested (N, η) and judge the recorded runs:
     ``loop.timesteps``, ``loop.steps``, ``loop.final_step``, ``loop.noise``, ``loop.noise_independence``,
     ``loop.run``, ``loop.inputs_unchanged`` (see the module docstring)."""
-    setup = _setup(ctx, "loop.timesteps")
+    setup = setup_loop(ctx, "loop.timesteps")
     if isinstance(setup, CheckResult):
         return [setup]
     results: list[CheckResult] = []
@@ -525,7 +342,7 @@ def check_loop_runs(ctx: CheckContext) -> list[CheckResult]:
         per_n = [_timesteps_result(setup, n, [r for _, r in runs])]
         for eta, run in runs:
             if run.input_mutated:
-                mutated.append(_suffix(n, eta))
+                mutated.append(suffix(n, eta))
             per_n.extend(_judge_run(ctx, setup, n, eta, run))
         share = elapsed(start) / len(per_n)
         results.extend(replace(r, duration_s=share, message=r.message if setup.coverage == "every profile N"
@@ -549,7 +366,7 @@ def check_loop_runs(ctx: CheckContext) -> list[CheckResult]:
 
 
 def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) -> CheckResult:
-    name = f"loop.output_law.{_suffix(n, eta)}"
+    name = f"loop.output_law.{suffix(n, eta)}"
     conv = setup.conv
     if conv.family == "ddpm" and conv.variance_type in LEARNED_VARIANCE_TYPES:
         return CheckResult.skipped(name, FAMILY, f"no closed-form output law for variance_type={conv.variance_type!r}")
@@ -558,11 +375,11 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
         ts = setup.target.expected_timesteps(n)
         r = _clip_range(conv)
         if r is not None:
-            found, tail, why = _clipped_scale(ctx, setup, ts, eta, _law_batch(ctx, n), r)
+            found, tail, why = _clipped_scale(ctx, setup, ts, eta, law_batch(ctx, n), r)
             if found is None:
                 return CheckResult.skipped(name, FAMILY, why or "clipping")
             scale = found
-        oracle = _data_oracle((1, *STATE_SHAPE), scale)
+        oracle = data_oracle((1, *STATE_SHAPE), scale)
         first = oracle.marginal(int(ts[0]), setup.betas)
         law = gaussian_run_output(
             oracle, setup.betas, ts, family=conv.family, eta=eta or 0.0,
@@ -573,7 +390,7 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
     start = time.perf_counter()
     # x_T from the data's own marginal at the first timestep: then every x̂₀ stays inside [-1, 1] (a declared
     # clipping is a no-op) even for runs that start at a small t, where N(0, I) is far from that marginal
-    run = _run(ctx, setup, n, eta, kind="oracle", start=(np.broadcast_to(first.mean, oracle.mean.shape),
+    run = run_loop(ctx, setup, n, eta, kind="oracle", start=(np.broadcast_to(first.mean, oracle.mean.shape),
                                                          np.broadcast_to(first.variance, oracle.mean.shape)),
                data_scale=scale)
     if run.error is not None:
@@ -605,7 +422,7 @@ def _law_result(ctx: CheckContext, setup: LoopSetup, n: int, eta: float | None) 
 def check_loop_output_law(ctx: CheckContext) -> list[CheckResult]:
     r"""``loop.output_law.N=<n>[,eta=<e>]``: the output law of a run driven by the exact Gaussian denoiser,
     for every tested N up to the profile's ``oracle_max_steps`` (the smallest N when none is)."""
-    setup = _setup(ctx, "loop.output_law")
+    setup = setup_loop(ctx, "loop.output_law")
     if isinstance(setup, CheckResult):
         return [setup]
     cap = ctx.settings.oracle_max_steps
@@ -626,7 +443,7 @@ def check_loop_determinism(ctx: CheckContext) -> list[CheckResult]:
     global seed. Both run inside ``torch.random.fork_rng``: the caller's global RNG state is unchanged.
     """
     name = "loop.determinism"
-    setup = _setup(ctx, name)
+    setup = setup_loop(ctx, name)
     if isinstance(setup, CheckResult):
         return [setup]
     if not setup.counts:
@@ -635,10 +452,10 @@ def check_loop_determinism(ctx: CheckContext) -> list[CheckResult]:
     n = min(several) if several else min(setup.counts)
     etas = [e for e in setup.etas if e is not None]
     eta = max(etas) if etas else None
-    g = _seed(ctx, "loop.determinism", "global")
+    g = loop_seed(ctx, "loop.determinism", "global")
     other = g + 1 if setup.target.noise_source == "generator" else g
-    first = _run(ctx, setup, n, eta, kind="field", global_seed=g, tag="det")
-    second = _run(ctx, setup, n, eta, kind="field", global_seed=other, tag="det")
+    first = run_loop(ctx, setup, n, eta, kind="field", global_seed=g, tag="det")
+    second = run_loop(ctx, setup, n, eta, kind="field", global_seed=other, tag="det")
     where = f"N={n}" + (f", eta={eta:g}" if eta is not None else "")
     for run in (first, second):
         if run.error is not None:

@@ -20,7 +20,7 @@ inconsistent with x_t makes x̂₀ ≈ (x_t − √(1−ᾱ)m)/√ᾱ as large a
 schedule, past float16's 65504: a correct sampler then overflows on inputs no model produces. In
 half precision the harness therefore draws (x_t, m) consistent with an oracle data law,
 x₀ ~ U(−ρ, ρ) with ρ = twice the clip range (2 without clipping), by
-:func:`~ddspec.conformance.checks.coefficients.oracle_inputs` (same offsets): x̂₀ is then x₀ up to the
+:func:`~ddspec.conformance.checks._common.oracle_inputs` (same offsets): x̂₀ is then x₀ up to the
 inputs' rounding, in the data's range, and clipping still acts. A run that still overflows on such
 inputs is a real failure. float32 and float64 keep the independent random draws (no overflow is
 possible there, and they exercise every term of the step).
@@ -56,13 +56,13 @@ from ..judge import judge_transition
 from ..trajectory import StepDriver, Transition
 from ..protocol import Conventions
 from ..results import CheckResult, Verdict
-from .coefficients import oracle_inputs
 from ._common import (
     RunPlan,
     StepFamilyPlan,
     Tally,
     choose_steps,
     exact_of,
+    oracle_inputs,
     offset_for,
     plan_step_family,
     step_tolerance,
@@ -118,7 +118,7 @@ def _reproduce(ctx: CheckContext, conv, info: dict[str, Any]) -> str:
     ]
     if info.get("consistent_range") is not None:
         lines += [
-            "from ddspec.conformance.checks.coefficients import oracle_inputs",
+            "from ddspec.conformance.checks._common import oracle_inputs",
             "from ddspec.reference.alphas import alpha_bar",
             f"x_t, m, _ = oracle_inputs(ctx, conv.prediction_type, float(alpha_bar(betas)[{info['t']}]), {shape}, "
             f"{info['off_x']}, {info['off_m']}, {info['consistent_range']!r})",

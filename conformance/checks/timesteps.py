@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numpy.typing import NDArray
 
-from ddspec.reference import timesteps as ref_timesteps
 from ddspec.reference.vocabulary import NAMED_SPACINGS, TimestepSpacing
 
 from ..context import CheckContext
-from ..expectation import UnsupportedConvention, reference_betas, reference_timesteps
+from ..expectation import UnsupportedConvention, named_rule_match, reference_betas, reference_timesteps, tie_positions
 from ..protocol import NumStepsSupport, supported_num_steps
 from ..results import MAX_FINDINGS, CheckResult, Finding, Verdict
 from ._common import conventions_of, fail_result, failed_call, unsupported_entries, unsupported_results
@@ -49,16 +47,6 @@ __all__ = ["check_timesteps", "CHECKS", "TIMESTEP_FIELDS", "tie_positions", "nam
 
 FAMILY = "timesteps"
 TIMESTEP_FIELDS = ("num_train_timesteps", "timestep_spacing", "steps_offset")
-
-
-def tie_positions(spacing: str, num_train_timesteps: int, num_steps: int) -> set[int]:
-    r"""Sampling-order positions where the exact rule's pre-rounding value is a tie :math:`k + \tfrac12`."""
-    T, N = num_train_timesteps, num_steps
-    if spacing == "trailing":
-        return {k for k in range(N) if 2 * ((T * (N - k)) % N) == N}
-    if spacing == "linspace" and N >= 2:
-        return {N - 1 - j for j in range(N) if 2 * ((j * (T - 1)) % (N - 1)) == N - 1}
-    return set()
 
 
 def _name(n: int) -> str:
@@ -229,56 +217,6 @@ def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResu
 
 
 # -- the named rules, for a target's own (custom) rule ----------------------------------------------
-
-_RULE_LABELS = {
-    "leading": "leading",
-    "leading_offset1": "leading with steps_offset=1",
-    "trailing": "trailing",
-    "linspace": "linspace",
-    "uniform": "uniform, range(0, T, T//N)",
-    "quadratic": "quadratic",
-    "section": "improved-diffusion respacing \"N\"",
-    "ddimN": "improved-diffusion \"ddimN\"",
-}
-
-
-def _named_rules(T: int, n: int) -> dict[str, NDArray[np.int64]]:
-    makers = {
-        "leading": lambda: ref_timesteps.leading_timesteps(T, n),
-        "leading_offset1": lambda: ref_timesteps.leading_timesteps(T, n, 1),
-        "trailing": lambda: ref_timesteps.trailing_timesteps(T, n),
-        "linspace": lambda: ref_timesteps.linspace_timesteps(T, n),
-        "uniform": lambda: ref_timesteps.uniform_timesteps(T, n, strict=False),
-        "quadratic": lambda: ref_timesteps.quadratic_timesteps(T, n, strict=False),
-        "section": lambda: ref_timesteps.section_timesteps(T, [n]),
-        "ddimN": lambda: ref_timesteps.section_timesteps(T, f"ddim{n}"),
-    }
-    out = {}
-    for key, make in makers.items():
-        try:
-            out[key] = np.asarray(make(), dtype=np.int64)
-        except ValueError:
-            continue
-    return out
-
-
-def named_rule_match(seq: NDArray[np.int64], T: int, n: int) -> tuple[str | None, str]:
-    r"""(rule, text): the named rule ``seq`` equals (text ``"equals <rule>"``), or None and the nearest one
-    (``"equals leading except 2 positions: 334 vs 333, 668 vs 666"``, got vs rule)."""
-    rules = _named_rules(T, n)
-    same = {k: v for k, v in rules.items() if v.size == seq.size}
-    for key, rule in same.items():
-        if np.array_equal(rule, seq):
-            return key, f"equals the {_RULE_LABELS[key]} rule"
-    if not same:
-        sizes = ", ".join(f"{_RULE_LABELS[k]}: {v.size}" for k, v in rules.items())
-        return None, f"has {seq.size} elements, which no named rule gives for N={n} ({sizes})"
-    key = min(same, key=lambda k: (int(np.count_nonzero(same[k] != seq)), list(rules).index(k)))
-    diff = np.flatnonzero(same[key] != seq)
-    shown = ", ".join(f"{int(seq[i])} vs {int(same[key][i])}" for i in diff[:6])
-    more = " ..." if diff.size > 6 else ""
-    return None, f"equals {_RULE_LABELS[key]} except {diff.size} position(s): {shown}{more}"
-
 
 def _custom(ctx: CheckContext, conv, n: int) -> CheckResult:
     r"""``timesteps.sequence.N=<n>`` for a target that declares its own rule (``timestep_spacing="custom"``):

@@ -185,10 +185,10 @@ def _collect_step(ctx: Any, failing: Sequence[str]) -> Evidence | str:
 
 
 def _collect_loop(ctx: Any, failing: Sequence[str]) -> Evidence | str:
-    from ..checks import loop as lp
+    from ..checks import _loop as lp
     from ..expectation import step_spec
 
-    setup = lp._setup(ctx, "diagnosis")
+    setup = lp.setup_loop(ctx, "diagnosis")
     if isinstance(setup, CheckResult):
         return f"the loop cannot be set up ({setup.message})"
     conv = setup.conv

@@ -91,6 +91,12 @@ def test_no_import_circles() -> None:
     assert not cycles, "import circles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
+def _under(module: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``module`` is one of ``prefixes`` or inside one (``ddspec.conformance.clip_tail`` is not under
+    ``ddspec.conformance.cli``)."""
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
 GROUND = ("ddspec.conformance.protocol", "ddspec.conformance.results", "ddspec.conformance.guard",
           "ddspec.reference.vocabulary")
 ABOVE_GROUND = ("ddspec.conformance.runner", "ddspec.conformance.cli", "ddspec.conformance.pytest_plugin",
@@ -101,13 +107,13 @@ ABOVE_GROUND = ("ddspec.conformance.runner", "ddspec.conformance.cli", "ddspec.c
 @pytest.mark.parametrize("module", GROUND)
 def test_ground_floor_imports_nothing_above_it(module: str) -> None:
     both = _graph(lazy=False).get(module, set()) | _graph(lazy=True).get(module, set())
-    upward = sorted(m for m in both if m.startswith(ABOVE_GROUND))
+    upward = sorted(m for m in both if _under(m, ABOVE_GROUND))
     assert not upward, f"{module} imports {upward}"
 
 
 CORE = ("ddspec.conformance.trajectory", "ddspec.conformance.expectation", "ddspec.conformance.judge",
         "ddspec.conformance.tolerances", "ddspec.conformance.stats", "ddspec.conformance.records",
-        "ddspec.conformance.transition_stats")
+        "ddspec.conformance.transition_stats", "ddspec.conformance.clip_tail")
 ABOVE_CORE = ("ddspec.conformance.runner", "ddspec.conformance.cli", "ddspec.conformance.pytest_plugin",
               "ddspec.conformance.checks", "ddspec.conformance.adapters", "ddspec.conformance.sandbox",
               "ddspec.conformance.diagnosis", "ddspec.conformance.sweep", "ddspec.conformance.report",
@@ -119,7 +125,7 @@ def test_the_core_drive_expect_judge_imports_no_check_adapter_or_face(module: st
     """docs/harness.md: the core (drive → expect → judge) sits below the checks and the drivers' libraries."""
     both = _graph(lazy=False).get(module, set()) | _graph(lazy=True).get(module, set())
     assert module in _graph(lazy=False), f"{module} is not a module of the tree"
-    upward = sorted(m for m in both if m.startswith(ABOVE_CORE))
+    upward = sorted(m for m in both if _under(m, ABOVE_CORE))
     assert not upward, f"{module} imports {upward}"
 
 
@@ -139,15 +145,29 @@ def test_checks_never_import_an_adapter_the_runner_or_a_face() -> None:
              "ddspec.conformance.adapters", "ddspec.conformance.report", "ddspec.conformance.html_report",
              "ddspec.conformance.loader")
     lazy, eager = _graph(lazy=True), _graph(lazy=False)
-    bad = {m: sorted(t for t in lazy.get(m, set()) | eager.get(m, set()) if t.startswith(faces))
+    bad = {m: sorted(t for t in lazy.get(m, set()) | eager.get(m, set()) if _under(t, faces))
            for m in eager if m.startswith("ddspec.conformance.checks")}
     bad = {m: v for m, v in bad.items() if v}
     assert not bad, f"check modules import upward: {bad}"
 
 
+def test_no_check_family_imports_another() -> None:
+    """A check family is a short statement over the core (docs/harness.md): what families share lives in the
+    core or in the checks' own plumbing (``checks/_common.py``, ``checks/_loop.py``), never in another family."""
+    lazy, eager = _graph(lazy=True), _graph(lazy=False)
+    families = {m for m in eager if m.startswith("ddspec.conformance.checks.")
+                and not m.rsplit(".", 1)[1].startswith("_")}
+    assert {"ddspec.conformance.checks.loop", "ddspec.conformance.checks.single_step"} <= families
+    bad = {m: sorted((lazy.get(m, set()) | eager.get(m, set())) & families) for m in families}
+    bad = {m: v for m, v in bad.items() if v}
+    assert not bad, f"check families import other families: {bad}"
+
+
 def test_the_graph_reader_sees_a_planted_circle(tmp_path: Path) -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+    assert _under("ddspec.conformance.checks.loop", ("ddspec.conformance.checks",))
+    assert not _under("ddspec.conformance.clip_tail", ("ddspec.conformance.cli",))
     real = _graph(lazy=False)
     assert "ddspec.conformance.guard" in real["ddspec.conformance.context"]
     assert "ddspec.conformance.results" in real["ddspec.conformance.runner"]

@@ -173,3 +173,28 @@ def test_learned_run_law_validates_its_variance_outputs() -> None:
     with pytest.raises(ValueError, match="model_var_output"):
         oracles.gaussian_step_map(oracle, betas, 500, 400, family="ddpm", variance_type="fixed_small",
                                   model_var_output=0.0)
+
+
+@pytest.mark.parametrize("t", [0, 250, 999])
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_gaussian_affine_coefficients_match_the_quadrature_denoiser(t: int, kind: str) -> None:
+    """The (A, B) of the exact denoiser are an affine closed form; evaluated at x_t they give the Bayes posterior
+    mean of x0 by numerical integration (scipy quad), converted to ε = (x_t − √ᾱ x0)/√(1−ᾱ) and
+    v = √ᾱ ε − √(1−ᾱ) x0 (Ho et al. eq. 4; Salimans & Ho 2022 §4), coordinate by coordinate."""
+    m, s2 = np.array([0.4, -1.1]), np.array([0.3, 0.05])
+    g = oracles.IsotropicGaussian(m, s2)
+    A, B = g.affine(t, BETAS, kind)
+    assert A.shape == B.shape == (2,)
+    ab = float(alpha_bar(BETAS)[t])
+    for x_t in (-2.0, 0.1, 1.5):
+        for j in range(2):
+            x0 = _posterior_mean_by_quadrature(lambda x: stats.norm.pdf(x, m[j], np.sqrt(s2[j])), -12, 12, x_t, t)
+            eps = (x_t - np.sqrt(ab) * x0) / np.sqrt(1 - ab)
+            expected = {"sample": x0, "epsilon": eps, "v_prediction": np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0}[kind]
+            assert A[j] * x_t + B[j] == pytest.approx(expected, rel=1e-8, abs=1e-9)
+
+
+def test_gaussian_affine_rejects_an_unknown_prediction_type() -> None:
+    g = oracles.IsotropicGaussian(np.array([0.0]), 1.0)
+    with pytest.raises(ValueError, match="prediction_type"):
+        g.affine(3, BETAS, "score")
