@@ -95,6 +95,7 @@ __all__ = [
     "elapsed",
     "setup_target",
     "step_counts",
+    "skipped_counts",
     "MAX_REPRESENTATIVE_STEPS",
     "representative_steps",
     "plan_for",
@@ -497,6 +498,19 @@ def step_counts(ctx: Any, setup: TargetSetup) -> list[int]:
         return list(supported_num_steps(setup.sampler).choose(ctx.steps, setup.conv.num_train_timesteps).counts)
     except ValueError:
         return []
+
+
+def skipped_counts(ctx: Any, setup: TargetSetup) -> dict[str, str]:
+    """The profile's N ≤ T that :func:`step_counts` leaves out, with the reason (``{"N=10": "not in the target's
+    supported_num_steps (…)"}``), for a result's ``details["runs_skipped"]``; empty when every N is supported."""
+    try:
+        choice = supported_num_steps(setup.sampler).choose(ctx.steps, setup.conv.num_train_timesteps)
+    except ValueError:
+        return {}
+    out = {f"N={n}": why for n, why in choice.skipped.items()}
+    if choice.fallback is not None:
+        out["fallback"] = choice.fallback
+    return out
 
 
 def representative_steps(ctx: Any, setup: TargetSetup) -> int | None:

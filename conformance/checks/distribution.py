@@ -144,6 +144,7 @@ from ._common import (
     reproduce_call,
     run_variants,
     setup_target,
+    skipped_counts,
     step_counts,
     step_positions,
     offset_for,
@@ -645,6 +646,7 @@ def _step_moments_variant(
                     if detects and all(key in dt for dt in detects)}
     details = {
         "num_steps": n_steps, "timesteps_source": source, "eta": eta, "draws": n, "positions": positions,
+        **({"runs_skipped": skipped} if (skipped := skipped_counts(ctx, setup)) else {}),
         "elements": math.prod(shape), "scalar_draws_per_step": n * math.prod(shape),
         "alpha_per_test": alpha_each if n_stat else None,
         "bonferroni": (f"alpha {alpha:g} split equally over {n_stat} tests (pooled mean, pooled variance and mean "
@@ -978,6 +980,7 @@ def _run_variant(
     consequence = expectation.final_step_consequence(conv, setup.betas)
     base_oracle = data_oracle(clip_range)
     details = {
+        **({"runs_skipped": skipped} if (skipped := skipped_counts(ctx, setup)) else {}),
         "oracle": {"mean": base_oracle.mean, "variance": base_oracle.variance, "clip_range": clip_range,
                    "data_scales_tried": list(CLIP_DATA_SCALES) if clip_range is not None else None},
         "timesteps_source": sources,

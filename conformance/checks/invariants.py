@@ -98,6 +98,7 @@ from ._common import (
     reproduce_call,
     run_variants,
     setup_target,
+    skipped_counts,
     step_counts,
     step_positions,
     offset_for,
@@ -267,6 +268,8 @@ def _begin(
             for label, eta in run_variants(ctx, setup) for k in ks]
     run = _Run(name, start, setup, cfgs, _inputs(ctx, setup, shape), reference_free=free_note is not None)
     run.details["timesteps_source"] = {f"N={n}": plan.source}
+    if skipped := skipped_counts(ctx, setup):
+        run.details["runs_skipped"] = skipped
     if free_note is not None:
         run.notes.append(free_note)
         run.details["reference"] = "none: the target's own timesteps and alphas_cumprod() table"
@@ -634,6 +637,8 @@ def check_no_final_noise(ctx: Any) -> list[CheckResult]:
     if not counts:
         return [_fatal(name, start, f"no profile step count N <= T = {setup.conv.num_train_timesteps}")]
     run = _Run(name, start, setup, [], _inputs(ctx, setup, ctx.settings.sample_shape))
+    if skipped := skipped_counts(ctx, setup):
+        run.details["runs_skipped"] = skipped
     inp = run.inp
     sources: dict[str, str] = {}
     sizes: list[tuple[FinalNoiseSize, _Config, str]] = []

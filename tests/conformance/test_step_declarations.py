@@ -206,6 +206,9 @@ def test_only_the_supported_n_is_run_and_the_others_are_never_failed(declaration
     assert oracle and all(r.verdict is Verdict.SKIPPED for r in oracle)
     assert all("N=10: not in the target's supported_num_steps" in r.message and "oracle_max_steps" in r.message
                for r in oracle)
+    ran = [r for r in results if r.name.startswith("invariants.") and r.verdict is Verdict.PASS]
+    assert ran and all(r.details["runs_skipped"]["N=10"].startswith("not in the target's supported_num_steps")
+                       for r in ran), [(r.name, r.details.get("runs_skipped")) for r in ran]
     single = [r for r in results if r.name.startswith(("single_step", "coefficients."))]
     assert single and all(r.details["steps_tested"] == [T_SMALL] for r in single)
     for r in single:
