@@ -33,6 +33,7 @@ It is a tie exactly when twice its remainder equals the denominator. ``leading``
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import NDArray
 import torch
 
 from ddspec.reference.vocabulary import NAMED_SPACINGS, TimestepSpacing
@@ -92,18 +93,27 @@ def _head(seq: np.ndarray, k: int = 12) -> list[int]:
     return [int(v) for v in seq[:k]]
 
 
+def _read_sequence(ctx: CheckContext, name: str, n: int, base: dict) -> tuple[NDArray[np.int64] | None, CheckResult | None]:
+    r"""``(the target's timesteps(N) as int64, None)``, or ``(None, fail)`` when the call raised or hung
+    (:func:`_call_failed`) or returned no 1-D integer sequence."""
+    outcome = ctx.call(ctx.sampler.timesteps, n)
+    if not outcome.ok:
+        return None, _call_failed(name, n, outcome.describe(), base)
+    got, why = _as_int_sequence(outcome.value)
+    if got is None:
+        return None, fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)
+    return got, None
+
+
 def _rule_undefined(ctx: CheckContext, name: str, n: int, T: int, why: str, base: dict) -> CheckResult:
     """The declared rule has no N-step sequence: nothing to compare with, but the target's must still be valid.
 
     A sampling sequence must be strictly decreasing inside [0, T − 1] whatever the rule; a target
     that returns, e.g., timestep T (diffusers' leading spacing with steps_offset=1 at N = T) fails.
     """
-    outcome = ctx.call(ctx.sampler.timesteps, n)
-    if not outcome.ok:
-        return _call_failed(name, n, outcome.describe(), base)
-    got, bad = _as_int_sequence(outcome.value)
+    got, failed = _read_sequence(ctx, name, n, base)
     if got is None:
-        return fail_result(name, FAMILY, f"timesteps({n}) {bad}", **base)
+        return failed
     out_of_range = [k for k in range(got.size) if not 0 <= int(got[k]) <= T - 1]
     not_decreasing = [k for k in range(1, got.size) if int(got[k]) >= int(got[k - 1])]
     details = dict(base, got_head=_head(got), got_length=int(got.size), rule_undefined=why)
@@ -136,12 +146,9 @@ def _one(ctx: CheckContext, conv, n: int, betas: np.ndarray | None) -> CheckResu
         return unsupported_results([name], FAMILY, [str(exc)])[0]
     except ValueError as exc:
         return _rule_undefined(ctx, name, n, T, str(exc), base)
-    outcome = ctx.call(ctx.sampler.timesteps, n)
-    if not outcome.ok:
-        return _call_failed(name, n, outcome.describe(), base)
-    got, why = _as_int_sequence(outcome.value)
+    got, failed = _read_sequence(ctx, name, n, base)
     if got is None:
-        return fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)
+        return failed
     details = dict(base, expected_head=_head(expected), got_head=_head(got),
                    expected_length=int(expected.size), got_length=int(got.size),
                    expected=[int(v) for v in expected[:MAX_SEQUENCE]], got=[int(v) for v in got[:MAX_SEQUENCE]])
@@ -227,12 +234,9 @@ def _custom(ctx: CheckContext, conv, n: int) -> CheckResult:
     name = _name(n)
     T = conv.num_train_timesteps
     base = {"N": n, "num_train_timesteps": T, "timestep_spacing": conv.timestep_spacing}
-    outcome = ctx.call(ctx.sampler.timesteps, n)
-    if not outcome.ok:
-        return _call_failed(name, n, outcome.describe(), base)
-    got, why = _as_int_sequence(outcome.value)
+    got, failed = _read_sequence(ctx, name, n, base)
     if got is None:
-        return fail_result(name, FAMILY, f"timesteps({n}) {why}", **base)
+        return failed
     details = dict(base, got=[int(v) for v in got[:MAX_SEQUENCE]], got_length=int(got.size))
     bad = [k for k in range(got.size) if not 0 <= int(got[k]) <= T - 1]
     bad += [k for k in range(1, got.size) if int(got[k]) >= int(got[k - 1])]
